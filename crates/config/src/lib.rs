@@ -1,0 +1,50 @@
+//! Typed settings shared by the Huddle services, read from flags or `HUDDLE_*` environment
+//! variables (12-factor). Defaults point at the local PostgreSQL, Redis and RabbitMQ, so a
+//! developer machine needs no configuration at all.
+//!
+//! Each service's binary flattens the groups it needs into its own `clap::Parser`.
+
+use clap::Args;
+
+/// Where the PostgreSQL archive lives.
+#[derive(Debug, Clone, Args)]
+pub struct PostgresSettings {
+    /// PostgreSQL connection URL.
+    #[arg(long, env = "HUDDLE_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/huddle")]
+    pub database_url: String,
+    /// Connections in the PostgreSQL pool.
+    #[arg(long, env = "HUDDLE_DATABASE_POOL_SIZE", default_value_t = 16)]
+    pub database_pool_size: usize,
+}
+
+/// Where the Redis hot log lives, and how it is laid out.
+#[derive(Debug, Clone, Args)]
+pub struct RedisSettings {
+    /// Redis connection URL.
+    #[arg(long, env = "HUDDLE_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Connections in the Redis pool (pub/sub uses one more, dedicated connection).
+    #[arg(long, env = "HUDDLE_REDIS_POOL_SIZE", default_value_t = 32)]
+    pub redis_pool_size: usize,
+    /// Prefix of every Redis key and channel, so deployments and test runs can share a Redis.
+    #[arg(long, env = "HUDDLE_KEY_PREFIX", default_value = "huddle:")]
+    pub key_prefix: String,
+    /// Messages Redis keeps per room once they are persisted (entries above the persisted
+    /// watermark are never trimmed, whatever this says).
+    #[arg(long, env = "HUDDLE_REDIS_WINDOW", default_value_t = 2000)]
+    pub redis_window: u64,
+}
+
+/// Where RabbitMQ lives, and how the task queues are named.
+#[derive(Debug, Clone, Args)]
+pub struct BrokerSettings {
+    /// AMQP URL of RabbitMQ (vhost is the path, `%2f` for `/`).
+    #[arg(long, env = "HUDDLE_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    pub amqp_url: String,
+    /// Prefix of every queue and exchange name, so deployments and test runs can share a vhost.
+    #[arg(long, env = "HUDDLE_QUEUE_PREFIX", default_value = "huddle")]
+    pub queue_prefix: String,
+    /// Deliveries of one task before it is dead-lettered as poison.
+    #[arg(long, env = "HUDDLE_TASK_DELIVERY_LIMIT", default_value_t = 5)]
+    pub delivery_limit: u32,
+}

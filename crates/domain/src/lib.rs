@@ -1,0 +1,245 @@
+//! Huddle's domain: the validated names and values every service agrees on.
+//!
+//! Anything that crosses a trust boundary (a room name in a URL, a username at
+//! registration, a message body on a socket) is parsed into one of these types first,
+//! so the rest of the code never handles unchecked input.
+
+use serde::{Deserialize, Serialize};
+use time::format_description::well_known::Rfc3339;
+
+/// Longest message body accepted, in bytes of UTF-8.
+pub const MAX_BODY_BYTES: usize = 4000;
+/// Longest room name accepted.
+pub const MAX_ROOM_LEN: usize = 64;
+
+/// Why an input was refused. [`ValidationError::code`] is the stable, documented code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    #[error("room names are 1-64 characters of a-z, 0-9, '-' and '_', starting with a letter or digit")]
+    BadRoomName,
+    #[error("usernames are 3-32 characters of letters, digits, '_', '-' and '.'")]
+    BadUsername,
+    #[error("passwords are 8-128 characters")]
+    BadPassword,
+    #[error("message body is empty")]
+    EmptyBody,
+    #[error("message body is longer than {MAX_BODY_BYTES} bytes")]
+    BodyTooLong,
+    #[error("client_id is at most 64 characters of letters, digits, '-', '_', ':' and '.'")]
+    BadClientId,
+}
+
+impl ValidationError {
+    /// Machine-readable error code, as documented in docs/PROTOCOL.md.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRoomName => "bad_room",
+            Self::BadUsername => "bad_username",
+            Self::BadPassword => "bad_password",
+            Self::EmptyBody => "empty_body",
+            Self::BodyTooLong => "body_too_long",
+            Self::BadClientId => "bad_client_id",
+        }
+    }
+}
+
+/// A room name: a lowercase slug, safe inside Redis keys, URLs and log lines.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RoomName(String);
+
+impl RoomName {
+    /// Parses a slug: `[a-z0-9][a-z0-9_-]{0,63}`.
+    pub fn parse(raw: &str) -> Result<Self, ValidationError> {
+        let valid = !raw.is_empty()
+            && raw.len() <= MAX_ROOM_LEN
+            && raw.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if valid {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(ValidationError::BadRoomName)
+        }
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for RoomName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A username as chosen at registration (case is kept; uniqueness ignores case).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Username(String);
+
+impl Username {
+    /// Parses 3-32 characters of ASCII letters, digits, `_`, `-` and `.`.
+    pub fn parse(raw: &str) -> Result<Self, ValidationError> {
+        let valid = (3..=32).contains(&raw.len())
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+        if valid {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(ValidationError::BadUsername)
+        }
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Checks a password's length (8-128 characters); strength policy beyond that is the user's.
+pub fn validate_password(raw: &str) -> Result<(), ValidationError> {
+    if (8..=128).contains(&raw.chars().count()) {
+        Ok(())
+    } else {
+        Err(ValidationError::BadPassword)
+    }
+}
+
+/// A message body: plain text, not blank, at most [`MAX_BODY_BYTES`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageBody(String);
+
+impl MessageBody {
+    /// Accepts any text that is not only whitespace and fits the size cap. The text is
+    /// kept as sent (no trimming): it is rendered as text, never as HTML.
+    pub fn parse(raw: String) -> Result<Self, ValidationError> {
+        if raw.trim().is_empty() {
+            Err(ValidationError::EmptyBody)
+        } else if raw.len() > MAX_BODY_BYTES {
+            Err(ValidationError::BodyTooLong)
+        } else {
+            Ok(Self(raw))
+        }
+    }
+
+    /// The body as text.
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+/// A client's idempotency key for a send: up to 64 characters of `[A-Za-z0-9_:.-]`.
+pub fn validate_client_id(raw: &str) -> Result<(), ValidationError> {
+    let valid = raw.len() <= 64
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b':' | b'.'));
+    if valid {
+        Ok(())
+    } else {
+        Err(ValidationError::BadClientId)
+    }
+}
+
+/// What the log holds for one seq. Short field names keep Redis memory and the
+/// pub/sub payload small; this is an internal format, not the client protocol.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    #[serde(rename = "u")]
+    pub user_id: i64,
+    #[serde(rename = "n")]
+    pub user_name: String,
+    #[serde(rename = "b")]
+    pub body: String,
+    #[serde(rename = "t")]
+    pub sent_at_ms: i64,
+    #[serde(rename = "c", default, skip_serializing_if = "String::is_empty")]
+    pub client_id: String,
+}
+
+/// A log entry together with its seq.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub seq: u64,
+    pub entry: LogEntry,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Formats epoch milliseconds as an RFC 3339 UTC timestamp with millisecond precision.
+pub fn rfc3339_from_ms(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_names_are_slugs() {
+        for good in ["lobby", "a", "room-1", "0day", "x_y", &"a".repeat(64)] {
+            assert!(RoomName::parse(good).is_ok(), "{good} should be accepted");
+        }
+        for bad in ["", "Lobby", "-x", "_x", "a b", "a/b", "{x}", "é", &"a".repeat(65)] {
+            assert_eq!(RoomName::parse(bad), Err(ValidationError::BadRoomName), "{bad}");
+        }
+    }
+
+    #[test]
+    fn usernames() {
+        assert!(Username::parse("Ada.L_1").is_ok());
+        assert!(Username::parse("ab").is_err());
+        assert!(Username::parse("has space").is_err());
+        assert!(Username::parse(&"x".repeat(33)).is_err());
+    }
+
+    #[test]
+    fn bodies_are_capped_and_not_blank() {
+        assert_eq!(MessageBody::parse(" \n\t".into()), Err(ValidationError::EmptyBody));
+        assert_eq!(
+            MessageBody::parse("x".repeat(MAX_BODY_BYTES + 1)),
+            Err(ValidationError::BodyTooLong)
+        );
+        assert!(MessageBody::parse("x".repeat(MAX_BODY_BYTES)).is_ok());
+        assert_eq!(MessageBody::parse(" hi ".into()).unwrap().into_inner(), " hi ");
+    }
+
+    #[test]
+    fn client_ids() {
+        assert!(validate_client_id("").is_ok());
+        assert!(validate_client_id("c-1:abc.9").is_ok());
+        assert!(validate_client_id("a b").is_err());
+        assert!(validate_client_id(&"a".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn log_entry_round_trips_and_omits_empty_client_id() {
+        let entry = LogEntry {
+            user_id: 7,
+            user_name: "ada".into(),
+            body: "hi \"there\"".into(),
+            sent_at_ms: 1_700_000_000_123,
+            client_id: String::new(),
+        };
+        let json = serde_json::to_string(&entry).unwrap();
+        assert!(!json.contains("\"c\""));
+        assert_eq!(serde_json::from_str::<LogEntry>(&json).unwrap(), entry);
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        assert_eq!(rfc3339_from_ms(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+    }
+}

@@ -1,0 +1,477 @@
+//! The Redis hot log of every room: the write-back cache in front of PostgreSQL.
+//!
+//! Per room (all keys share the room's hash tag, so one Redis Cluster slot holds them):
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `{p}room:{r}:seq` | string | last seq handed out; its presence means "initialised" |
+//! | `{p}room:{r}:log` | stream | entry id `<seq>-0`, field `m` = [`LogEntry`] JSON |
+//! | `{p}room:{r}:persisted` | string | watermark: every seq ≤ it is in PostgreSQL |
+//! | `{p}room:{r}:queued` | string | highest seq already split into chunk tasks (expires) |
+//! | `{p}room:{r}:members` | string | sockets in the room across all gateways |
+//! | `{p}room:{r}:cid:<id>` | string | seq of the send with that client_id (expires) |
+//!
+//! Globally: `{p}dirty` (sorted set: rooms with unpersisted messages, scored by when
+//! they became dirty). Channel `{p}room:{r}` carries `"<seq> <entry JSON>"` per message.
+//!
+//! Every multi-step change is one Lua script, so it is atomic and one round-trip.
+
+use std::sync::LazyLock;
+
+use deadpool_redis::{Config, Pool, Runtime};
+use huddle_config::RedisSettings;
+use huddle_domain::{LogEntry, RoomName, StoredMessage};
+use redis::{AsyncCommands, Script};
+
+/// How long a client_id keeps deduplicating resends.
+pub const CLIENT_ID_TTL_SECS: u64 = 24 * 3600;
+
+static APPEND: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/append.lua")));
+static HYDRATE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/hydrate.lua")));
+static MARK_PERSISTED: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/mark_persisted.lua")));
+static CLAIM_FLUSH: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/claim_flush.lua")));
+static RELEASE_LOCK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0")
+});
+
+/// Errors of the hot log.
+#[derive(Debug, thiserror::Error)]
+pub enum RoomLogError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis pool: {0}")]
+    Pool(#[from] deadpool_redis::PoolError),
+    #[error("redis pool config: {0}")]
+    PoolConfig(#[from] deadpool_redis::CreatePoolError),
+    #[error("corrupt log entry {id:?}: {reason}")]
+    CorruptEntry { id: String, reason: String },
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = RoomLogError> = std::result::Result<T, E>;
+
+/// Names of every Redis key and channel, under one prefix.
+#[derive(Debug, Clone)]
+pub struct Keyspace {
+    prefix: String,
+}
+
+impl Keyspace {
+    /// A keyspace whose names all start with `prefix` (which must not contain `{`).
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self { prefix: prefix.into() }
+    }
+
+    /// The prefix every key and channel starts with.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn room_key(&self, room: &RoomName, part: &str) -> String {
+        format!("{}room:{{{}}}:{}", self.prefix, room, part)
+    }
+
+    /// The room's seq counter.
+    pub fn seq(&self, room: &RoomName) -> String {
+        self.room_key(room, "seq")
+    }
+    /// The room's log stream.
+    pub fn log(&self, room: &RoomName) -> String {
+        self.room_key(room, "log")
+    }
+    /// The room's persisted watermark.
+    pub fn persisted(&self, room: &RoomName) -> String {
+        self.room_key(room, "persisted")
+    }
+    /// The room's queued-for-persistence marker.
+    pub fn queued(&self, room: &RoomName) -> String {
+        self.room_key(room, "queued")
+    }
+    /// The room's member count across gateways.
+    pub fn members(&self, room: &RoomName) -> String {
+        self.room_key(room, "members")
+    }
+    /// The room's hydration lock.
+    pub fn hydrate_lock(&self, room: &RoomName) -> String {
+        self.room_key(room, "hydrating")
+    }
+    /// Marker of a processed client_id in the room.
+    pub fn client_id(&self, room: &RoomName, client_id: &str) -> String {
+        self.room_key(room, &format!("cid:{client_id}"))
+    }
+    /// Pub/sub channel of the room.
+    pub fn channel(&self, room: &RoomName) -> String {
+        format!("{}room:{{{}}}", self.prefix, room)
+    }
+    /// The room a channel name belongs to, if it is one of ours.
+    pub fn room_of_channel(&self, channel: &str) -> Option<RoomName> {
+        let inner = channel.strip_prefix(&self.prefix)?.strip_prefix("room:{")?.strip_suffix('}')?;
+        RoomName::parse(inner).ok()
+    }
+    /// Sorted set of dirty rooms.
+    pub fn dirty(&self) -> String {
+        format!("{}dirty", self.prefix)
+    }
+    /// A named cluster-wide lock (e.g. the sweep leader).
+    pub fn lock(&self, name: &str) -> String {
+        format!("{}lock:{}", self.prefix, name)
+    }
+    /// Marker of a revoked session token.
+    pub fn revoked_token(&self, token_id: &str) -> String {
+        format!("{}revoked:{}", self.prefix, token_id)
+    }
+}
+
+/// Outcome of [`RoomLog::append`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Stored under `seq`; `unpersisted` messages of the room are now above the watermark.
+    Appended { seq: u64, unpersisted: u64 },
+    /// The client_id was already used in this room; `seq` is the original message's.
+    Duplicate { seq: u64 },
+    /// Redis does not hold the room's counter: it must be hydrated first.
+    NotReady,
+}
+
+/// A room's write-back state as Redis sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RoomState {
+    pub in_redis: bool,
+    pub last_seq: u64,
+    pub persisted_seq: u64,
+    /// When the room became dirty (epoch ms), if it is in the dirty index.
+    pub dirty_since_ms: Option<i64>,
+}
+
+/// A held lock; release it with [`RoomLog::unlock`] (it also expires on its own).
+#[derive(Debug)]
+pub struct LockGuard {
+    key: String,
+    token: String,
+}
+
+/// The hot log, over a pooled Redis connection.
+#[derive(Clone)]
+pub struct RoomLog {
+    pool: Pool,
+    keys: Keyspace,
+    window: u64,
+}
+
+impl RoomLog {
+    /// Builds the connection pool (connections open lazily).
+    pub fn connect(settings: &RedisSettings) -> Result<Self> {
+        let mut config = Config::from_url(settings.redis_url.clone());
+        config.pool = Some(deadpool_redis::PoolConfig::new(settings.redis_pool_size));
+        let pool = config.create_pool(Some(Runtime::Tokio1))?;
+        Ok(Self { pool, keys: Keyspace::new(settings.key_prefix.clone()), window: settings.redis_window })
+    }
+
+    /// The key names in use.
+    pub fn keys(&self) -> &Keyspace {
+        &self.keys
+    }
+
+    async fn conn(&self) -> Result<deadpool_redis::Connection> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// Round-trips a PING (readiness).
+    pub async fn ping(&self) -> Result<()> {
+        let mut conn = self.conn().await?;
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Whether Redis holds the room's seq counter (writes are accepted only then).
+    pub async fn is_initialised(&self, room: &RoomName) -> Result<bool> {
+        Ok(self.conn().await?.exists(self.keys.seq(room)).await?)
+    }
+
+    /// Appends one message atomically: seq INCR, XADD, client_id marker, PUBLISH.
+    /// The first unpersisted message of a room also enters the dirty index.
+    pub async fn append(&self, room: &RoomName, entry: &LogEntry) -> Result<AppendOutcome> {
+        let json = serde_json::to_string(entry).map_err(|e| RoomLogError::CorruptEntry {
+            id: String::new(),
+            reason: e.to_string(),
+        })?;
+        let ttl = if entry.client_id.is_empty() { 0 } else { CLIENT_ID_TTL_SECS };
+        let mut conn = self.conn().await?;
+        let (seq, duplicate, unpersisted): (i64, i64, i64) = APPEND
+            .key(self.keys.seq(room))
+            .key(self.keys.log(room))
+            .key(self.keys.persisted(room))
+            .key(self.keys.client_id(room, &entry.client_id))
+            .arg(self.keys.channel(room))
+            .arg(json)
+            .arg(ttl)
+            .invoke_async(&mut conn)
+            .await?;
+        if seq < 0 {
+            return Ok(AppendOutcome::NotReady);
+        }
+        let seq = seq as u64;
+        if duplicate == 1 {
+            return Ok(AppendOutcome::Duplicate { seq });
+        }
+        if unpersisted == 1 {
+            // Only the transition clean → dirty needs the index (see clear_dirty_if_clean).
+            self.mark_dirty_with(&mut conn, room).await?;
+        }
+        Ok(AppendOutcome::Appended { seq, unpersisted: unpersisted.max(0) as u64 })
+    }
+
+    async fn mark_dirty_with(&self, conn: &mut deadpool_redis::Connection, room: &RoomName) -> Result<()> {
+        let _: i64 = redis::cmd("ZADD")
+            .arg(self.keys.dirty())
+            .arg("NX")
+            .arg(huddle_domain::now_ms())
+            .arg(room.as_str())
+            .query_async(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// The newest `limit` messages, oldest first.
+    pub async fn recent(&self, room: &RoomName, limit: usize) -> Result<Vec<StoredMessage>> {
+        self.before(room, 0, limit).await
+    }
+
+    /// Up to `limit` messages with seq < `before` (0: no bound), the newest ones, oldest first.
+    pub async fn before(&self, room: &RoomName, before: u64, limit: usize) -> Result<Vec<StoredMessage>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let end = if before == 0 { "+".to_owned() } else { format!("({before}-0") };
+        let raw: Vec<(String, Vec<String>)> = redis::cmd("XREVRANGE")
+            .arg(self.keys.log(room))
+            .arg(end)
+            .arg("-")
+            .arg("COUNT")
+            .arg(limit)
+            .query_async(&mut self.conn().await?)
+            .await?;
+        let mut messages = parse_entries(raw)?;
+        messages.reverse();
+        Ok(messages)
+    }
+
+    /// Messages with `from <= seq <= to`, in order.
+    pub async fn range(&self, room: &RoomName, from: u64, to: u64) -> Result<Vec<StoredMessage>> {
+        let raw: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+            .arg(self.keys.log(room))
+            .arg(format!("{from}-0"))
+            .arg(format!("{to}-0"))
+            .query_async(&mut self.conn().await?)
+            .await?;
+        parse_entries(raw)
+    }
+
+    /// Initialises a room from the archive (counter = `archived_seq`, log = `recent`),
+    /// unless Redis already holds it. Returns whether this call initialised it, and the
+    /// counter afterwards.
+    pub async fn hydrate(
+        &self,
+        room: &RoomName,
+        archived_seq: u64,
+        recent: &[StoredMessage],
+    ) -> Result<(bool, u64)> {
+        let mut invocation = HYDRATE.prepare_invoke();
+        invocation
+            .key(self.keys.seq(room))
+            .key(self.keys.log(room))
+            .key(self.keys.persisted(room))
+            .arg(archived_seq);
+        for message in recent {
+            let json = serde_json::to_string(&message.entry).map_err(|e| RoomLogError::CorruptEntry {
+                id: message.seq.to_string(),
+                reason: e.to_string(),
+            })?;
+            invocation.arg(message.seq).arg(json);
+        }
+        let (initialised, seq): (i64, i64) = invocation.invoke_async(&mut self.conn().await?).await?;
+        Ok((initialised == 1, seq.max(0) as u64))
+    }
+
+    /// Moves the Redis watermark up to `persisted` (never down) and trims the log to its
+    /// window without touching unpersisted entries. `None` when the room is not in Redis.
+    pub async fn mark_persisted(&self, room: &RoomName, persisted: u64) -> Result<Option<(u64, u64)>> {
+        let (seq, watermark): (i64, i64) = MARK_PERSISTED
+            .key(self.keys.seq(room))
+            .key(self.keys.log(room))
+            .key(self.keys.persisted(room))
+            .arg(persisted)
+            .arg(self.window)
+            .invoke_async(&mut self.conn().await?)
+            .await?;
+        Ok((seq >= 0).then_some((seq as u64, watermark as u64)))
+    }
+
+    /// Claims the unpersisted range not yet queued by another flush, for `claim_ms`.
+    pub async fn claim_flush(&self, room: &RoomName, claim_ms: u64) -> Result<Option<(u64, u64)>> {
+        let (from, to): (i64, i64) = CLAIM_FLUSH
+            .key(self.keys.seq(room))
+            .key(self.keys.persisted(room))
+            .key(self.keys.queued(room))
+            .arg(claim_ms)
+            .invoke_async(&mut self.conn().await?)
+            .await?;
+        Ok((from > 0).then_some((from as u64, to as u64)))
+    }
+
+    /// Drops a room from the dirty index if everything is persisted. Race-free against a
+    /// concurrent append: remove first, then re-add if the room turned out to be dirty.
+    pub async fn clear_dirty_if_clean(&self, room: &RoomName) -> Result<()> {
+        let state = self.state(room).await?;
+        if !state.in_redis || state.last_seq > state.persisted_seq {
+            return Ok(());
+        }
+        let mut conn = self.conn().await?;
+        let _: i64 = conn.zrem(self.keys.dirty(), room.as_str()).await?;
+        let state = self.state(room).await?;
+        if state.in_redis && state.last_seq > state.persisted_seq {
+            self.mark_dirty_with(&mut conn, room).await?;
+        }
+        Ok(())
+    }
+
+    /// Where the room stands: counter, watermark, dirty mark.
+    pub async fn state(&self, room: &RoomName) -> Result<RoomState> {
+        let mut conn = self.conn().await?;
+        let (seq, persisted, dirty_since): (Option<u64>, Option<u64>, Option<f64>) = redis::pipe()
+            .get(self.keys.seq(room))
+            .get(self.keys.persisted(room))
+            .zscore(self.keys.dirty(), room.as_str())
+            .query_async(&mut conn)
+            .await?;
+        Ok(RoomState {
+            in_redis: seq.is_some(),
+            last_seq: seq.unwrap_or(0),
+            persisted_seq: persisted.unwrap_or(0),
+            dirty_since_ms: dirty_since.map(|s| s as i64),
+        })
+    }
+
+    /// Up to `limit` dirty rooms, longest-dirty first, with when they became dirty.
+    pub async fn dirty_rooms(&self, limit: usize) -> Result<Vec<(RoomName, i64)>> {
+        let raw: Vec<(String, f64)> = self
+            .conn()
+            .await?
+            .zrange_withscores(self.keys.dirty(), 0, limit.saturating_sub(1) as isize)
+            .await?;
+        Ok(raw
+            .into_iter()
+            .filter_map(|(name, score)| RoomName::parse(&name).ok().map(|room| (room, score as i64)))
+            .collect())
+    }
+
+    /// Counts a socket into the room (all gateways); returns the new count.
+    pub async fn member_joined(&self, room: &RoomName) -> Result<i64> {
+        Ok(self.conn().await?.incr(self.keys.members(room), 1).await?)
+    }
+
+    /// Counts a socket out of the room; returns the count left (never below 0).
+    pub async fn member_left(&self, room: &RoomName) -> Result<i64> {
+        let mut conn = self.conn().await?;
+        let left: i64 = conn.decr(self.keys.members(room), 1).await?;
+        if left <= 0 {
+            let _: () = conn.del(self.keys.members(room)).await?;
+        }
+        Ok(left.max(0))
+    }
+
+    /// Takes the lock `key` for `ttl_ms` if nobody holds it.
+    pub async fn try_lock(&self, key: String, ttl_ms: u64) -> Result<Option<LockGuard>> {
+        let token = format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos()
+        );
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(&token)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms)
+            .query_async(&mut self.conn().await?)
+            .await?;
+        Ok(taken.map(|_| LockGuard { key, token }))
+    }
+
+    /// Releases a lock if it is still ours.
+    pub async fn unlock(&self, guard: LockGuard) -> Result<()> {
+        let _: i64 = RELEASE_LOCK
+            .key(guard.key)
+            .arg(guard.token)
+            .invoke_async(&mut self.conn().await?)
+            .await?;
+        Ok(())
+    }
+
+    /// Marks a session token id as revoked until `ttl_secs` from now.
+    pub async fn revoke_token(&self, token_id: &str, ttl_secs: u64) -> Result<()> {
+        let _: () = self
+            .conn()
+            .await?
+            .set_ex(self.keys.revoked_token(token_id), 1, ttl_secs.max(1))
+            .await?;
+        Ok(())
+    }
+
+    /// Whether a session token id was revoked.
+    pub async fn is_token_revoked(&self, token_id: &str) -> Result<bool> {
+        Ok(self.conn().await?.exists(self.keys.revoked_token(token_id)).await?)
+    }
+}
+
+fn parse_entries(raw: Vec<(String, Vec<String>)>) -> Result<Vec<StoredMessage>> {
+    raw.into_iter()
+        .map(|(id, fields)| {
+            let corrupt = |reason: &str| RoomLogError::CorruptEntry { id: id.clone(), reason: reason.to_owned() };
+            let seq = id
+                .split('-')
+                .next()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| corrupt("id is not <seq>-0"))?;
+            let json = fields
+                .chunks(2)
+                .find(|pair| pair[0] == "m")
+                .and_then(|pair| pair.get(1))
+                .ok_or_else(|| corrupt("no field m"))?;
+            let entry = serde_json::from_str(json).map_err(|e| corrupt(&e.to_string()))?;
+            Ok(StoredMessage { seq, entry })
+        })
+        .collect()
+}
+
+/// Parses a pub/sub payload (`"<seq> <entry JSON>"`) published by the append script.
+pub fn parse_published(payload: &str) -> Option<StoredMessage> {
+    let (seq, json) = payload.split_once(' ')?;
+    Some(StoredMessage { seq: seq.parse().ok()?, entry: serde_json::from_str(json).ok()? })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_keys_share_a_hash_tag() {
+        let keys = Keyspace::new("t1:");
+        let room = RoomName::parse("lobby").unwrap();
+        for key in [keys.seq(&room), keys.log(&room), keys.persisted(&room), keys.client_id(&room, "c1")] {
+            assert!(key.starts_with("t1:room:{lobby}:"), "{key}");
+        }
+        assert_eq!(keys.room_of_channel(&keys.channel(&room)), Some(room));
+        assert_eq!(keys.room_of_channel("other:room:{lobby}"), None);
+    }
+
+    #[test]
+    fn published_payload_parses() {
+        let message = parse_published(r#"42 {"u":1,"n":"ada","b":"a b","t":5}"#).unwrap();
+        assert_eq!(message.seq, 42);
+        assert_eq!(message.entry.body, "a b");
+        assert!(parse_published("nonsense").is_none());
+    }
+}

@@ -1,0 +1,22 @@
+-- Appends one message to a room: the write path's single atomic round-trip.
+-- KEYS[1] seq counter, KEYS[2] log stream, KEYS[3] persisted watermark, KEYS[4] client_id marker
+-- ARGV[1] pub/sub channel, ARGV[2] entry JSON, ARGV[3] client_id marker TTL in seconds ("0": no client_id)
+-- Returns {seq, duplicate (0/1), unpersisted}; seq = -1 when the room is not initialised.
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {-1, 0, 0}
+end
+local dedupe = ARGV[3] ~= '0'
+if dedupe then
+  local prior = redis.call('GET', KEYS[4])
+  if prior then
+    return {tonumber(prior), 1, 0}
+  end
+end
+local seq = redis.call('INCR', KEYS[1])
+redis.call('XADD', KEYS[2], seq .. '-0', 'm', ARGV[2])
+if dedupe then
+  redis.call('SET', KEYS[4], seq, 'EX', ARGV[3])
+end
+redis.call('PUBLISH', ARGV[1], seq .. ' ' .. ARGV[2])
+local persisted = tonumber(redis.call('GET', KEYS[3]) or '0')
+return {seq, 0, seq - persisted}

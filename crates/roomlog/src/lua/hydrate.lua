@@ -1,0 +1,23 @@
+-- Initialises a room from the archive, unless Redis already holds it.
+-- KEYS[1] seq counter, KEYS[2] log stream, KEYS[3] persisted watermark
+-- ARGV[1] archived last seq, then pairs of (seq, entry JSON) in ascending seq order.
+-- Returns {initialised (0/1), seq counter}.
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return {0, tonumber(redis.call('GET', KEYS[1]))}
+end
+local archived = tonumber(ARGV[1])
+local seq = archived
+-- A log without a counter (partial key loss) may hold acked, unpersisted entries:
+-- keep it and continue after its last entry instead of reloading older ones.
+local tail = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+if #tail > 0 then
+  local last = tonumber(string.match(tail[1][1], '^(%d+)'))
+  if last > seq then seq = last end
+else
+  for i = 2, #ARGV, 2 do
+    redis.call('XADD', KEYS[2], ARGV[i] .. '-0', 'm', ARGV[i + 1])
+  end
+end
+redis.call('SET', KEYS[3], archived)
+redis.call('SET', KEYS[1], seq)
+return {1, seq}

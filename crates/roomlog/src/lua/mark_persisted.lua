@@ -1,0 +1,20 @@
+-- Records that every seq <= ARGV[1] is in PostgreSQL, then trims the log to its window.
+-- Entries above the persisted watermark are never trimmed.
+-- KEYS[1] seq counter, KEYS[2] log stream, KEYS[3] persisted watermark
+-- ARGV[1] persisted seq, ARGV[2] window (entries to keep)
+-- Returns {seq counter, watermark}; {-1, -1} when the room is not in Redis.
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {-1, -1}
+end
+local watermark = tonumber(redis.call('GET', KEYS[3]) or '0')
+local upto = tonumber(ARGV[1])
+if upto > watermark then
+  redis.call('SET', KEYS[3], upto)
+  watermark = upto
+end
+local seq = tonumber(redis.call('GET', KEYS[1]))
+local keep_from = math.min(watermark + 1, seq - tonumber(ARGV[2]) + 1)
+if keep_from > 1 then
+  redis.call('XTRIM', KEYS[2], 'MINID', keep_from .. '-0')
+end
+return {seq, watermark}
