@@ -1,1 +1,240 @@
-//! placeholder
+//! The PostgreSQL archive: where every message ends up, forever.
+//!
+//! * Versioned schema migrations ([`Archive::migrate`]), applied by every service at
+//!   start under an advisory lock, so replicas starting together do not race.
+//! * [`Archive::store_chunk`]: one batched, idempotent insert of a seq range plus the
+//!   watermark update, in one transaction.
+//! * [`Archive::reopen_room`] and [`Archive::history_before`]: what the hydrator reads.
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use huddle_config::PostgresSettings;
+use huddle_domain::{LogEntry, RoomName, StoredMessage};
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// Arbitrary constant naming the advisory lock that serialises migrations.
+const MIGRATION_LOCK: i64 = 0x4875_6464_6c65; // "Huddle"
+
+/// Errors of the archive.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("postgres pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("postgres url: {0}")]
+    Config(String),
+    #[error("migration: {0}")]
+    Migration(#[from] refinery::Error),
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = ArchiveError> = std::result::Result<T, E>;
+
+/// What the hydrator needs to re-open a room in Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomTail {
+    /// Highest seq in the archive (0 for a room without messages).
+    pub last_seq: u64,
+    /// The newest messages, oldest first.
+    pub recent: Vec<StoredMessage>,
+    /// Seqs between the old watermark and `last_seq` that the archive never received
+    /// (acked messages lost with Redis). The watermark now skips them.
+    pub abandoned: u64,
+}
+
+/// The archive, over a connection pool.
+#[derive(Clone)]
+pub struct Archive {
+    pool: Pool,
+}
+
+impl Archive {
+    /// Builds the pool (connections open lazily).
+    pub fn connect(settings: &PostgresSettings) -> Result<Self> {
+        let config: tokio_postgres::Config =
+            settings.database_url.parse().map_err(|e: tokio_postgres::Error| ArchiveError::Config(e.to_string()))?;
+        let manager = Manager::from_config(
+            config,
+            tokio_postgres::NoTls,
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(settings.database_pool_size)
+            .build()
+            .map_err(|e| ArchiveError::Config(e.to_string()))?;
+        Ok(Self { pool })
+    }
+
+    /// The underlying pool, for queries outside the archive's concern (accounts).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> Result<()> {
+        let mut client = self.pool.get().await?;
+        client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
+        let report = embedded::migrations::runner().run_async(&mut **client).await;
+        client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await?;
+        let report = report?;
+        for migration in report.applied_migrations() {
+            tracing::info!(version = migration.version(), name = migration.name(), "applied migration");
+        }
+        Ok(())
+    }
+
+    /// Round-trips a trivial query (readiness).
+    pub async fn ping(&self) -> Result<()> {
+        self.pool.get().await?.query_one("SELECT 1", &[]).await?;
+        Ok(())
+    }
+
+    /// The room's id, creating the room on first use.
+    pub async fn ensure_room(&self, room: &RoomName) -> Result<i64> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one(
+                "WITH created AS (INSERT INTO rooms (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING id)
+                 SELECT id FROM created UNION ALL SELECT id FROM rooms WHERE name = $1 LIMIT 1",
+                &[&room.as_str()],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// Writes `messages` of `room` (any order, any overlap with what is stored) and moves
+    /// the watermark over the gap-free prefix now present. Returns the watermark.
+    /// Writers of one room are serialised by a row lock, so each sees the others' rows.
+    pub async fn store_chunk(&self, room: &RoomName, messages: &[StoredMessage]) -> Result<u64> {
+        let room_id = self.ensure_room(room).await?;
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let watermark: i64 = tx
+            .query_one("SELECT persisted_seq FROM rooms WHERE id = $1 FOR NO KEY UPDATE", &[&room_id])
+            .await?
+            .get(0);
+
+        let seqs: Vec<i64> = messages.iter().map(|m| m.seq as i64).collect();
+        let user_ids: Vec<i64> = messages.iter().map(|m| m.entry.user_id).collect();
+        let names: Vec<&str> = messages.iter().map(|m| m.entry.user_name.as_str()).collect();
+        let bodies: Vec<&str> = messages.iter().map(|m| m.entry.body.as_str()).collect();
+        let client_ids: Vec<&str> = messages.iter().map(|m| m.entry.client_id.as_str()).collect();
+        let sent_at: Vec<i64> = messages.iter().map(|m| m.entry.sent_at_ms).collect();
+        tx.execute(
+            "INSERT INTO messages (room_id, seq, user_id, user_name, body, client_id, sent_at)
+             SELECT $1, s, u, n, b, c, to_timestamp(t / 1000.0)
+             FROM UNNEST($2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::bigint[])
+                  AS batch (s, u, n, b, c, t)
+             ON CONFLICT (room_id, seq) DO NOTHING",
+            &[&room_id, &seqs, &user_ids, &names, &bodies, &client_ids, &sent_at],
+        )
+        .await?;
+
+        // The first run of consecutive seqs above the watermark has seq - row_number
+        // equal to the watermark; its top is the new watermark.
+        let prefix_top: Option<i64> = tx
+            .query_one(
+                "SELECT max(seq) FROM (
+                     SELECT seq, seq - row_number() OVER (ORDER BY seq) AS run
+                     FROM messages WHERE room_id = $1 AND seq > $2
+                 ) runs WHERE run = $2",
+                &[&room_id, &watermark],
+            )
+            .await?
+            .get(0);
+        let new_watermark = prefix_top.unwrap_or(watermark).max(watermark);
+        if new_watermark > watermark {
+            tx.execute("UPDATE rooms SET persisted_seq = $2 WHERE id = $1", &[&room_id, &new_watermark])
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(new_watermark as u64)
+    }
+
+    /// The room's watermark as recorded in the archive (0 for an unknown room).
+    pub async fn watermark(&self, room: &RoomName) -> Result<u64> {
+        let row = self
+            .pool
+            .get()
+            .await?
+            .query_opt("SELECT persisted_seq FROM rooms WHERE name = $1", &[&room.as_str()])
+            .await?;
+        Ok(row.map_or(0, |r| r.get::<_, i64>(0) as u64))
+    }
+
+    /// Prepares a room for a fresh Redis counter: creates it if new, returns its highest
+    /// seq and newest `window` messages, and moves the watermark to the highest seq,
+    /// because seqs the archive lacks below it can no longer arrive (Redis lost them).
+    pub async fn reopen_room(&self, room: &RoomName, window: usize) -> Result<RoomTail> {
+        let room_id = self.ensure_room(room).await?;
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let watermark: i64 = tx
+            .query_one("SELECT persisted_seq FROM rooms WHERE id = $1 FOR NO KEY UPDATE", &[&room_id])
+            .await?
+            .get(0);
+        let row = tx
+            .query_one(
+                "SELECT coalesce(max(seq), 0), count(*) FILTER (WHERE seq > $2) FROM messages WHERE room_id = $1",
+                &[&room_id, &watermark],
+            )
+            .await?;
+        let (last_seq, present_above): (i64, i64) = (row.get(0), row.get(1));
+        let abandoned = (last_seq - watermark - present_above).max(0) as u64;
+        if last_seq > watermark {
+            tx.execute("UPDATE rooms SET persisted_seq = $2 WHERE id = $1", &[&room_id, &last_seq]).await?;
+        }
+        tx.commit().await?;
+        if abandoned > 0 {
+            tracing::warn!(%room, abandoned, "archive has seq gaps that Redis can no longer fill");
+        }
+        let recent = self.page(room_id, last_seq + 1, window).await?;
+        Ok(RoomTail { last_seq: last_seq as u64, recent, abandoned })
+    }
+
+    /// Up to `limit` messages with seq < `before`, the newest ones, oldest first.
+    pub async fn history_before(&self, room: &RoomName, before: u64, limit: usize) -> Result<Vec<StoredMessage>> {
+        let row = self
+            .pool
+            .get()
+            .await?
+            .query_opt("SELECT id FROM rooms WHERE name = $1", &[&room.as_str()])
+            .await?;
+        match row {
+            Some(row) => self.page(row.get(0), before.min(i64::MAX as u64) as i64, limit).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    async fn page(&self, room_id: i64, before: i64, limit: usize) -> Result<Vec<StoredMessage>> {
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query(
+                "SELECT seq, user_id, user_name, body, client_id,
+                        round(extract(epoch FROM sent_at) * 1000)::bigint
+                 FROM messages WHERE room_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
+                &[&room_id, &before, &(limit as i64)],
+            )
+            .await?;
+        let mut messages: Vec<StoredMessage> = rows
+            .iter()
+            .map(|row| StoredMessage {
+                seq: row.get::<_, i64>(0) as u64,
+                entry: LogEntry {
+                    user_id: row.get(1),
+                    user_name: row.get(2),
+                    body: row.get(3),
+                    client_id: row.get(4),
+                    sent_at_ms: row.get(5),
+                },
+            })
+            .collect();
+        messages.reverse();
+        Ok(messages)
+    }
+}

@@ -1,1 +1,258 @@
-//! placeholder
+//! RabbitMQ transport for Huddle's tasks.
+//!
+//! Topology (every name starts with the configured prefix, e.g. `huddle`):
+//!
+//! | name | kind | purpose |
+//! |---|---|---|
+//! | `{p}.flush` | quorum queue | FlushRoom master tasks |
+//! | `{p}.persist-chunk` | quorum queue | PersistChunk tasks |
+//! | `{p}.hydrate` | quorum queue | HydrateRoom re-warm tasks |
+//! | `{p}.dlx` | fanout exchange | receives tasks past their delivery limit |
+//! | `{p}.dead` | quorum queue | bound to `{p}.dlx`: poison tasks for an operator |
+//!
+//! Task queues are durable quorum queues with `x-delivery-limit`: a task that keeps
+//! failing is dead-lettered instead of looping forever. Publishing is persistent and
+//! waits for the broker's confirm; consumers ack after their work is committed.
+
+use std::sync::Arc;
+
+use huddle_config::BrokerSettings;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use tokio::sync::Mutex;
+
+pub use lapin::message::Delivery;
+
+/// Errors of the task transport.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("amqp: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("broker refused task for {queue} (nack)")]
+    Nacked { queue: String },
+    #[error("undecodable task payload: {0}")]
+    Decode(#[from] prost::DecodeError),
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = BrokerError> = std::result::Result<T, E>;
+
+/// The task queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskQueue {
+    /// FlushRoom master tasks.
+    Flush,
+    /// PersistChunk tasks.
+    PersistChunk,
+    /// HydrateRoom re-warm tasks.
+    Hydrate,
+}
+
+impl TaskQueue {
+    /// All task queues.
+    pub const ALL: [TaskQueue; 3] = [TaskQueue::Flush, TaskQueue::PersistChunk, TaskQueue::Hydrate];
+
+    fn suffix(self) -> &'static str {
+        match self {
+            TaskQueue::Flush => "flush",
+            TaskQueue::PersistChunk => "persist-chunk",
+            TaskQueue::Hydrate => "hydrate",
+        }
+    }
+}
+
+/// Queue and exchange names under one prefix.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    prefix: String,
+    delivery_limit: u32,
+}
+
+impl Topology {
+    /// Names under `prefix`; tasks are dead-lettered after `delivery_limit` deliveries.
+    pub fn new(prefix: impl Into<String>, delivery_limit: u32) -> Self {
+        Self { prefix: prefix.into(), delivery_limit }
+    }
+
+    /// Name of a task queue.
+    pub fn queue(&self, queue: TaskQueue) -> String {
+        format!("{}.{}", self.prefix, queue.suffix())
+    }
+
+    /// Name of the dead-letter exchange.
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}.dlx", self.prefix)
+    }
+
+    /// Name of the queue holding dead-lettered tasks.
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dead", self.prefix)
+    }
+
+    async fn declare(&self, channel: &Channel) -> Result<()> {
+        let quorum = |extra: &[(&str, AMQPValue)]| {
+            let mut args = FieldTable::default();
+            args.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from("quorum")));
+            for (key, value) in extra {
+                args.insert((*key).into(), value.clone());
+            }
+            args
+        };
+        let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+        let dlx = self.dead_letter_exchange();
+        channel
+            .exchange_declare(
+                dlx.as_str().into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() },
+                FieldTable::default(),
+            )
+            .await?;
+        let dead = self.dead_letter_queue();
+        channel.queue_declare(dead.as_str().into(), durable, quorum(&[])).await?;
+        channel
+            .queue_bind(dead.as_str().into(), dlx.as_str().into(), "".into(), QueueBindOptions::default(), FieldTable::default())
+            .await?;
+        for queue in TaskQueue::ALL {
+            let args = quorum(&[
+                ("x-dead-letter-exchange", AMQPValue::LongString(LongString::from(dlx.as_str()))),
+                ("x-delivery-limit", AMQPValue::LongInt(self.delivery_limit as i32)),
+            ]);
+            channel.queue_declare(self.queue(queue).as_str().into(), durable, args).await?;
+        }
+        Ok(())
+    }
+}
+
+struct Link {
+    connection: Arc<Connection>,
+    publisher: Channel,
+}
+
+/// A connection to RabbitMQ that reconnects on demand.
+#[derive(Clone)]
+pub struct Broker {
+    url: String,
+    topology: Topology,
+    link: Arc<Mutex<Option<Link>>>,
+}
+
+impl Broker {
+    /// Connects and declares the topology.
+    pub async fn connect(settings: &BrokerSettings) -> Result<Self> {
+        let broker = Self {
+            url: settings.amqp_url.clone(),
+            topology: Topology::new(settings.queue_prefix.clone(), settings.delivery_limit),
+            link: Arc::new(Mutex::new(None)),
+        };
+        broker.connection().await?;
+        Ok(broker)
+    }
+
+    /// The names in use.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// The live connection, opening (and declaring the topology on) a new one if the
+    /// previous one dropped.
+    async fn connection(&self) -> Result<(Arc<Connection>, Channel)> {
+        let mut link = self.link.lock().await;
+        if let Some(current) = link.as_ref() {
+            if current.connection.status().connected() && current.publisher.status().connected() {
+                return Ok((current.connection.clone(), current.publisher.clone()));
+            }
+            tracing::warn!("rabbitmq connection lost; reconnecting");
+        }
+        let connection = Arc::new(Connection::connect(&self.url, ConnectionProperties::default()).await?);
+        let publisher = connection.create_channel().await?;
+        publisher.confirm_select(ConfirmSelectOptions::default()).await?;
+        self.topology.declare(&publisher).await?;
+        *link = Some(Link { connection: connection.clone(), publisher: publisher.clone() });
+        Ok((connection, publisher))
+    }
+
+    /// Whether the connection is up (readiness).
+    pub async fn is_connected(&self) -> bool {
+        self.link.lock().await.as_ref().is_some_and(|l| l.connection.status().connected())
+    }
+
+    /// Publishes tasks persistently and waits until the broker has confirmed all of them.
+    pub async fn publish<M: prost::Message>(&self, queue: TaskQueue, tasks: &[M]) -> Result<()> {
+        let (_, channel) = self.connection().await?;
+        let name = self.topology.queue(queue);
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/x-protobuf".into());
+        let mut confirms = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            let confirm = channel
+                .basic_publish(
+                    "".into(),
+                    name.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &task.encode_to_vec(),
+                    properties.clone(),
+                )
+                .await?;
+            confirms.push(confirm);
+        }
+        for confirm in confirms {
+            if !confirm.await?.is_ack() {
+                return Err(BrokerError::Nacked { queue: name });
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts consuming `queue` on a channel of its own with at most `prefetch`
+    /// unacknowledged deliveries. The consumer ends when the connection drops; call
+    /// again to resume.
+    pub async fn consume(&self, queue: TaskQueue, prefetch: u16, tag: &str) -> Result<Consumer> {
+        let (connection, _) = self.connection().await?;
+        let channel = connection.create_channel().await?;
+        channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
+        let consumer = channel
+            .basic_consume(
+                self.topology.queue(queue).as_str().into(),
+                tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(consumer)
+    }
+
+    /// Deletes every queue and exchange of this topology (test clean-up).
+    pub async fn delete_topology(&self) -> Result<()> {
+        let (_, channel) = self.connection().await?;
+        for queue in TaskQueue::ALL {
+            channel
+                .queue_delete(self.topology.queue(queue).as_str().into(), QueueDeleteOptions::default())
+                .await?;
+        }
+        channel
+            .queue_delete(self.topology.dead_letter_queue().as_str().into(), QueueDeleteOptions::default())
+            .await?;
+        channel
+            .exchange_delete(self.topology.dead_letter_exchange().as_str().into(), Default::default())
+            .await?;
+        Ok(())
+    }
+
+    /// Closes the connection cleanly.
+    pub async fn close(&self) {
+        if let Some(link) = self.link.lock().await.take() {
+            let _ = link.connection.close(200, "bye".into()).await;
+        }
+    }
+}
+
+/// Decodes a task payload.
+pub fn decode<M: prost::Message + Default>(delivery: &Delivery) -> Result<M> {
+    Ok(M::decode(delivery.data.as_slice())?)
+}

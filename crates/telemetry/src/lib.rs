@@ -127,3 +127,26 @@ pub fn spawn_ops_server(listener: TcpListener, readiness: Readiness) -> std::io:
         .map_err(|_| std::io::Error::other("ops server failed to start"))?;
     Ok(OpsServer { handle, thread: Some(thread) })
 }
+
+/// Resolves on SIGTERM or Ctrl-C: the moment a service starts its graceful shutdown.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM; only Ctrl-C stops this process");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown signal received");
+}
