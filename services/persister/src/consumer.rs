@@ -1,0 +1,92 @@
+//! Consumer loop shared by the task queues: bounded prefetch, ack after the work is
+//! committed, retry with exponential back-off, dead-lettering of poison tasks, and
+//! reconnection when RabbitMQ goes away.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use huddle_broker::{Broker, Delivery, TaskQueue};
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use lapin::types::AMQPValue;
+use tokio::sync::watch;
+
+use crate::metrics::TASKS;
+use crate::tasks::{TaskError, TaskHandler};
+
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+const RECONNECT_DELAY: Duration = Duration::from_secs(1);
+
+/// Consumes `queue` until `stopped` turns true, reconnecting whenever the consumer ends.
+pub async fn run(
+    broker: Broker,
+    queue: TaskQueue,
+    prefetch: u16,
+    handler: TaskHandler,
+    retry_base: Duration,
+    stopped: watch::Receiver<bool>,
+) {
+    let queue_name = broker.topology().queue(queue);
+    let tag = format!("{queue_name}-{}", std::process::id());
+    while !*stopped.borrow() {
+        let consumer = match broker.consume(queue, prefetch.max(1), &tag).await {
+            Ok(consumer) => consumer,
+            Err(error) => {
+                tracing::warn!(queue = %queue_name, %error, "cannot consume; retrying");
+                let mut stopped = stopped.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(RECONNECT_DELAY) => {},
+                    _ = stopped.wait_for(|stop| *stop) => {},
+                }
+                continue;
+            }
+        };
+        tracing::info!(queue = %queue_name, prefetch, "consuming");
+        let mut stop_signal = stopped.clone();
+        consumer
+            .take_until(async move {
+                let _ = stop_signal.wait_for(|stop| *stop).await;
+            })
+            .for_each_concurrent(usize::from(prefetch.max(1)), |delivery| async {
+                match delivery {
+                    Ok(delivery) => handle(&handler, queue, &queue_name, delivery, retry_base).await,
+                    Err(error) => tracing::warn!(queue = %queue_name, %error, "consumer error"),
+                }
+            })
+            .await;
+    }
+    tracing::info!(queue = %queue_name, "consumer stopped");
+}
+
+async fn handle(handler: &TaskHandler, queue: TaskQueue, queue_name: &str, delivery: Delivery, retry_base: Duration) {
+    let outcome = match handler.handle(queue, &delivery.data).await {
+        Ok(()) => delivery.ack(BasicAckOptions::default()).await.map(|_| "ok"),
+        Err(TaskError::Poison(reason)) => {
+            tracing::error!(queue = queue_name, %reason, "poison task dead-lettered");
+            delivery.reject(BasicRejectOptions { requeue: false }).await.map(|_| "dead")
+        }
+        Err(TaskError::Transient(reason)) => {
+            let attempt = delivery_count(&delivery);
+            let delay = retry_base.saturating_mul(1 << attempt.min(16)).min(MAX_RETRY_DELAY);
+            tracing::warn!(queue = queue_name, %reason, attempt, delay_ms = delay.as_millis() as u64, "task failed; will retry");
+            tokio::time::sleep(delay).await;
+            delivery.nack(BasicNackOptions { requeue: true, multiple: false }).await.map(|_| "retry")
+        }
+    };
+    match outcome {
+        Ok(outcome) => TASKS.with_label_values(&[queue_name, outcome]).inc(),
+        // The channel is gone: the broker redelivers the task to another consumer.
+        Err(error) => tracing::warn!(queue = queue_name, %error, "could not settle task"),
+    }
+}
+
+/// Earlier deliveries of this task, as counted by the quorum queue.
+fn delivery_count(delivery: &Delivery) -> u32 {
+    let Some(headers) = delivery.properties.headers() else { return 0 };
+    match headers.inner().get("x-delivery-count") {
+        Some(AMQPValue::LongLongInt(n)) => *n as u32,
+        Some(AMQPValue::LongInt(n)) => *n as u32,
+        Some(AMQPValue::LongUInt(n)) => *n,
+        Some(AMQPValue::ShortInt(n)) => *n as u32,
+        _ => 0,
+    }
+}

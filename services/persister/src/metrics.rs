@@ -1,0 +1,28 @@
+//! The persister's Prometheus metrics.
+
+use std::sync::LazyLock;
+
+use prometheus::{register_histogram, register_int_counter, register_int_counter_vec, Histogram, IntCounter, IntCounterVec};
+
+/// Tasks handled, by queue and outcome (ok, retry, dead).
+pub static TASKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!("huddle_persister_tasks_total", "Tasks handled by queue and outcome", &["queue", "outcome"])
+        .expect("metric registers once")
+});
+
+/// Messages written to PostgreSQL (a chunk written twice counts twice).
+pub static MESSAGES_WRITTEN: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("huddle_persister_messages_written_total", "Messages sent to PostgreSQL in chunk inserts")
+        .expect("metric registers once")
+});
+
+/// Time to write one chunk, seconds.
+pub static CHUNK_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!("huddle_persister_chunk_seconds", "Time to persist one chunk task").expect("metric registers once")
+});
+
+/// FlushRoom tasks queued by the sweep.
+pub static SWEEP_FLUSHES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("huddle_persister_sweep_flushes_total", "FlushRoom tasks queued by the dirty-room sweep")
+        .expect("metric registers once")
+});

@@ -1,0 +1,52 @@
+//! The dirty-room sweep: re-queues a FlushRoom for every room with unpersisted messages,
+//! so nothing is stranded when a gateway dies before its room empties. One replica
+//! sweeps per interval (a Redis lock); claims in Redis stop a sweep from re-queuing a
+//! range that a flush already fanned out.
+
+use std::time::Duration;
+
+use huddle_broker::{Broker, TaskQueue};
+use huddle_proto::v1::FlushRoomTask;
+use huddle_roomlog::RoomLog;
+use tokio::sync::watch;
+
+use crate::metrics::SWEEP_FLUSHES;
+
+/// Rooms re-queued per sweep at most; the rest wait for the next one.
+const ROOMS_PER_SWEEP: usize = 10_000;
+
+/// Sweeps every `interval` until `stopped` turns true.
+pub async fn run(log: RoomLog, broker: Broker, interval: Duration, mut stopped: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {},
+            _ = stopped.wait_for(|stop| *stop) => break,
+        }
+        if let Err(error) = sweep_once(&log, &broker, interval).await {
+            tracing::warn!(%error, "sweep failed");
+        }
+    }
+}
+
+async fn sweep_once(log: &RoomLog, broker: &Broker, interval: Duration) -> Result<(), String> {
+    let lock_ttl = (interval.as_millis() as u64).saturating_sub(50).max(1);
+    // The lock is left to expire: that is what spaces sweeps across replicas.
+    let Some(_lock) = log.try_lock(log.keys().lock("sweep"), lock_ttl).await.map_err(|e| e.to_string())? else {
+        return Ok(());
+    };
+    let rooms = log.dirty_rooms(ROOMS_PER_SWEEP).await.map_err(|e| e.to_string())?;
+    if rooms.is_empty() {
+        return Ok(());
+    }
+    let now = huddle_domain::now_ms();
+    let tasks: Vec<FlushRoomTask> = rooms
+        .iter()
+        .map(|(room, _)| FlushRoomTask { room: room.to_string(), reason: "sweep".into(), requested_at_ms: now })
+        .collect();
+    broker.publish(TaskQueue::Flush, &tasks).await.map_err(|e| e.to_string())?;
+    SWEEP_FLUSHES.inc_by(tasks.len() as u64);
+    tracing::debug!(rooms = tasks.len(), "sweep queued flushes");
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! What each task does. Every step is idempotent, so a redelivered task is harmless.
+
+use huddle_archive::Archive;
+use huddle_broker::{Broker, TaskQueue};
+use huddle_domain::RoomName;
+use huddle_proto::v1::{FlushRoomTask, PersistChunkTask};
+use huddle_roomlog::RoomLog;
+
+use crate::metrics;
+
+/// How a task failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    /// The task can never succeed (undecodable, invalid room): dead-letter it at once.
+    #[error("poison task: {0}")]
+    Poison(String),
+    /// A dependency failed; retry with back-off.
+    #[error("transient failure: {0}")]
+    Transient(String),
+}
+
+macro_rules! transient {
+    ($e:expr) => {
+        $e.map_err(|e| TaskError::Transient(e.to_string()))
+    };
+}
+
+/// Executes flush and chunk tasks.
+#[derive(Clone)]
+pub struct TaskHandler {
+    pub(crate) log: RoomLog,
+    pub(crate) archive: Archive,
+    pub(crate) broker: Broker,
+    pub(crate) chunk_size: u64,
+    pub(crate) flush_claim_ms: u64,
+}
+
+fn parse_room(raw: &str) -> Result<RoomName, TaskError> {
+    RoomName::parse(raw).map_err(|e| TaskError::Poison(format!("room {raw:?}: {e}")))
+}
+
+impl TaskHandler {
+    /// Runs one delivery of `queue`.
+    pub async fn handle(&self, queue: TaskQueue, payload: &[u8]) -> Result<(), TaskError> {
+        use prost::Message;
+        match queue {
+            TaskQueue::Flush => {
+                let task = FlushRoomTask::decode(payload).map_err(|e| TaskError::Poison(e.to_string()))?;
+                self.flush(&task).await
+            }
+            TaskQueue::PersistChunk => {
+                let task = PersistChunkTask::decode(payload).map_err(|e| TaskError::Poison(e.to_string()))?;
+                self.persist_chunk(&task).await
+            }
+            TaskQueue::Hydrate => Err(TaskError::Poison("the persister does not hydrate".into())),
+        }
+    }
+
+    /// Master task: claim the unpersisted range and fan it out as chunk tasks.
+    async fn flush(&self, task: &FlushRoomTask) -> Result<(), TaskError> {
+        let room = parse_room(&task.room)?;
+        let Some((from, to)) = transient!(self.log.claim_flush(&room, self.flush_claim_ms).await)? else {
+            return transient!(self.log.clear_dirty_if_clean(&room).await);
+        };
+        let chunks: Vec<PersistChunkTask> = (from..=to)
+            .step_by(self.chunk_size as usize)
+            .map(|start| PersistChunkTask {
+                room: room.to_string(),
+                from_seq: start,
+                to_seq: (start + self.chunk_size - 1).min(to),
+            })
+            .collect();
+        tracing::debug!(%room, from, to, chunks = chunks.len(), reason = %task.reason, "flush fanned out");
+        transient!(self.broker.publish(TaskQueue::PersistChunk, &chunks).await)
+    }
+
+    /// Chunk task: copy one range from Redis into PostgreSQL, then move the watermark.
+    async fn persist_chunk(&self, task: &PersistChunkTask) -> Result<(), TaskError> {
+        let room = parse_room(&task.room)?;
+        if task.from_seq == 0 || task.from_seq > task.to_seq {
+            return Err(TaskError::Poison(format!("bad range {}..={}", task.from_seq, task.to_seq)));
+        }
+        let timer = metrics::CHUNK_SECONDS.start_timer();
+        let messages = transient!(self.log.range(&room, task.from_seq, task.to_seq).await)?;
+        let watermark = transient!(self.archive.store_chunk(&room, &messages).await)?;
+        metrics::MESSAGES_WRITTEN.inc_by(messages.len() as u64);
+        transient!(self.log.mark_persisted(&room, watermark).await)?;
+        transient!(self.log.clear_dirty_if_clean(&room).await)?;
+        timer.observe_duration();
+        tracing::debug!(%room, from = task.from_seq, to = task.to_seq, written = messages.len(), watermark, "chunk persisted");
+        Ok(())
+    }
+}
