@@ -142,13 +142,19 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Connects and declares the topology.
-    pub async fn connect(settings: &BrokerSettings) -> Result<Self> {
-        let broker = Self {
+    /// A broker handle that connects on first use (publishers that must keep working
+    /// while RabbitMQ is down use this and retry later).
+    pub fn lazy(settings: &BrokerSettings) -> Self {
+        Self {
             url: settings.amqp_url.clone(),
             topology: Topology::new(settings.queue_prefix.clone(), settings.delivery_limit),
             link: Arc::new(Mutex::new(None)),
-        };
+        }
+    }
+
+    /// Connects and declares the topology now.
+    pub async fn connect(settings: &BrokerSettings) -> Result<Self> {
+        let broker = Self::lazy(settings);
         broker.connection().await?;
         Ok(broker)
     }

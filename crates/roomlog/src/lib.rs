@@ -410,6 +410,12 @@ impl RoomLog {
         Ok(())
     }
 
+    /// Publishes a payload on the room's channel that is not stored (typing notices).
+    pub async fn publish_ephemeral(&self, room: &RoomName, payload: &str) -> Result<()> {
+        let _: i64 = self.conn().await?.publish(self.keys.channel(room), payload).await?;
+        Ok(())
+    }
+
     /// Marks a session token id as revoked until `ttl_secs` from now.
     pub async fn revoke_token(&self, token_id: &str, ttl_secs: u64) -> Result<()> {
         let _: () = self

@@ -1,1 +1,204 @@
-//! placeholder
+//! The write path: the gateway browsers talk to.
+//!
+//! * REST: accounts and sessions ([`api`]), history pages.
+//! * WebSocket `/ws/rooms/{room}` ([`ws`]): each `send` is one atomic Redis append
+//!   (seq + log + publish), acked at once; nothing on that path waits for PostgreSQL
+//!   or RabbitMQ.
+//! * Live fan-out through one Redis pub/sub connection per process ([`hub`]), so any
+//!   number of gateway replicas behave as one.
+//! * Flush triggers: a room's last member leaving, or its backlog reaching a threshold,
+//!   queues a FlushRoom task for the persister.
+
+pub mod api;
+pub mod auth;
+pub mod hub;
+mod metrics;
+pub mod protocol;
+pub mod rooms;
+mod ws;
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use huddle_archive::Archive;
+use huddle_broker::Broker;
+use huddle_config::{BrokerSettings, PostgresSettings, RedisSettings};
+use huddle_proto::v1::hydrator_client::HydratorClient;
+use huddle_roomlog::RoomLog;
+use huddle_telemetry::Readiness;
+use tokio::sync::watch;
+
+/// The secret used when none is configured; fine on a laptop, refused nowhere, and
+/// loudly logged, because sessions signed with it can be forged by anyone.
+const DEV_SECRET: &str = "huddle-dev-secret-change-me";
+
+/// Gateway settings (flags or `HUDDLE_*` environment variables).
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "huddle-gateway", version, about = "Huddle gateway: WebSocket rooms, REST API, web client")]
+pub struct Settings {
+    /// Address to serve HTTP and WebSocket on.
+    #[arg(long, env = "HUDDLE_GATEWAY_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+    /// Worker threads (0: one per core).
+    #[arg(long, env = "HUDDLE_GATEWAY_WORKERS", default_value_t = 0)]
+    pub workers: usize,
+    /// gRPC URL of the hydrator.
+    #[arg(long, env = "HUDDLE_HYDRATOR_URL", default_value = "http://127.0.0.1:50051")]
+    pub hydrator_url: String,
+    /// Secret that signs session tokens; the same on every replica.
+    #[arg(long, env = "HUDDLE_SESSION_SECRET", default_value = DEV_SECRET, hide_default_value = true)]
+    pub session_secret: String,
+    /// Session lifetime in seconds.
+    #[arg(long, env = "HUDDLE_SESSION_TTL_SECS", default_value_t = 7 * 24 * 3600)]
+    pub session_ttl_secs: u64,
+    /// Mark the session cookie Secure (behind HTTPS).
+    #[arg(long, env = "HUDDLE_COOKIE_SECURE", default_value_t = false)]
+    pub cookie_secure: bool,
+    /// Origins allowed to open WebSockets besides the gateway's own (comma-separated; `*` for any).
+    #[arg(long, env = "HUDDLE_ALLOWED_ORIGINS", value_delimiter = ',', default_value = "")]
+    pub allowed_origins: Vec<String>,
+    /// Messages sent in the `history` frame on join.
+    #[arg(long, env = "HUDDLE_JOIN_HISTORY", default_value_t = 100)]
+    pub join_history: usize,
+    /// Queue a flush each time a room's unpersisted backlog reaches a multiple of this.
+    #[arg(long, env = "HUDDLE_FLUSH_BACKLOG", default_value_t = 1000)]
+    pub flush_backlog: u64,
+    /// Outgoing frames queued per socket before it is closed as a slow consumer (4008).
+    #[arg(long, env = "HUDDLE_SOCKET_QUEUE", default_value_t = 1024)]
+    pub socket_queue: usize,
+    /// Sustained sends per second allowed per connection.
+    #[arg(long, env = "HUDDLE_SEND_RATE", default_value_t = 20.0)]
+    pub send_rate_per_sec: f64,
+    /// Burst of sends allowed per connection.
+    #[arg(long, env = "HUDDLE_SEND_BURST", default_value_t = 50.0)]
+    pub send_burst: f64,
+    #[command(flatten)]
+    pub postgres: PostgresSettings,
+    #[command(flatten)]
+    pub redis: RedisSettings,
+    #[command(flatten)]
+    pub broker: BrokerSettings,
+}
+
+/// Shared state of every request and socket.
+pub struct AppState {
+    pub settings: Settings,
+    pub log: RoomLog,
+    pub archive: Archive,
+    pub rooms: rooms::RoomService,
+    pub hub: Arc<hub::Hub>,
+    pub signer: auth::TokenSigner,
+    /// Turns true when the gateway shuts down: sockets close with 1012.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("bind: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Archive(#[from] huddle_archive::ArchiveError),
+    #[error(transparent)]
+    RoomLog(#[from] huddle_roomlog::RoomLogError),
+    #[error("redis pub/sub: {0}")]
+    PubSub(#[from] redis::RedisError),
+    #[error("hydrator url: {0}")]
+    HydratorUrl(String),
+}
+
+/// A running gateway.
+pub struct RunningGateway {
+    addr: SocketAddr,
+    handle: actix_web::dev::ServerHandle,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    shutdown: watch::Sender<bool>,
+    broker: Broker,
+}
+
+impl RunningGateway {
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Graceful stop: stop accepting, tell every socket to reconnect elsewhere (1012),
+    /// which counts them out of their rooms and queues the emptied rooms' flushes.
+    pub async fn stop(self) {
+        self.handle.pause().await;
+        let _ = self.shutdown.send(true);
+        self.handle.stop(true).await;
+        let _ = self.server.await;
+        // Flush requests queued by the last sockets leaving are still being published.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        self.broker.close().await;
+    }
+}
+
+/// Migrates the archive, connects to Redis, binds and starts the HTTP server.
+pub async fn start(settings: Settings) -> Result<RunningGateway, StartError> {
+    if settings.session_secret == DEV_SECRET {
+        tracing::warn!("HUDDLE_SESSION_SECRET is not set: using the development secret; never do this in production");
+    }
+    let archive = Archive::connect(&settings.postgres)?;
+    archive.migrate().await?;
+    let log = RoomLog::connect(&settings.redis)?;
+    log.ping().await?;
+    let broker = Broker::lazy(&settings.broker);
+    let hydrator_channel = tonic::transport::Endpoint::from_shared(settings.hydrator_url.clone())
+        .map_err(|e| StartError::HydratorUrl(e.to_string()))?
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .connect_lazy();
+    let hub = hub::Hub::start(&settings.redis.redis_url, log.keys().clone(), settings.socket_queue).await?;
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let state = web::Data::new(AppState {
+        rooms: rooms::RoomService::new(log.clone(), HydratorClient::new(hydrator_channel), broker.clone(), settings.flush_backlog),
+        signer: auth::TokenSigner::new(&settings.session_secret),
+        settings: settings.clone(),
+        log: log.clone(),
+        archive: archive.clone(),
+        hub,
+        shutdown,
+    });
+    let readiness = Readiness::new(move || {
+        let (archive, log) = (archive.clone(), log.clone());
+        Box::pin(async move {
+            archive.ping().await.map_err(|e| e.to_string())?;
+            log.ping().await.map_err(|e| e.to_string())
+        })
+    });
+
+    let listener = TcpListener::bind(settings.addr)?;
+    let addr = listener.local_addr()?;
+    let mut server = HttpServer::new(move || {
+        let readiness = readiness.clone();
+        App::new()
+            .app_data(state.clone())
+            .app_data(api::json_config())
+            .app_data(api::query_config())
+            .configure(|cfg| huddle_telemetry::configure_ops(cfg, readiness))
+            .configure(api::configure)
+            .route("/ws/rooms/{room}", web::get().to(ws::upgrade))
+            .route("/", web::get().to(index))
+            .default_service(web::to(api::not_found))
+    })
+    .disable_signals()
+    .shutdown_timeout(10)
+    .listen(listener)?;
+    if settings.workers > 0 {
+        server = server.workers(settings.workers);
+    }
+    let server = server.run();
+    let handle = server.handle();
+    let server = tokio::spawn(server);
+    tracing::info!(%addr, "gateway listening");
+    Ok(RunningGateway { addr, handle, server, shutdown: shutdown_tx, broker })
+}
+
+async fn index() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header(("Content-Security-Policy", "default-src 'self'; connect-src 'self' ws: wss:; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'"))
+        .body(include_str!("../static/index.html"))
+}

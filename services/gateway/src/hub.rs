@@ -1,0 +1,198 @@
+//! Live fan-out: one Redis pub/sub connection per gateway process, shared by all its
+//! sockets. A room's channel is subscribed while at least one local socket is in it.
+//!
+//! Each socket has a bounded queue. Delivery never waits: a socket whose queue is full
+//! is dropped from the hub (its queue closes) and its session closes it with code 4008,
+//! so a stuck client never slows the room or the sender.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use huddle_domain::RoomName;
+use huddle_roomlog::{parse_published, Keyspace};
+use redis::aio::{PubSubSink, PubSubStream};
+use tokio::sync::mpsc;
+
+use crate::metrics::SLOW_CONSUMER_CLOSES;
+use crate::protocol::message_frame;
+
+/// Prefix of typing payloads on a room channel (messages start with their seq).
+pub const TYPING_PREFIX: &str = "T ";
+
+/// Something for one socket to send.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// A chat message frame.
+    Message { seq: u64, frame: Arc<str> },
+    /// A typing frame from `user_id`.
+    Typing { user_id: i64, frame: Arc<str> },
+    /// Live delivery was interrupted (pub/sub reconnected): re-read the log from the
+    /// last seq sent, so nothing published meanwhile is missed.
+    Resync,
+}
+
+/// A socket's place in a room; leave with [`Hub::leave`].
+pub struct Membership {
+    pub id: u64,
+    pub rx: mpsc::Receiver<Outbound>,
+}
+
+type Members = HashMap<RoomName, HashMap<u64, mpsc::Sender<Outbound>>>;
+
+struct Subscriptions {
+    sink: PubSubSink,
+    rooms: HashSet<RoomName>,
+}
+
+/// The gateway's fan-out hub.
+pub struct Hub {
+    client: redis::Client,
+    keys: Keyspace,
+    members: Mutex<Members>,
+    subscriptions: tokio::sync::Mutex<Subscriptions>,
+    next_id: AtomicU64,
+    queue_capacity: usize,
+}
+
+impl Hub {
+    /// Opens the pub/sub connection and starts dispatching.
+    pub async fn start(redis_url: &str, keys: Keyspace, queue_capacity: usize) -> redis::RedisResult<Arc<Self>> {
+        let client = redis::Client::open(redis_url)?;
+        let (sink, stream) = client.get_async_pubsub().await?.split();
+        let hub = Arc::new(Self {
+            client,
+            keys,
+            members: Mutex::new(HashMap::new()),
+            subscriptions: tokio::sync::Mutex::new(Subscriptions { sink, rooms: HashSet::new() }),
+            next_id: AtomicU64::new(1),
+            queue_capacity: queue_capacity.max(1),
+        });
+        tokio::spawn(Arc::clone(&hub).dispatch(stream));
+        Ok(hub)
+    }
+
+    /// Adds a socket to `room`; once this returns, every message published to the room
+    /// reaches the membership's queue.
+    pub async fn join(&self, room: &RoomName) -> redis::RedisResult<Membership> {
+        let (tx, rx) = mpsc::channel(self.queue_capacity);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.lock_members().entry(room.clone()).or_default().insert(id, tx);
+        let mut subscriptions = self.subscriptions.lock().await;
+        if !subscriptions.rooms.contains(room) {
+            if let Err(error) = subscriptions.sink.subscribe(self.keys.channel(room)).await {
+                drop(subscriptions);
+                self.remove(room, id);
+                return Err(error);
+            }
+            subscriptions.rooms.insert(room.clone());
+        }
+        Ok(Membership { id, rx })
+    }
+
+    /// Removes a socket; the room's channel is unsubscribed when no local socket is left.
+    pub async fn leave(&self, room: &RoomName, id: u64) {
+        self.remove(room, id);
+        let mut subscriptions = self.subscriptions.lock().await;
+        let empty = !self.lock_members().contains_key(room);
+        if empty && subscriptions.rooms.remove(room) {
+            if let Err(error) = subscriptions.sink.unsubscribe(self.keys.channel(room)).await {
+                tracing::warn!(%room, %error, "unsubscribe failed");
+            }
+        }
+    }
+
+    fn lock_members(&self) -> std::sync::MutexGuard<'_, Members> {
+        self.members.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn remove(&self, room: &RoomName, id: u64) {
+        let mut members = self.lock_members();
+        if let Some(sockets) = members.get_mut(room) {
+            sockets.remove(&id);
+            if sockets.is_empty() {
+                members.remove(room);
+            }
+        }
+    }
+
+    /// Delivers to every local socket of `room` without waiting; drops sockets whose
+    /// queue is full.
+    fn deliver(&self, room: &RoomName, outbound: Outbound) {
+        let mut members = self.lock_members();
+        let Some(sockets) = members.get_mut(room) else { return };
+        sockets.retain(|_, tx| match tx.try_send(outbound.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                SLOW_CONSUMER_CLOSES.inc();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+        if sockets.is_empty() {
+            members.remove(room);
+        }
+    }
+
+    fn dispatch_one(&self, channel: &str, payload: &str) {
+        let Some(room) = self.keys.room_of_channel(channel) else { return };
+        let outbound = if let Some(json) = payload.strip_prefix(TYPING_PREFIX) {
+            let user_id = serde_json::from_str::<serde_json::Value>(json)
+                .ok()
+                .and_then(|v| v["user"]["id"].as_i64())
+                .unwrap_or_default();
+            Outbound::Typing { user_id, frame: json.into() }
+        } else if let Some(message) = parse_published(payload) {
+            Outbound::Message { seq: message.seq, frame: message_frame(&room, &message) }
+        } else {
+            tracing::warn!(%room, "unparseable pub/sub payload ignored");
+            return;
+        };
+        self.deliver(&room, outbound);
+    }
+
+    async fn dispatch(self: Arc<Self>, mut stream: PubSubStream) {
+        loop {
+            while let Some(message) = stream.next().await {
+                match message.get_payload::<String>() {
+                    Ok(payload) => self.dispatch_one(message.get_channel_name(), &payload),
+                    Err(error) => tracing::warn!(%error, "bad pub/sub message"),
+                }
+            }
+            tracing::warn!("redis pub/sub connection lost; reconnecting");
+            stream = self.reconnect().await;
+        }
+    }
+
+    /// Opens a new pub/sub connection, re-subscribes every room and tells every socket
+    /// to resync from the log.
+    async fn reconnect(&self) -> PubSubStream {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+            let Ok(pubsub) = self.client.get_async_pubsub().await else { continue };
+            let (mut sink, stream) = pubsub.split();
+            let mut subscriptions = self.subscriptions.lock().await;
+            let mut failed = false;
+            for room in &subscriptions.rooms {
+                if sink.subscribe(self.keys.channel(room)).await.is_err() {
+                    failed = true;
+                    break;
+                }
+            }
+            if failed {
+                continue;
+            }
+            subscriptions.sink = sink;
+            let rooms: Vec<RoomName> = self.lock_members().keys().cloned().collect();
+            for room in rooms {
+                self.deliver(&room, Outbound::Resync);
+            }
+            tracing::info!(rooms = subscriptions.rooms.len(), "redis pub/sub reconnected");
+            return stream;
+        }
+    }
+}

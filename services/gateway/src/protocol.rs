@@ -1,0 +1,246 @@
+//! The WebSocket protocol: JSON text frames with a `type` field (docs/PROTOCOL.md).
+
+use std::sync::Arc;
+
+use huddle_domain::{rfc3339_from_ms, RoomName, StoredMessage};
+use serde::{Deserialize, Serialize};
+
+/// Close code: the server is restarting; reconnect (with `since`).
+pub const CLOSE_SERVICE_RESTART: u16 = 1012;
+/// Close code: the client did not read its messages fast enough.
+pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
+
+/// Frames a client may send.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientFrame {
+    /// Post a message.
+    Send {
+        body: String,
+        #[serde(default)]
+        client_id: String,
+    },
+    /// The user is typing (ephemeral, not stored).
+    Typing {},
+    /// Page older history.
+    History {
+        #[serde(default)]
+        before_seq: u64,
+        #[serde(default)]
+        limit: u32,
+    },
+    /// Keep-alive; answered with `pong`.
+    Ping {},
+}
+
+/// The frame types a client may send, for telling "unknown type" from "bad fields".
+const CLIENT_TYPES: [&str; 4] = ["send", "typing", "history", "ping"];
+
+/// Why a text frame could not be understood.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FrameError {
+    /// Not JSON, or not an object with a string `type`.
+    BadJson(String),
+    /// A `type` this server does not know.
+    UnknownType(String),
+    /// A known type with missing or malformed fields.
+    BadFrame(String),
+}
+
+impl FrameError {
+    /// The error event for this failure.
+    pub fn to_event(&self) -> String {
+        match self {
+            FrameError::BadJson(detail) => error_frame("bad_json", detail),
+            FrameError::UnknownType(kind) => error_frame("unknown_type", &format!("unknown frame type {kind:?}")),
+            FrameError::BadFrame(detail) => error_frame("bad_frame", detail),
+        }
+    }
+}
+
+/// Parses one client text frame.
+pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| FrameError::BadJson(e.to_string()))?;
+    let kind = value
+        .get("type")
+        .and_then(|t| t.as_str())
+        .ok_or_else(|| FrameError::BadJson("expected an object with a string \"type\"".into()))?;
+    if !CLIENT_TYPES.contains(&kind) {
+        return Err(FrameError::UnknownType(kind.to_owned()));
+    }
+    serde_json::from_value(value).map_err(|e| FrameError::BadFrame(e.to_string()))
+}
+
+/// A user as clients see one.
+#[derive(Debug, Serialize)]
+pub struct UserView<'a> {
+    pub id: i64,
+    pub name: &'a str,
+}
+
+/// A message as clients see one (inside `message` and `history` frames).
+#[derive(Debug, Serialize)]
+pub struct MessageView<'a> {
+    pub room: &'a str,
+    pub seq: u64,
+    pub user: UserView<'a>,
+    pub body: &'a str,
+    pub sent_at: String,
+    pub client_id: &'a str,
+}
+
+impl<'a> MessageView<'a> {
+    /// The view of a stored message.
+    pub fn new(room: &'a RoomName, message: &'a StoredMessage) -> Self {
+        Self {
+            room: room.as_str(),
+            seq: message.seq,
+            user: UserView { id: message.entry.user_id, name: &message.entry.user_name },
+            body: &message.entry.body,
+            sent_at: rfc3339_from_ms(message.entry.sent_at_ms),
+            client_id: &message.entry.client_id,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Tagged<T: Serialize> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(flatten)]
+    inner: T,
+}
+
+fn tagged(kind: &'static str, inner: impl Serialize) -> String {
+    serde_json::to_string(&Tagged { kind, inner }).expect("frames always serialise")
+}
+
+/// `message` frame, built once per message and shared by every local recipient.
+pub fn message_frame(room: &RoomName, message: &StoredMessage) -> Arc<str> {
+    tagged("message", MessageView::new(room, message)).into()
+}
+
+/// How a `history` frame came about.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HistoryMode {
+    /// The latest messages, sent on join.
+    Latest,
+    /// An older page the client asked for.
+    Page,
+}
+
+#[derive(Serialize)]
+struct HistoryBody<'a> {
+    room: &'a str,
+    mode: HistoryMode,
+    messages: Vec<MessageView<'a>>,
+    has_more: bool,
+}
+
+/// `history` frame: `messages` oldest first.
+pub fn history_frame(room: &RoomName, mode: HistoryMode, messages: &[StoredMessage], has_more: bool) -> String {
+    tagged(
+        "history",
+        HistoryBody {
+            room: room.as_str(),
+            mode,
+            messages: messages.iter().map(|m| MessageView::new(room, m)).collect(),
+            has_more,
+        },
+    )
+}
+
+#[derive(Serialize)]
+struct AckBody<'a> {
+    client_id: &'a str,
+    seq: u64,
+    duplicate: bool,
+}
+
+/// `ack` frame to the sender.
+pub fn ack_frame(client_id: &str, seq: u64, duplicate: bool) -> String {
+    tagged("ack", AckBody { client_id, seq, duplicate })
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_id: Option<&'a str>,
+}
+
+/// `error` frame.
+pub fn error_frame(code: &str, message: &str) -> String {
+    tagged("error", ErrorBody { code, message, client_id: None })
+}
+
+/// `error` frame about one `send`, naming its client_id so the client can match it.
+pub fn send_error_frame(code: &str, message: &str, client_id: &str) -> String {
+    tagged("error", ErrorBody { code, message, client_id: Some(client_id).filter(|c| !c.is_empty()) })
+}
+
+#[derive(Serialize)]
+struct TypingBody<'a> {
+    room: &'a str,
+    user: UserView<'a>,
+}
+
+/// `typing` frame.
+pub fn typing_frame(room: &RoomName, user_id: i64, user_name: &str) -> Arc<str> {
+    tagged("typing", TypingBody { room: room.as_str(), user: UserView { id: user_id, name: user_name } }).into()
+}
+
+/// `pong` frame.
+pub fn pong_frame() -> String {
+    r#"{"type":"pong"}"#.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_known_frames() {
+        assert!(matches!(
+            parse_client_frame(r#"{"type":"send","body":"hi","client_id":"c1"}"#),
+            Ok(ClientFrame::Send { body, client_id }) if body == "hi" && client_id == "c1"
+        ));
+        assert!(matches!(parse_client_frame(r#"{"type":"ping"}"#), Ok(ClientFrame::Ping {})));
+        assert!(matches!(
+            parse_client_frame(r#"{"type":"history","before_seq":10}"#),
+            Ok(ClientFrame::History { before_seq: 10, limit: 0 })
+        ));
+    }
+
+    #[test]
+    fn classifies_bad_frames() {
+        assert!(matches!(parse_client_frame("not json"), Err(FrameError::BadJson(_))));
+        assert!(matches!(parse_client_frame("[1]"), Err(FrameError::BadJson(_))));
+        assert_eq!(parse_client_frame(r#"{"type":"dance"}"#), Err(FrameError::UnknownType("dance".into())));
+        assert!(matches!(parse_client_frame(r#"{"type":"send"}"#), Err(FrameError::BadFrame(_))));
+        assert!(matches!(parse_client_frame(r#"{"type":"send","body":5}"#), Err(FrameError::BadFrame(_))));
+    }
+
+    #[test]
+    fn message_frame_shape() {
+        let room = RoomName::parse("lobby").unwrap();
+        let message = StoredMessage {
+            seq: 3,
+            entry: huddle_domain::LogEntry {
+                user_id: 9,
+                user_name: "ada".into(),
+                body: "<b>hi</b>".into(),
+                sent_at_ms: 0,
+                client_id: "c".into(),
+            },
+        };
+        let frame: serde_json::Value = serde_json::from_str(&message_frame(&room, &message)).unwrap();
+        assert_eq!(frame["type"], "message");
+        assert_eq!(frame["seq"], 3);
+        assert_eq!(frame["user"]["name"], "ada");
+        assert_eq!(frame["body"], "<b>hi</b>");
+        assert_eq!(frame["sent_at"], "1970-01-01T00:00:00Z");
+    }
+}

@@ -1,0 +1,147 @@
+//! Room operations of the write path: make sure Redis holds a room (hydrating it over
+//! gRPC if not), append messages, read history, count members and trigger flushes.
+
+use huddle_broker::{Broker, TaskQueue};
+use huddle_domain::{LogEntry, RoomName, StoredMessage};
+use huddle_proto::v1::hydrator_client::HydratorClient;
+use huddle_proto::v1::{ChatMessage, FlushRoomTask, GetHistoryRequest, HydrateRoomRequest};
+use huddle_roomlog::{AppendOutcome, RoomLog};
+use tonic::transport::Channel;
+
+use crate::api::ApiError;
+use crate::metrics::{APPEND_SECONDS, FLUSH_REQUESTS, MESSAGES_ACCEPTED};
+
+/// A message the room took (or had already taken, for a repeated client_id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    pub seq: u64,
+    pub duplicate: bool,
+}
+
+/// Room operations shared by the REST API and the sockets.
+#[derive(Clone)]
+pub struct RoomService {
+    log: RoomLog,
+    hydrator: HydratorClient<Channel>,
+    broker: Broker,
+    flush_backlog: u64,
+}
+
+impl RoomService {
+    /// `flush_backlog`: queue a flush each time a room's unpersisted count reaches a
+    /// multiple of this.
+    pub fn new(log: RoomLog, hydrator: HydratorClient<Channel>, broker: Broker, flush_backlog: u64) -> Self {
+        Self { log, hydrator, broker, flush_backlog: flush_backlog.max(1) }
+    }
+
+    /// Makes sure Redis holds the room's counter, hydrating it from the archive if not.
+    pub async fn ensure_ready(&self, room: &RoomName) -> Result<(), ApiError> {
+        if self.log.is_initialised(room).await.map_err(ApiError::unavailable)? {
+            return Ok(());
+        }
+        self.hydrator
+            .clone()
+            .hydrate_room(HydrateRoomRequest { room: room.to_string() })
+            .await
+            .map_err(|status| ApiError::unavailable(format!("hydrator: {}", status.message())))?;
+        Ok(())
+    }
+
+    /// Appends a message. If Redis lost the room since the join, it is hydrated again
+    /// first, so seq continues from the archive instead of restarting at 1.
+    pub async fn append(&self, room: &RoomName, entry: &LogEntry) -> Result<Accepted, ApiError> {
+        let timer = APPEND_SECONDS.start_timer();
+        let mut outcome = self.log.append(room, entry).await.map_err(ApiError::unavailable)?;
+        if outcome == AppendOutcome::NotReady {
+            self.ensure_ready(room).await?;
+            outcome = self.log.append(room, entry).await.map_err(ApiError::unavailable)?;
+        }
+        timer.observe_duration();
+        match outcome {
+            AppendOutcome::Appended { seq, unpersisted } => {
+                MESSAGES_ACCEPTED.inc();
+                if unpersisted % self.flush_backlog == 0 {
+                    self.request_flush(room, "backlog");
+                }
+                Ok(Accepted { seq, duplicate: false })
+            }
+            AppendOutcome::Duplicate { seq } => Ok(Accepted { seq, duplicate: true }),
+            AppendOutcome::NotReady => Err(ApiError::unavailable("room could not be initialised")),
+        }
+    }
+
+    /// The newest `limit` messages from Redis, oldest first.
+    pub async fn latest(&self, room: &RoomName, limit: usize) -> Result<Vec<StoredMessage>, ApiError> {
+        self.log.recent(room, limit).await.map_err(ApiError::unavailable)
+    }
+
+    /// Everything Redis holds above `after`, in order.
+    pub async fn since(&self, room: &RoomName, after: u64) -> Result<Vec<StoredMessage>, ApiError> {
+        self.log.range(room, after + 1, u64::MAX).await.map_err(ApiError::unavailable)
+    }
+
+    /// A page of older history through the hydrator (Redis, then PostgreSQL below it).
+    pub async fn history_page(
+        &self,
+        room: &RoomName,
+        before: u64,
+        limit: u32,
+    ) -> Result<(Vec<StoredMessage>, bool), ApiError> {
+        let page = self
+            .hydrator
+            .clone()
+            .get_history(GetHistoryRequest { room: room.to_string(), before_seq: before, limit })
+            .await
+            .map_err(|status| ApiError::unavailable(format!("hydrator: {}", status.message())))?
+            .into_inner();
+        Ok((page.messages.into_iter().map(from_proto).collect(), page.has_more))
+    }
+
+    /// Counts a socket into the room.
+    pub async fn member_joined(&self, room: &RoomName) {
+        if let Err(error) = self.log.member_joined(room).await {
+            tracing::warn!(%room, %error, "member count not updated");
+        }
+    }
+
+    /// Counts a socket out; when the room is empty everywhere, queues its flush.
+    pub async fn member_left(&self, room: &RoomName) {
+        match self.log.member_left(room).await {
+            Ok(0) => self.request_flush(room, "room_empty"),
+            Ok(_) => {}
+            // The periodic sweep flushes the room anyway.
+            Err(error) => tracing::warn!(%room, %error, "member count not updated"),
+        }
+    }
+
+    /// Queues a FlushRoom task in the background. Failure only delays persistence:
+    /// the dirty-room sweep queues one later.
+    pub fn request_flush(&self, room: &RoomName, reason: &'static str) {
+        let broker = self.broker.clone();
+        let task = FlushRoomTask { room: room.to_string(), reason: reason.into(), requested_at_ms: huddle_domain::now_ms() };
+        tokio::spawn(async move {
+            match broker.publish(TaskQueue::Flush, &[task]).await {
+                Ok(()) => FLUSH_REQUESTS.with_label_values(&[reason]).inc(),
+                Err(error) => tracing::warn!(%error, reason, "flush request not queued; the sweep will cover it"),
+            }
+        });
+    }
+
+    /// Publishes a typing notice to the room (not stored).
+    pub async fn typing(&self, room: &RoomName, frame: &str) -> Result<(), ApiError> {
+        self.log.publish_ephemeral(room, &format!("{}{frame}", crate::hub::TYPING_PREFIX)).await.map_err(ApiError::unavailable)
+    }
+}
+
+fn from_proto(message: ChatMessage) -> StoredMessage {
+    StoredMessage {
+        seq: message.seq,
+        entry: LogEntry {
+            user_id: message.user_id,
+            user_name: message.user_name,
+            body: message.body,
+            sent_at_ms: message.sent_at_ms,
+            client_id: message.client_id,
+        },
+    }
+}

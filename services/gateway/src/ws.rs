@@ -1,0 +1,293 @@
+//! One WebSocket connection in one room: history on join, then live messages, sends,
+//! typing, history pages and keep-alive, until either side closes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Session};
+use futures_util::StreamExt;
+use huddle_domain::{validate_client_id, LogEntry, MessageBody, RoomName};
+
+use crate::api::ApiError;
+use crate::auth::{AuthUser, Claims};
+use crate::hub::{Membership, Outbound};
+use crate::metrics::{CLIENT_ERRORS, CONNECTIONS};
+use crate::rooms::Accepted;
+use crate::protocol::{self, ClientFrame, HistoryMode, CLOSE_SERVICE_RESTART, CLOSE_SLOW_CONSUMER};
+use crate::AppState;
+
+/// Largest frame a client may send; bigger ones close the socket with 1009.
+const MAX_FRAME_BYTES: usize = 64 * 1024;
+/// Server pings this often; a client silent for `CLIENT_TIMEOUT` is dropped.
+const HEARTBEAT: Duration = Duration::from_secs(20);
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `GET /ws/rooms/{room}`: checks room, session and Origin, hydrates the room if Redis
+/// lacks it, then upgrades. Refusals are HTTP errors with a JSON body.
+pub async fn upgrade(
+    req: HttpRequest,
+    body: web::Payload,
+    room: web::Path<String>,
+    state: web::Data<AppState>,
+    user: AuthUser,
+) -> Result<HttpResponse, ApiError> {
+    let room = RoomName::parse(&room)?;
+    check_origin(&req, &state.settings.allowed_origins)?;
+    state.rooms.ensure_ready(&room).await?;
+    let (response, session, stream) = actix_ws::handle(&req, body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let stream = stream.max_frame_size(MAX_FRAME_BYTES).aggregate_continuations().max_continuation_size(MAX_FRAME_BYTES);
+    actix_web::rt::spawn(run(state.into_inner(), user.0, room, session, stream));
+    Ok(response)
+}
+
+/// Browsers send Origin; it must be the gateway's own host or an allowed origin.
+/// Non-browser clients send none and are let through (they hold a token anyway).
+fn check_origin(req: &HttpRequest, allowed: &[String]) -> Result<(), ApiError> {
+    let Some(origin) = req.headers().get(actix_web::http::header::ORIGIN) else { return Ok(()) };
+    let origin = origin.to_str().map_err(|_| ApiError::OriginNotAllowed)?;
+    let host = req.connection_info().host().to_owned();
+    let same_host = origin.split_once("://").is_some_and(|(_, rest)| rest == host);
+    if same_host || allowed.iter().any(|a| a == origin || a == "*") {
+        Ok(())
+    } else {
+        Err(ApiError::OriginNotAllowed)
+    }
+}
+
+/// Per-connection send rate limit (token bucket).
+struct RateLimit {
+    tokens: f64,
+    last: Instant,
+    per_sec: f64,
+    burst: f64,
+}
+
+impl RateLimit {
+    fn new(per_sec: f64, burst: f64) -> Self {
+        Self { tokens: burst, last: Instant::now(), per_sec, burst }
+    }
+
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.per_sec).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+struct Connection {
+    state: Arc<AppState>,
+    user: Claims,
+    room: RoomName,
+    session: Session,
+    /// Highest seq sent to this client: live messages at or below it are duplicates.
+    last_seq: u64,
+    rate: RateLimit,
+}
+
+/// Why the connection loop ended.
+enum Exit {
+    ClientClosed,
+    Close(CloseReason),
+}
+
+fn close(code: CloseCode, description: &str) -> Exit {
+    Exit::Close(CloseReason { code, description: Some(description.to_owned()) })
+}
+
+async fn run(
+    state: Arc<AppState>,
+    user: Claims,
+    room: RoomName,
+    session: Session,
+    mut stream: actix_ws::AggregatedMessageStream,
+) {
+    let mut membership = match state.hub.join(&room).await {
+        Ok(membership) => membership,
+        Err(error) => {
+            tracing::error!(%room, %error, "cannot subscribe to room");
+            let _ = session.close(Some(CloseReason { code: CloseCode::Error, description: Some("unavailable".into()) })).await;
+            return;
+        }
+    };
+    CONNECTIONS.inc();
+    state.rooms.member_joined(&room).await;
+    let rate = RateLimit::new(state.settings.send_rate_per_sec, state.settings.send_burst);
+    let mut conn = Connection { state: Arc::clone(&state), user, room: room.clone(), session, last_seq: 0, rate };
+
+    let exit = match conn.send_latest().await {
+        Ok(()) => conn.serve(&mut stream, &mut membership).await,
+        Err(exit) => exit,
+    };
+    if let Exit::Close(reason) = exit {
+        let _ = conn.session.close(Some(reason)).await;
+    }
+    state.hub.leave(&room, membership.id).await;
+    state.rooms.member_left(&room).await;
+    CONNECTIONS.dec();
+}
+
+impl Connection {
+    async fn send_text(&mut self, text: String) -> Result<(), Exit> {
+        self.session.text(text).await.map_err(|_| Exit::ClientClosed)
+    }
+
+    async fn send_error(&mut self, frame: String, code: &str) -> Result<(), Exit> {
+        CLIENT_ERRORS.with_label_values(&[code]).inc();
+        self.send_text(frame).await
+    }
+
+    async fn send_latest(&mut self) -> Result<(), Exit> {
+        let latest = match self.state.rooms.latest(&self.room, self.state.settings.join_history).await {
+            Ok(latest) => latest,
+            Err(error) => {
+                tracing::error!(room = %self.room, %error, "cannot read history");
+                return Err(close(CloseCode::Error, "unavailable"));
+            }
+        };
+        self.last_seq = latest.last().map_or(0, |m| m.seq);
+        let has_more = latest.first().is_some_and(|m| m.seq > 1);
+        self.send_text(protocol::history_frame(&self.room, HistoryMode::Latest, &latest, has_more)).await
+    }
+
+    async fn serve(&mut self, stream: &mut actix_ws::AggregatedMessageStream, membership: &mut Membership) -> Exit {
+        let mut shutdown = self.state.shutdown.clone();
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        let mut last_heard = Instant::now();
+        loop {
+            let step = tokio::select! {
+                frame = stream.next() => {
+                    last_heard = Instant::now();
+                    match frame {
+                        Some(Ok(AggregatedMessage::Text(text))) => self.on_text(&text).await,
+                        Some(Ok(AggregatedMessage::Binary(_))) => {
+                            self.send_error(protocol::error_frame("binary_unsupported", "send JSON text frames"), "binary_unsupported").await
+                        }
+                        Some(Ok(AggregatedMessage::Ping(bytes))) => self.session.pong(&bytes).await.map_err(|_| Exit::ClientClosed),
+                        Some(Ok(AggregatedMessage::Pong(_))) => Ok(()),
+                        Some(Ok(AggregatedMessage::Close(_))) | None => Err(Exit::ClientClosed),
+                        Some(Err(actix_ws::ProtocolError::Overflow)) => Err(close(CloseCode::Size, "frame too large")),
+                        Some(Err(error)) => Err(close(CloseCode::Protocol, &error.to_string())),
+                    }
+                }
+                outbound = membership.rx.recv() => match outbound {
+                    Some(outbound) => self.on_outbound(outbound).await,
+                    None => Err(close(CloseCode::Other(CLOSE_SLOW_CONSUMER), "slow consumer: outgoing queue overflowed")),
+                },
+                _ = heartbeat.tick() => {
+                    if last_heard.elapsed() > CLIENT_TIMEOUT {
+                        Err(close(CloseCode::Policy, "heartbeat timeout"))
+                    } else {
+                        self.session.ping(b"").await.map_err(|_| Exit::ClientClosed)
+                    }
+                }
+                _ = shutdown.wait_for(|stop| *stop) => {
+                    Err(close(CloseCode::Other(CLOSE_SERVICE_RESTART), "server restarting; reconnect"))
+                }
+            };
+            if let Err(exit) = step {
+                return exit;
+            }
+        }
+    }
+
+    async fn on_outbound(&mut self, outbound: Outbound) -> Result<(), Exit> {
+        match outbound {
+            Outbound::Message { seq, frame } if seq > self.last_seq => {
+                self.last_seq = seq;
+                self.send_text(frame.to_string()).await
+            }
+            Outbound::Message { .. } => Ok(()),
+            Outbound::Typing { user_id, frame } if user_id != self.user.uid => self.send_text(frame.to_string()).await,
+            Outbound::Typing { .. } => Ok(()),
+            Outbound::Resync => self.resync().await,
+        }
+    }
+
+    /// Sends whatever the log holds above the last seq sent (after a pub/sub outage).
+    async fn resync(&mut self) -> Result<(), Exit> {
+        let missed = match self.state.rooms.since(&self.room, self.last_seq).await {
+            Ok(missed) => missed,
+            Err(error) => {
+                tracing::warn!(room = %self.room, %error, "resync failed");
+                return Ok(());
+            }
+        };
+        for message in missed {
+            if message.seq > self.last_seq {
+                self.last_seq = message.seq;
+                self.send_text(protocol::message_frame(&self.room, &message).to_string()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_text(&mut self, text: &str) -> Result<(), Exit> {
+        let frame = match protocol::parse_client_frame(text) {
+            Ok(frame) => frame,
+            Err(error) => {
+                let code = match error {
+                    protocol::FrameError::BadJson(_) => "bad_json",
+                    protocol::FrameError::UnknownType(_) => "unknown_type",
+                    protocol::FrameError::BadFrame(_) => "bad_frame",
+                };
+                return self.send_error(error.to_event(), code).await;
+            }
+        };
+        match frame {
+            ClientFrame::Send { body, client_id } => self.on_send(body, client_id).await,
+            ClientFrame::Typing {} => {
+                let frame = protocol::typing_frame(&self.room, self.user.uid, &self.user.name);
+                if let Err(error) = self.state.rooms.typing(&self.room, &frame).await {
+                    tracing::debug!(%error, "typing notice dropped");
+                }
+                Ok(())
+            }
+            ClientFrame::History { before_seq, limit } => {
+                match self.state.rooms.history_page(&self.room, before_seq, limit).await {
+                    Ok((messages, has_more)) => {
+                        self.send_text(protocol::history_frame(&self.room, HistoryMode::Page, &messages, has_more)).await
+                    }
+                    Err(error) => self.send_error(protocol::error_frame(error.code(), &error.to_string()), error.code()).await,
+                }
+            }
+            ClientFrame::Ping {} => self.send_text(protocol::pong_frame()).await,
+        }
+    }
+
+    async fn on_send(&mut self, body: String, client_id: String) -> Result<(), Exit> {
+        if let Err(error) = validate_client_id(&client_id) {
+            return self.send_error(protocol::send_error_frame(error.code(), &error.to_string(), ""), error.code()).await;
+        }
+        let body = match MessageBody::parse(body) {
+            Ok(body) => body,
+            Err(error) => {
+                return self.send_error(protocol::send_error_frame(error.code(), &error.to_string(), &client_id), error.code()).await;
+            }
+        };
+        if !self.rate.allow() {
+            let frame = protocol::send_error_frame("rate_limited", "too many messages; slow down", &client_id);
+            return self.send_error(frame, "rate_limited").await;
+        }
+        let entry = LogEntry {
+            user_id: self.user.uid,
+            user_name: self.user.name.clone(),
+            body: body.into_inner(),
+            sent_at_ms: huddle_domain::now_ms(),
+            client_id,
+        };
+        match self.state.rooms.append(&self.room, &entry).await {
+            Ok(Accepted { seq, duplicate }) => self.send_text(protocol::ack_frame(&entry.client_id, seq, duplicate)).await,
+            Err(error) => {
+                let frame = protocol::send_error_frame(error.code(), &error.to_string(), &entry.client_id);
+                self.send_error(frame, error.code()).await
+            }
+        }
+    }
+}
