@@ -253,7 +253,8 @@ impl Broker {
     /// Closes the connection cleanly.
     pub async fn close(&self) {
         if let Some(link) = self.link.lock().await.take() {
-            let _ = link.connection.close(200, "bye".into()).await;
+            // A connection whose I/O task is gone never answers; do not wait on it forever.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), link.connection.close(200, "bye".into())).await;
         }
     }
 }

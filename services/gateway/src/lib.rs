@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod auth;
+mod flush;
 pub mod hub;
 mod metrics;
 pub mod protocol;
@@ -114,7 +115,8 @@ pub struct RunningGateway {
     handle: actix_web::dev::ServerHandle,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     shutdown: watch::Sender<bool>,
-    broker: Broker,
+    flush_stop: watch::Sender<bool>,
+    flush_publisher: tokio::task::JoinHandle<()>,
 }
 
 impl RunningGateway {
@@ -130,9 +132,10 @@ impl RunningGateway {
         let _ = self.shutdown.send(true);
         self.handle.stop(true).await;
         let _ = self.server.await;
-        // Flush requests queued by the last sockets leaving are still being published.
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        self.broker.close().await;
+        // Only now, with every socket gone, the publisher drains the flush requests of
+        // the rooms they left.
+        let _ = self.flush_stop.send(true);
+        let _ = self.flush_publisher.await;
     }
 }
 
@@ -152,8 +155,10 @@ pub async fn start(settings: Settings) -> Result<RunningGateway, StartError> {
         .connect_lazy();
     let hub = hub::Hub::start(&settings.redis.redis_url, log.keys().clone(), settings.socket_queue).await?;
     let (shutdown_tx, shutdown) = watch::channel(false);
+    let (flush_stop, flush_stopped) = watch::channel(false);
+    let (flushes, flush_publisher) = flush::spawn(broker, flush_stopped);
     let state = web::Data::new(AppState {
-        rooms: rooms::RoomService::new(log.clone(), HydratorClient::new(hydrator_channel), broker.clone(), settings.flush_backlog),
+        rooms: rooms::RoomService::new(log.clone(), HydratorClient::new(hydrator_channel), flushes, settings.flush_backlog),
         signer: auth::TokenSigner::new(&settings.session_secret),
         settings: settings.clone(),
         log: log.clone(),
@@ -193,7 +198,7 @@ pub async fn start(settings: Settings) -> Result<RunningGateway, StartError> {
     let handle = server.handle();
     let server = tokio::spawn(server);
     tracing::info!(%addr, "gateway listening");
-    Ok(RunningGateway { addr, handle, server, shutdown: shutdown_tx, broker })
+    Ok(RunningGateway { addr, handle, server, shutdown: shutdown_tx, flush_stop, flush_publisher })
 }
 
 async fn index() -> HttpResponse {

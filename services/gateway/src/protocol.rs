@@ -218,7 +218,7 @@ mod tests {
     fn classifies_bad_frames() {
         assert!(matches!(parse_client_frame("not json"), Err(FrameError::BadJson(_))));
         assert!(matches!(parse_client_frame("[1]"), Err(FrameError::BadJson(_))));
-        assert_eq!(parse_client_frame(r#"{"type":"dance"}"#), Err(FrameError::UnknownType("dance".into())));
+        assert!(matches!(parse_client_frame(r#"{"type":"dance"}"#), Err(FrameError::UnknownType(t)) if t == "dance"));
         assert!(matches!(parse_client_frame(r#"{"type":"send"}"#), Err(FrameError::BadFrame(_))));
         assert!(matches!(parse_client_frame(r#"{"type":"send","body":5}"#), Err(FrameError::BadFrame(_))));
     }

@@ -1,15 +1,15 @@
 //! Room operations of the write path: make sure Redis holds a room (hydrating it over
 //! gRPC if not), append messages, read history, count members and trigger flushes.
 
-use huddle_broker::{Broker, TaskQueue};
 use huddle_domain::{LogEntry, RoomName, StoredMessage};
 use huddle_proto::v1::hydrator_client::HydratorClient;
-use huddle_proto::v1::{ChatMessage, FlushRoomTask, GetHistoryRequest, HydrateRoomRequest};
+use huddle_proto::v1::{ChatMessage, GetHistoryRequest, HydrateRoomRequest};
 use huddle_roomlog::{AppendOutcome, RoomLog};
 use tonic::transport::Channel;
 
 use crate::api::ApiError;
-use crate::metrics::{APPEND_SECONDS, FLUSH_REQUESTS, MESSAGES_ACCEPTED};
+use crate::flush::FlushRequester;
+use crate::metrics::{APPEND_SECONDS, MESSAGES_ACCEPTED};
 
 /// A message the room took (or had already taken, for a repeated client_id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,15 +23,15 @@ pub struct Accepted {
 pub struct RoomService {
     log: RoomLog,
     hydrator: HydratorClient<Channel>,
-    broker: Broker,
+    flushes: FlushRequester,
     flush_backlog: u64,
 }
 
 impl RoomService {
     /// `flush_backlog`: queue a flush each time a room's unpersisted count reaches a
     /// multiple of this.
-    pub fn new(log: RoomLog, hydrator: HydratorClient<Channel>, broker: Broker, flush_backlog: u64) -> Self {
-        Self { log, hydrator, broker, flush_backlog: flush_backlog.max(1) }
+    pub fn new(log: RoomLog, hydrator: HydratorClient<Channel>, flushes: FlushRequester, flush_backlog: u64) -> Self {
+        Self { log, hydrator, flushes, flush_backlog: flush_backlog.max(1) }
     }
 
     /// Makes sure Redis holds the room's counter, hydrating it from the archive if not.
@@ -61,7 +61,7 @@ impl RoomService {
             AppendOutcome::Appended { seq, unpersisted } => {
                 MESSAGES_ACCEPTED.inc();
                 if unpersisted % self.flush_backlog == 0 {
-                    self.request_flush(room, "backlog");
+                    self.flushes.request(room, "backlog");
                 }
                 Ok(Accepted { seq, duplicate: false })
             }
@@ -107,24 +107,11 @@ impl RoomService {
     /// Counts a socket out; when the room is empty everywhere, queues its flush.
     pub async fn member_left(&self, room: &RoomName) {
         match self.log.member_left(room).await {
-            Ok(0) => self.request_flush(room, "room_empty"),
+            Ok(0) => self.flushes.request(room, "room_empty"),
             Ok(_) => {}
             // The periodic sweep flushes the room anyway.
             Err(error) => tracing::warn!(%room, %error, "member count not updated"),
         }
-    }
-
-    /// Queues a FlushRoom task in the background. Failure only delays persistence:
-    /// the dirty-room sweep queues one later.
-    pub fn request_flush(&self, room: &RoomName, reason: &'static str) {
-        let broker = self.broker.clone();
-        let task = FlushRoomTask { room: room.to_string(), reason: reason.into(), requested_at_ms: huddle_domain::now_ms() };
-        tokio::spawn(async move {
-            match broker.publish(TaskQueue::Flush, &[task]).await {
-                Ok(()) => FLUSH_REQUESTS.with_label_values(&[reason]).inc(),
-                Err(error) => tracing::warn!(%error, reason, "flush request not queued; the sweep will cover it"),
-            }
-        });
     }
 
     /// Publishes a typing notice to the room (not stored).

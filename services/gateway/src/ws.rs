@@ -117,6 +117,7 @@ async fn run(
         }
     };
     CONNECTIONS.inc();
+    tracing::debug!(%room, user_id = user.uid, "socket joined");
     state.rooms.member_joined(&room).await;
     let rate = RateLimit::new(state.settings.send_rate_per_sec, state.settings.send_burst);
     let mut conn = Connection { state: Arc::clone(&state), user, room: room.clone(), session, last_seq: 0, rate };
@@ -128,6 +129,7 @@ async fn run(
     if let Exit::Close(reason) = exit {
         let _ = conn.session.close(Some(reason)).await;
     }
+    tracing::debug!(%room, "socket left");
     state.hub.leave(&room, membership.id).await;
     state.rooms.member_left(&room).await;
     CONNECTIONS.dec();

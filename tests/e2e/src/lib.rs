@@ -1,1 +1,360 @@
-//! placeholder
+//! Test harness for Huddle's end-to-end tests, in the "Zero to Production" style: each
+//! test gets its own PostgreSQL database, Redis key prefix and RabbitMQ queue prefix
+//! on the machine's real servers, and spawns the services on random ports.
+//!
+//! Missing servers are a test failure with a clear message, never a skip.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Where the shared servers are (override with the same variables the services read).
+fn server_url(var: &str, default: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| default.to_owned())
+}
+
+/// PostgreSQL server URL without database (`HUDDLE_TEST_PG`).
+pub fn postgres_server() -> String {
+    server_url("HUDDLE_TEST_PG", "postgres://postgres@127.0.0.1:5432")
+}
+
+/// Redis URL (`HUDDLE_TEST_REDIS`).
+pub fn redis_url() -> String {
+    server_url("HUDDLE_TEST_REDIS", "redis://127.0.0.1:6379")
+}
+
+/// AMQP URL (`HUDDLE_TEST_AMQP`).
+pub fn amqp_url() -> String {
+    server_url("HUDDLE_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/%2f")
+}
+
+/// One test's private slice of the shared servers.
+pub struct TestEnv {
+    pub id: String,
+    pub database_url: String,
+    pub db_name: String,
+    pub key_prefix: String,
+    pub queue_prefix: String,
+}
+
+impl TestEnv {
+    /// Creates the test's database; fails clearly if a server is not reachable.
+    pub async fn new() -> Result<Self> {
+        huddle_telemetry::init("e2e-test");
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let db_name = format!("huddle_test_{id}");
+        let (client, connection) = tokio_postgres::connect(&format!("{}/postgres", postgres_server()), tokio_postgres::NoTls)
+            .await
+            .with_context(|| format!("PostgreSQL is not reachable at {} (start it: scripts/services.sh)", postgres_server()))?;
+        tokio::spawn(connection);
+        client.batch_execute(&format!("CREATE DATABASE {db_name}")).await?;
+        let redis = redis::Client::open(redis_url())?;
+        let mut conn = redis
+            .get_multiplexed_async_connection()
+            .await
+            .with_context(|| format!("Redis is not reachable at {} (start it: scripts/services.sh)", redis_url()))?;
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(Self {
+            database_url: format!("{}/{db_name}", postgres_server()),
+            db_name,
+            key_prefix: format!("ht{id}:"),
+            queue_prefix: format!("ht{id}"),
+            id,
+        })
+    }
+
+    /// Flags shared by every service: this test's database, key and queue prefixes.
+    pub fn store_args(&self) -> Vec<String> {
+        vec![
+            "--database-url".into(),
+            self.database_url.clone(),
+            "--database-pool-size".into(),
+            "4".into(),
+            "--redis-url".into(),
+            redis_url(),
+            "--redis-pool-size".into(),
+            "8".into(),
+            "--key-prefix".into(),
+            self.key_prefix.clone(),
+        ]
+    }
+
+    /// Flags for services that talk to RabbitMQ.
+    pub fn broker_args(&self) -> Vec<String> {
+        vec!["--amqp-url".into(), amqp_url(), "--queue-prefix".into(), self.queue_prefix.clone()]
+    }
+
+    /// Deletes every Redis key of this test (what "Redis lost everything" means to it).
+    pub async fn wipe_redis(&self) -> Result<u64> {
+        let mut conn = redis::Client::open(redis_url())?.get_multiplexed_async_connection().await?;
+        let mut cursor = 0u64;
+        let mut deleted = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}*", self.key_prefix))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            if !keys.is_empty() {
+                deleted += redis::cmd("DEL").arg(&keys).query_async::<u64>(&mut conn).await?;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+
+    /// A client of this test's database.
+    pub async fn db(&self) -> Result<tokio_postgres::Client> {
+        let (client, connection) = tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        Ok(client)
+    }
+
+    /// Drops the database, the Redis keys and the queues of this test.
+    pub async fn cleanup(&self) -> Result<()> {
+        self.wipe_redis().await?;
+        let broker = huddle_broker::Broker::lazy(&huddle_config::BrokerSettings {
+            amqp_url: amqp_url(),
+            queue_prefix: self.queue_prefix.clone(),
+            delivery_limit: 5,
+        });
+        broker.delete_topology().await?;
+        broker.close().await;
+        let (client, connection) =
+            tokio_postgres::connect(&format!("{}/postgres", postgres_server()), tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        client.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db_name)).await?;
+        Ok(())
+    }
+}
+
+/// The three services of one test, in-process, on random ports.
+pub struct Stack {
+    pub env: TestEnv,
+    pub hydrator: huddle_hydrator::RunningHydrator,
+    pub persister: huddle_persister::RunningPersister,
+    pub gateways: Vec<huddle_gateway::RunningGateway>,
+}
+
+fn parse<T: clap::Parser>(name: &str, args: Vec<String>) -> T {
+    T::parse_from(std::iter::once(name.to_owned()).chain(args))
+}
+
+/// Starts a hydrator of `env`.
+pub async fn start_hydrator(env: &TestEnv) -> Result<huddle_hydrator::RunningHydrator> {
+    let mut args = vec!["--grpc-addr".into(), "127.0.0.1:0".into(), "--ops-addr".into(), "127.0.0.1:0".into()];
+    args.extend(env.store_args());
+    Ok(huddle_hydrator::start(parse("huddle-hydrator", args)).await?)
+}
+
+/// Starts a persister of `env` with a fast sweep.
+pub async fn start_persister(env: &TestEnv) -> Result<huddle_persister::RunningPersister> {
+    let mut args = vec![
+        "--grpc-addr".into(),
+        "127.0.0.1:0".into(),
+        "--ops-addr".into(),
+        "127.0.0.1:0".into(),
+        "--sweep-interval-ms".into(),
+        "500".into(),
+        "--chunk-size".into(),
+        "50".into(),
+        "--retry-base-ms".into(),
+        "50".into(),
+    ];
+    args.extend(env.store_args());
+    args.extend(env.broker_args());
+    Ok(huddle_persister::start(parse("huddle-persister", args)).await?)
+}
+
+/// Starts a gateway of `env` talking to the hydrator at `hydrator`.
+pub async fn start_gateway(env: &TestEnv, hydrator: SocketAddr, extra: &[&str]) -> Result<huddle_gateway::RunningGateway> {
+    let mut args = vec![
+        "--addr".into(),
+        "127.0.0.1:0".into(),
+        "--workers".into(),
+        "2".into(),
+        "--hydrator-url".into(),
+        format!("http://{hydrator}"),
+        "--session-secret".into(),
+        format!("test-secret-{}", env.id),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend(env.store_args());
+    args.extend(env.broker_args());
+    Ok(huddle_gateway::start(parse("huddle-gateway", args)).await?)
+}
+
+impl Stack {
+    /// A full stack with `gateways` gateway replicas.
+    pub async fn start(gateways: usize) -> Result<Self> {
+        let env = TestEnv::new().await?;
+        let hydrator = start_hydrator(&env).await?;
+        let persister = start_persister(&env).await.context("persister (is RabbitMQ running?)")?;
+        let mut running = Vec::new();
+        for _ in 0..gateways {
+            running.push(start_gateway(&env, hydrator.grpc_addr(), &[]).await?);
+        }
+        Ok(Self { env, hydrator, persister, gateways: running })
+    }
+
+    /// Base URL of gateway `i`.
+    pub fn url(&self, i: usize) -> String {
+        format!("http://{}", self.gateways[i].addr())
+    }
+
+    /// Stops everything and removes the test's data.
+    pub async fn shutdown(self) -> Result<()> {
+        for gateway in self.gateways {
+            gateway.stop().await;
+        }
+        self.persister.stop().await;
+        self.hydrator.stop().await;
+        self.env.cleanup().await
+    }
+}
+
+/// A signed-in API user.
+#[derive(Clone, Debug)]
+pub struct User {
+    pub id: i64,
+    pub name: String,
+    pub token: String,
+}
+
+/// An HTTP client.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(20)).build().expect("http client")
+}
+
+/// Registers `name` (password `password123`) and logs in.
+pub async fn sign_up(base: &str, name: &str) -> Result<User> {
+    let client = http();
+    let credentials = json!({ "username": name, "password": "password123" });
+    let registered = client.post(format!("{base}/api/register")).json(&credentials).send().await?;
+    if registered.status() != 201 {
+        bail!("register {name}: {} {}", registered.status(), registered.text().await?);
+    }
+    let login: Value = client.post(format!("{base}/api/login")).json(&credentials).send().await?.json().await?;
+    Ok(User {
+        id: login["user"]["id"].as_i64().context("user id")?,
+        name: name.to_owned(),
+        token: login["token"].as_str().context("token")?.to_owned(),
+    })
+}
+
+/// A WebSocket client of one room.
+pub struct Ws {
+    stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Ws {
+    /// Joins `room` on the gateway at `base` (`extra_query` is appended, e.g. `since=5`).
+    pub async fn join(base: &str, room: &str, token: &str, extra_query: &str) -> Result<Self> {
+        let ws_base = base.replacen("http", "ws", 1);
+        let url = format!("{ws_base}/ws/rooms/{room}?token={token}&{extra_query}");
+        let (stream, _) = tokio_tungstenite::connect_async(url).await?;
+        Ok(Self { stream })
+    }
+
+    /// Sends a raw text frame.
+    pub async fn send_raw(&mut self, text: &str) -> Result<()> {
+        self.stream.send(Message::text(text)).await?;
+        Ok(())
+    }
+
+    /// Sends a JSON frame.
+    pub async fn send_json(&mut self, frame: &Value) -> Result<()> {
+        self.send_raw(&frame.to_string()).await
+    }
+
+    /// Sends a message and waits for its ack; returns the seq.
+    pub async fn say(&mut self, body: &str, client_id: &str) -> Result<u64> {
+        self.send_json(&json!({ "type": "send", "body": body, "client_id": client_id })).await?;
+        let ack = self.expect("ack").await?;
+        if ack["client_id"] != client_id {
+            bail!("ack for another client_id: {ack}");
+        }
+        ack["seq"].as_u64().context("ack seq")
+    }
+
+    /// The next JSON text frame (10 s timeout); `None` when the server closed.
+    pub async fn next(&mut self) -> Result<Option<Value>> {
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(10), self.stream.next())
+                .await
+                .context("no frame within 10 s")?;
+            match frame {
+                Some(Ok(Message::Text(text))) => return Ok(Some(serde_json::from_str(&text)?)),
+                Some(Ok(Message::Close(_))) | None => return Ok(None),
+                Some(Ok(_)) => continue,
+                Some(Err(error)) => return Err(error.into()),
+            }
+        }
+    }
+
+    /// The next frame of type `kind`, skipping others (typing, other messages…).
+    pub async fn expect(&mut self, kind: &str) -> Result<Value> {
+        loop {
+            match self.next().await? {
+                Some(frame) if frame["type"] == kind => return Ok(frame),
+                Some(_) => continue,
+                None => bail!("connection closed while waiting for {kind}"),
+            }
+        }
+    }
+
+    /// The close frame's code, waiting for the server to close.
+    pub async fn close_code(&mut self) -> Result<Option<u16>> {
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(10), self.stream.next())
+                .await
+                .context("server did not close within 10 s")?;
+            match frame {
+                Some(Ok(Message::Close(frame))) => return Ok(frame.map(|f| u16::from(f.code))),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Ok(None),
+            }
+        }
+    }
+
+    /// Closes the socket cleanly.
+    pub async fn leave(mut self) -> Result<()> {
+        self.stream.close(None).await?;
+        while let Some(Ok(_)) = self.stream.next().await {}
+        Ok(())
+    }
+}
+
+/// Seqs of the `messages` array of a history frame or page.
+pub fn seqs(frame: &Value) -> Vec<u64> {
+    frame["messages"].as_array().map(|m| m.iter().filter_map(|m| m["seq"].as_u64()).collect()).unwrap_or_default()
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, for at most `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check().await? {
+            return Ok(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("condition not met within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

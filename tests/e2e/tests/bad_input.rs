@@ -1,0 +1,158 @@
+//! Bad input gets a documented error and breaks nothing.
+
+use anyhow::Result;
+use huddle_e2e::{http, sign_up, Stack, Ws};
+use serde_json::{json, Value};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_get_error_events_and_the_connection_keeps_working() -> Result<()> {
+    let stack = Stack::start(1).await?;
+    let base = stack.url(0);
+    let ada = sign_up(&base, "ada").await?;
+    let mut a = Ws::join(&base, "rough", &ada.token, "").await?;
+    a.expect("history").await?;
+
+    let cases: Vec<(String, &str)> = vec![
+        ("not json at all".into(), "bad_json"),
+        ("[1,2,3]".into(), "bad_json"),
+        (json!({"type": "dance"}).to_string(), "unknown_type"),
+        (json!({"type": "send"}).to_string(), "bad_frame"),
+        (json!({"type": "send", "body": 42}).to_string(), "bad_frame"),
+        (json!({"type": "send", "body": "", "client_id": "e1"}).to_string(), "empty_body"),
+        (json!({"type": "send", "body": "   \n ", "client_id": "e2"}).to_string(), "empty_body"),
+        (json!({"type": "send", "body": "x".repeat(4001), "client_id": "e3"}).to_string(), "body_too_long"),
+        (json!({"type": "send", "body": "hi", "client_id": "has space"}).to_string(), "bad_client_id"),
+    ];
+    for (frame, code) in &cases {
+        a.send_raw(frame).await?;
+        let error = a.expect("error").await?;
+        assert_eq!(error["code"], *code, "frame {frame}");
+        assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    let error = {
+        a.send_json(&json!({"type": "send", "body": "", "client_id": "e9"})).await?;
+        a.expect("error").await?
+    };
+    assert_eq!(error["client_id"], "e9");
+
+    // Nothing was stored, and the connection and room still work.
+    assert_eq!(a.say("still here", "ok-1").await?, 1);
+    a.send_json(&json!({"type": "ping"})).await?;
+    a.expect("pong").await?;
+
+    // A frame over 64 KiB closes the socket with 1009; the room keeps working.
+    a.send_raw(&"x".repeat(70 * 1024)).await?;
+    assert_eq!(a.close_code().await?, Some(1009));
+    let mut again = Ws::join(&base, "rough", &ada.token, "").await?;
+    let history = again.expect("history").await?;
+    assert_eq!(history["messages"].as_array().map(Vec::len), Some(1));
+    assert_eq!(again.say("after the big frame", "ok-2").await?, 2);
+    again.leave().await?;
+    stack.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_upgrades_are_json_http_errors() -> Result<()> {
+    let stack = Stack::start(1).await?;
+    let base = stack.url(0);
+    let ada = sign_up(&base, "ada").await?;
+    let client = http();
+    let upgrade = |path: String, token: Option<String>| {
+        let client = client.clone();
+        let base = base.clone();
+        async move {
+            let mut request = client
+                .get(format!("{base}{path}"))
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .header("sec-websocket-version", "13")
+                .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await?;
+            let status = response.status().as_u16();
+            let body: Value = response.json().await?;
+            anyhow::Ok((status, body["error"]["code"].as_str().unwrap_or_default().to_owned()))
+        }
+    };
+    assert_eq!(upgrade("/ws/rooms/lobby".into(), None).await?, (401, "unauthorized".into()));
+    assert_eq!(upgrade("/ws/rooms/lobby".into(), Some("garbage".into())).await?, (401, "unauthorized".into()));
+    assert_eq!(upgrade("/ws/rooms/Bad%20Room".into(), Some(ada.token.clone())).await?, (400, "bad_room".into()));
+
+    // An expired token: signed with the right secret, but in the past.
+    let signer = huddle_gateway::auth::TokenSigner::new(&format!("test-secret-{}", stack.env.id));
+    let expired = signer.sign(&huddle_gateway::auth::Claims { uid: ada.id, name: "ada".into(), exp: 1, jti: "old".into() });
+    assert_eq!(upgrade("/ws/rooms/lobby".into(), Some(expired)).await?, (401, "session_expired".into()));
+
+    // A foreign Origin is refused.
+    let response = client
+        .get(format!("{base}/ws/rooms/lobby"))
+        .bearer_auth(&ada.token)
+        .header("origin", "http://evil.example")
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await?;
+    assert_eq!(response.status().as_u16(), 403);
+
+    // A valid join still works after all that.
+    let mut a = Ws::join(&base, "lobby", &ada.token, "").await?;
+    a.expect("history").await?;
+    a.leave().await?;
+    stack.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_register_login_me_logout() -> Result<()> {
+    let stack = Stack::start(1).await?;
+    let base = stack.url(0);
+    let client = http();
+    let post = |path: &str, body: Value| client.post(format!("{base}{path}")).json(&body).send();
+
+    let created = post("/api/register", json!({"username": "Ada_L", "password": "password123"})).await?;
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await?;
+    assert_eq!(created["user"]["username"], "Ada_L");
+
+    let taken = post("/api/register", json!({"username": "ada_l", "password": "password123"})).await?;
+    assert_eq!(taken.status(), 409);
+    assert_eq!(taken.json::<Value>().await?["error"]["code"], "username_taken");
+    let bad = post("/api/register", json!({"username": "a", "password": "password123"})).await?;
+    assert_eq!((bad.status().as_u16(), bad.json::<Value>().await?["error"]["code"].clone()), (400, json!("bad_username")));
+    let short = post("/api/register", json!({"username": "bob", "password": "short"})).await?;
+    assert_eq!(short.json::<Value>().await?["error"]["code"], "bad_password");
+    let garbage = client.post(format!("{base}/api/register")).header("content-type", "application/json").body("{nope").send().await?;
+    assert_eq!((garbage.status().as_u16(), garbage.json::<Value>().await?["error"]["code"].clone()), (400, json!("bad_request")));
+
+    let wrong = post("/api/login", json!({"username": "Ada_L", "password": "wrong-password"})).await?;
+    assert_eq!(wrong.status(), 401);
+    assert_eq!(wrong.json::<Value>().await?["error"]["code"], "bad_credentials");
+    let login = post("/api/login", json!({"username": "ADA_L", "password": "password123"})).await?;
+    assert_eq!(login.status(), 200);
+    let cookie = login.headers().get("set-cookie").and_then(|c| c.to_str().ok()).unwrap_or_default().to_owned();
+    assert!(cookie.starts_with("huddle_session=") && cookie.contains("HttpOnly"), "{cookie}");
+    let login: Value = login.json().await?;
+    let token = login["token"].as_str().unwrap().to_owned();
+    assert_eq!(login["user"]["username"], "Ada_L");
+
+    let me = client.get(format!("{base}/api/me")).bearer_auth(&token).send().await?;
+    assert_eq!(me.status(), 200);
+    assert_eq!(me.json::<Value>().await?["id"], created["user"]["id"]);
+    let session_cookie = cookie.split(';').next().unwrap().to_owned();
+    let by_cookie = client.get(format!("{base}/api/me")).header("cookie", &session_cookie).send().await?;
+    assert_eq!(by_cookie.status(), 200);
+    assert_eq!(client.get(format!("{base}/api/me")).send().await?.status(), 401);
+
+    let out = client.post(format!("{base}/api/logout")).bearer_auth(&token).send().await?;
+    assert_eq!(out.status(), 204);
+    let after = client.get(format!("{base}/api/me")).bearer_auth(&token).send().await?;
+    assert_eq!(after.status(), 401);
+    assert_eq!(after.json::<Value>().await?["error"]["code"], "session_expired");
+
+    let missing = client.get(format!("{base}/api/nope")).send().await?;
+    assert_eq!((missing.status().as_u16(), missing.json::<Value>().await?["error"]["code"].clone()), (404, json!("not_found")));
+    stack.shutdown().await
+}

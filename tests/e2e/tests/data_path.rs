@@ -1,0 +1,230 @@
+//! The chat data path end to end, in-process, against real PostgreSQL, Redis and RabbitMQ.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use huddle_e2e::{eventually, seqs, sign_up, Stack, Ws};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_see_each_other_in_order_and_a_late_joiner_gets_history() -> Result<()> {
+    let stack = Stack::start(1).await?;
+    let base = stack.url(0);
+    let (ada, bob, cyd) = (sign_up(&base, "ada").await?, sign_up(&base, "bob").await?, sign_up(&base, "cyd").await?);
+
+    let mut a = Ws::join(&base, "lobby", &ada.token, "").await?;
+    let first = a.expect("history").await?;
+    assert_eq!(first["room"], "lobby");
+    assert_eq!(first["mode"], "latest");
+    assert!(seqs(&first).is_empty());
+    let mut b = Ws::join(&base, "lobby", &bob.token, "").await?;
+    b.expect("history").await?;
+
+    let s1 = a.say("hello from ada", "a-1").await?;
+    let s2 = b.say("hi ada", "b-1").await?;
+    let s3 = a.say("how are you?", "a-2").await?;
+    assert_eq!((s1, s2, s3), (1, 2, 3));
+
+    for ws in [&mut a, &mut b] {
+        let mut seen = Vec::new();
+        while seen.len() < 3 {
+            let m = ws.expect("message").await?;
+            assert_eq!(m["room"], "lobby");
+            assert!(m["sent_at"].as_str().is_some_and(|t| t.ends_with('Z')));
+            seen.push((m["seq"].as_u64().unwrap(), m["user"]["name"].as_str().unwrap().to_owned(), m["body"].as_str().unwrap().to_owned()));
+        }
+        assert_eq!(
+            seen,
+            vec![
+                (1, "ada".to_owned(), "hello from ada".to_owned()),
+                (2, "bob".to_owned(), "hi ada".to_owned()),
+                (3, "ada".to_owned(), "how are you?".to_owned())
+            ]
+        );
+    }
+
+    let mut c = Ws::join(&base, "lobby", &cyd.token, "").await?;
+    let history = c.expect("history").await?;
+    assert_eq!(seqs(&history), vec![1, 2, 3]);
+    assert_eq!(history["messages"][1]["user"]["id"], bob.id);
+    assert_eq!(history["messages"][0]["client_id"], "a-1");
+
+    for ws in [a, b, c] {
+        ws.leave().await?;
+    }
+    stack.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_sent_through_one_gateway_reaches_a_client_on_another() -> Result<()> {
+    let stack = Stack::start(2).await?;
+    let (one, two) = (stack.url(0), stack.url(1));
+    assert_ne!(one, two);
+    let ada = sign_up(&one, "ada").await?;
+    let bob = sign_up(&two, "bob").await?;
+    let mut a = Ws::join(&one, "bridge", &ada.token, "").await?;
+    a.expect("history").await?;
+    let mut b = Ws::join(&two, "bridge", &bob.token, "").await?;
+    b.expect("history").await?;
+
+    let seq = a.say("across gateways", "x1").await?;
+    let got = b.expect("message").await?;
+    assert_eq!(got["seq"], seq);
+    assert_eq!(got["body"], "across gateways");
+    let back = b.say("and back", "y1").await?;
+    assert_eq!(back, seq + 1);
+    loop {
+        let m = a.expect("message").await?;
+        if m["seq"] == back {
+            assert_eq!(m["user"]["name"], "bob");
+            break;
+        }
+    }
+    a.leave().await?;
+    b.leave().await?;
+    stack.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_everyone_leaves_the_messages_land_in_postgres_exactly_once() -> Result<()> {
+    let stack = Stack::start(1).await?;
+    let base = stack.url(0);
+    let ada = sign_up(&base, "ada").await?;
+    let bob = sign_up(&base, "bob").await?;
+    let mut a = Ws::join(&base, "persist-me", &ada.token, "").await?;
+    a.expect("history").await?;
+    let mut b = Ws::join(&base, "persist-me", &bob.token, "").await?;
+    b.expect("history").await?;
+    // More than one chunk (the test persister uses chunks of 50).
+    for i in 0..120 {
+        let ws = if i % 2 == 0 { &mut a } else { &mut b };
+        ws.say(&format!("message {i}"), &format!("c{i}")).await?;
+    }
+    a.leave().await?;
+    b.leave().await?;
+
+    let db = stack.env.db().await?;
+    let count = eventually(Duration::from_secs(10), || async {
+        let row = db
+            .query_one(
+                "SELECT count(*), count(DISTINCT m.seq), coalesce(min(m.seq), 0), coalesce(max(m.seq), 0), r.persisted_seq
+                 FROM rooms r LEFT JOIN messages m ON m.room_id = r.id WHERE r.name = 'persist-me' GROUP BY r.persisted_seq",
+                &[],
+            )
+            .await?;
+        let (n, distinct, min, max, watermark): (i64, i64, i64, i64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        Ok((n == 120 && watermark == 120).then_some((n, distinct, min, max)))
+    })
+    .await?;
+    assert_eq!(count, (120, 120, 1, 120));
+    let body: String = db
+        .query_one("SELECT m.body FROM messages m JOIN rooms r ON r.id = m.room_id WHERE r.name = 'persist-me' AND m.seq = 57", &[])
+        .await?
+        .get(0);
+    assert_eq!(body, "message 56");
+
+    // A flush requested again (redelivered master task) writes nothing twice.
+    let mut persister = huddle_proto::v1::persister_client::PersisterClient::connect(format!("http://{}", stack.persister.grpc_addr())).await?;
+    persister.flush_room(huddle_proto::v1::FlushRoomRequest { room: "persist-me".into() }).await?;
+    let status = persister.room_status(huddle_proto::v1::RoomStatusRequest { room: "persist-me".into() }).await?.into_inner();
+    assert_eq!((status.last_seq, status.archived_seq, status.unpersisted), (120, 120, 0));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let total: i64 = db.query_one("SELECT count(*) FROM messages", &[]).await?.get(0);
+    assert_eq!(total, 120);
+    stack.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_redis_loses_everything_history_rehydrates_and_seq_continues() -> Result<()> {
+    let stack = Stack::start(1).await?;
+    let base = stack.url(0);
+    let ada = sign_up(&base, "ada").await?;
+    let mut a = Ws::join(&base, "phoenix", &ada.token, "").await?;
+    a.expect("history").await?;
+    for i in 1..=5 {
+        assert_eq!(a.say(&format!("before {i}"), &format!("b{i}")).await?, i);
+    }
+    a.leave().await?;
+    let db = stack.env.db().await?;
+    eventually(Duration::from_secs(10), || async {
+        let n: i64 = db.query_one("SELECT count(*) FROM messages", &[]).await?.get(0);
+        Ok((n == 5).then_some(()))
+    })
+    .await?;
+
+    let deleted = stack.env.wipe_redis().await?;
+    assert!(deleted > 0, "the test's keys were in Redis");
+
+    // A new join hydrates the room from PostgreSQL before its history is sent.
+    let mut a = Ws::join(&base, "phoenix", &ada.token, "").await?;
+    let history = a.expect("history").await?;
+    assert_eq!(seqs(&history), vec![1, 2, 3, 4, 5]);
+    assert_eq!(history["messages"][4]["body"], "before 5");
+    // The counter continues from the archive: no collision with seq 1.
+    assert_eq!(a.say("after the wipe", "after-1").await?, 6);
+
+    // A socket that was already in the room when Redis was wiped re-hydrates on send.
+    stack.env.wipe_redis().await?;
+    assert_eq!(a.say("after a second wipe", "after-2").await?, 7);
+    a.leave().await?;
+
+    eventually(Duration::from_secs(10), || async {
+        let rows = db.query("SELECT seq FROM messages ORDER BY seq", &[]).await?;
+        let seqs: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        Ok((seqs == (1..=7).collect::<Vec<i64>>()).then_some(()))
+    })
+    .await?;
+    stack.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn older_history_is_paged_from_postgres_through_the_hydrator() -> Result<()> {
+    let stack = Stack::start(1).await?;
+    let base = stack.url(0);
+    let ada = sign_up(&base, "ada").await?;
+    let mut a = Ws::join(&base, "archive", &ada.token, "").await?;
+    a.expect("history").await?;
+    for i in 1..=30 {
+        a.say(&format!("m{i}"), &format!("k{i}")).await?;
+    }
+    a.leave().await?;
+    let db = stack.env.db().await?;
+    eventually(Duration::from_secs(10), || async {
+        let n: i64 = db.query_one("SELECT count(*) FROM messages", &[]).await?.get(0);
+        Ok((n == 30).then_some(()))
+    })
+    .await?;
+    // Only PostgreSQL has them now.
+    stack.env.wipe_redis().await?;
+
+    let client = huddle_e2e::http();
+    let page: serde_json::Value = client
+        .get(format!("{base}/api/rooms/archive/messages?before=21&limit=10"))
+        .bearer_auth(&ada.token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(seqs(&page), (11..=20).collect::<Vec<u64>>());
+    assert_eq!(page["has_more"], true);
+    assert_eq!(page["messages"][0]["body"], "m11");
+    let first: serde_json::Value = client
+        .get(format!("{base}/api/rooms/archive/messages?before=4&limit=10"))
+        .bearer_auth(&ada.token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(seqs(&first), vec![1, 2, 3]);
+    assert_eq!(first["has_more"], false);
+
+    // The same over the socket, after the room is warm again.
+    let mut a = Ws::join(&base, "archive", &ada.token, "").await?;
+    a.expect("history").await?;
+    a.send_json(&json!({"type": "history", "before_seq": 6, "limit": 3})).await?;
+    let page = a.expect("history").await?;
+    assert_eq!(page["mode"], "page");
+    assert_eq!(seqs(&page), vec![3, 4, 5]);
+    a.leave().await?;
+    stack.shutdown().await
+}
