@@ -256,6 +256,8 @@ pub async fn sign_up(base: &str, name: &str) -> Result<User> {
 /// A WebSocket client of one room.
 pub struct Ws {
     stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Frames read while waiting for another type, handed out by later `expect`s.
+    skipped: std::collections::VecDeque<Value>,
 }
 
 impl Ws {
@@ -264,7 +266,7 @@ impl Ws {
         let ws_base = base.replacen("http", "ws", 1);
         let url = format!("{ws_base}/ws/rooms/{room}?token={token}&{extra_query}");
         let (stream, _) = tokio_tungstenite::connect_async(url).await?;
-        Ok(Self { stream })
+        Ok(Self { stream, skipped: Default::default() })
     }
 
     /// Sends a raw text frame.
@@ -303,12 +305,16 @@ impl Ws {
         }
     }
 
-    /// The next frame of type `kind`, skipping others (typing, other messages…).
+    /// The next frame of type `kind`; frames of other types are kept, in order, for
+    /// later `expect`s.
     pub async fn expect(&mut self, kind: &str) -> Result<Value> {
+        if let Some(i) = self.skipped.iter().position(|f| f["type"] == kind) {
+            return Ok(self.skipped.remove(i).expect("index is in range"));
+        }
         loop {
             match self.next().await? {
                 Some(frame) if frame["type"] == kind => return Ok(frame),
-                Some(_) => continue,
+                Some(frame) => self.skipped.push_back(frame),
                 None => bail!("connection closed while waiting for {kind}"),
             }
         }
