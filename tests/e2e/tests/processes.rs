@@ -1,0 +1,167 @@
+//! The three real binaries as separate processes, configured only through environment
+//! variables, talking gRPC over sockets: the whole data path, then SIGTERM.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use huddle_e2e::{amqp_url, eventually, http, redis_url, sign_up, TestEnv, Ws};
+
+/// A service binary built next to this test (`cargo build --bins` builds them).
+fn binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().and_then(|deps| deps.parent()).context("test binary has no target dir")?;
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!("{} is missing: run `cargo build --workspace --bins` first (scripts/test does)", path.display());
+    }
+    Ok(path)
+}
+
+fn free_addr() -> Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.to_string())
+}
+
+/// A child process that is killed if the test ends early.
+struct Service {
+    name: &'static str,
+    child: Child,
+}
+
+impl Service {
+    fn spawn(name: &'static str, env: &TestEnv, vars: &[(&str, String)]) -> Result<Self> {
+        let mut command = Command::new(binary(name)?);
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "warn")
+            .env("HUDDLE_DATABASE_URL", &env.database_url)
+            .env("HUDDLE_REDIS_URL", redis_url())
+            .env("HUDDLE_KEY_PREFIX", &env.key_prefix)
+            .env("HUDDLE_AMQP_URL", amqp_url())
+            .env("HUDDLE_QUEUE_PREFIX", &env.queue_prefix)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (key, value) in vars {
+            command.env(key, value);
+        }
+        Ok(Self { name, child: command.spawn().with_context(|| format!("spawn {name}"))? })
+    }
+
+    /// SIGTERM, then the exit status (graceful shutdown must exit 0).
+    fn terminate(mut self) -> Result<()> {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status()?;
+        if !status.success() {
+            bail!("could not signal {}", self.name);
+        }
+        for _ in 0..150 {
+            if let Some(status) = self.child.try_wait()? {
+                if !status.success() {
+                    bail!("{} exited with {status} after SIGTERM", self.name);
+                }
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("{} did not exit within 15 s of SIGTERM", self.name)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn wait_ready(name: &str, url: &str) -> Result<()> {
+    let client = http();
+    eventually(Duration::from_secs(30), || async {
+        Ok(match client.get(url).send().await {
+            Ok(response) if response.status() == 200 => Some(()),
+            _ => None,
+        })
+    })
+    .await
+    .with_context(|| format!("{name} never became ready at {url}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_binaries_carry_messages_from_socket_to_postgres_and_stop_on_sigterm() -> Result<()> {
+    let env = TestEnv::new().await?;
+    let (hydrator_grpc, hydrator_ops) = (free_addr()?, free_addr()?);
+    let (persister_grpc, persister_ops) = (free_addr()?, free_addr()?);
+    let gateway_addr = free_addr()?;
+
+    let hydrator = Service::spawn(
+        "huddle-hydrator",
+        &env,
+        &[("HUDDLE_HYDRATOR_GRPC_ADDR", hydrator_grpc.clone()), ("HUDDLE_HYDRATOR_OPS_ADDR", hydrator_ops.clone())],
+    )?;
+    wait_ready("hydrator", &format!("http://{hydrator_ops}/readyz")).await?;
+    let persister = Service::spawn(
+        "huddle-persister",
+        &env,
+        &[
+            ("HUDDLE_PERSISTER_GRPC_ADDR", persister_grpc.clone()),
+            ("HUDDLE_PERSISTER_OPS_ADDR", persister_ops.clone()),
+            ("HUDDLE_SWEEP_INTERVAL_MS", "500".into()),
+        ],
+    )?;
+    wait_ready("persister", &format!("http://{persister_ops}/readyz")).await?;
+    let gateway = Service::spawn(
+        "huddle-gateway",
+        &env,
+        &[
+            ("HUDDLE_GATEWAY_ADDR", gateway_addr.clone()),
+            ("HUDDLE_GATEWAY_WORKERS", "2".into()),
+            ("HUDDLE_HYDRATOR_URL", format!("http://{hydrator_grpc}")),
+            ("HUDDLE_SESSION_SECRET", "process-test-secret".into()),
+        ],
+    )?;
+    let base = format!("http://{gateway_addr}");
+    wait_ready("gateway", &format!("{base}/readyz")).await?;
+
+    let ada = sign_up(&base, "ada").await?;
+    let bob = sign_up(&base, "bob").await?;
+    let mut a = Ws::join(&base, "processes", &ada.token, "").await?;
+    a.expect("history").await?;
+    let mut b = Ws::join(&base, "processes", &bob.token, "").await?;
+    b.expect("history").await?;
+    for i in 1..=10u64 {
+        assert_eq!(a.say(&format!("hello {i}"), &format!("p{i}")).await?, i);
+        assert_eq!(b.expect("message").await?["seq"], i);
+    }
+    a.leave().await?;
+    b.leave().await?;
+
+    let db = env.db().await?;
+    eventually(Duration::from_secs(15), || async {
+        let row = db.query_one("SELECT count(*), coalesce(max(seq), 0) FROM messages", &[]).await?;
+        Ok((row.get::<_, i64>(0) == 10 && row.get::<_, i64>(1) == 10).then_some(()))
+    })
+    .await?;
+    let mut persister_client =
+        huddle_proto::v1::persister_client::PersisterClient::connect(format!("http://{persister_grpc}")).await?;
+    let status = persister_client
+        .room_status(huddle_proto::v1::RoomStatusRequest { room: "processes".into() })
+        .await?
+        .into_inner();
+    assert_eq!((status.last_seq, status.persisted_seq, status.archived_seq), (10, 10, 10));
+
+    let metrics = http().get(format!("{base}/metrics")).send().await?.text().await?;
+    assert!(metrics.contains("huddle_gateway_messages_accepted_total 10"), "{metrics}");
+    for grpc in [&hydrator_grpc, &persister_grpc] {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))?.connect().await?;
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+        let reply = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await?.into_inner();
+        assert_eq!(reply.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    }
+
+    gateway.terminate()?;
+    persister.terminate()?;
+    hydrator.terminate()?;
+    env.cleanup().await
+}
