@@ -12,7 +12,7 @@ pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 
 /// Frames a client may send.
 #[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
     /// Post a message.
     Send {
