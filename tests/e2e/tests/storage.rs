@@ -1,0 +1,160 @@
+//! The storage layers' invariants against the real Redis and PostgreSQL: trimming,
+//! idempotent appends and chunk writes, the watermark over out-of-order chunks, and
+//! single-flight hydration.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use huddle_archive::Archive;
+use huddle_config::{PostgresSettings, RedisSettings};
+use huddle_domain::{LogEntry, RoomName, StoredMessage};
+use huddle_e2e::{redis_url, sign_up, Stack, TestEnv, Ws};
+use huddle_roomlog::{AppendOutcome, RoomLog};
+
+fn entry(user_id: i64, body: &str, client_id: &str) -> LogEntry {
+    LogEntry { user_id, user_name: "ada".into(), body: body.into(), sent_at_ms: 1_700_000_000_000, client_id: client_id.into() }
+}
+
+fn room_log(env: &TestEnv, window: u64) -> Result<RoomLog> {
+    Ok(RoomLog::connect(&RedisSettings {
+        redis_url: redis_url(),
+        redis_pool_size: 4,
+        key_prefix: env.key_prefix.clone(),
+        redis_window: window,
+    })?)
+}
+
+async fn archive(env: &TestEnv) -> Result<Archive> {
+    let archive = Archive::connect(&PostgresSettings { database_url: env.database_url.clone(), database_pool_size: 4 })?;
+    archive.migrate().await?;
+    Ok(archive)
+}
+
+async fn user(env: &TestEnv) -> Result<i64> {
+    Ok(env.db().await?.query_one("INSERT INTO users (username, password_hash) VALUES ('ada', 'x') RETURNING id", &[]).await?.get(0))
+}
+
+#[tokio::test]
+async fn appends_need_an_initialised_room_and_dedupe_client_ids() -> Result<()> {
+    let env = TestEnv::new().await?;
+    let log = room_log(&env, 100)?;
+    let room = RoomName::parse("dedupe")?;
+    assert_eq!(log.append(&room, &entry(1, "too early", "c0")).await?, AppendOutcome::NotReady);
+    assert_eq!(log.hydrate(&room, 41, &[]).await?, (true, 41));
+    assert_eq!(log.hydrate(&room, 7, &[]).await?, (false, 41), "a second hydrate changes nothing");
+
+    assert_eq!(log.append(&room, &entry(1, "one", "c1")).await?, AppendOutcome::Appended { seq: 42, unpersisted: 1 });
+    assert_eq!(log.append(&room, &entry(1, "one again", "c1")).await?, AppendOutcome::Duplicate { seq: 42 });
+    assert_eq!(log.append(&room, &entry(1, "two", "")).await?, AppendOutcome::Appended { seq: 43, unpersisted: 2 });
+    assert_eq!(log.append(&room, &entry(1, "three", "")).await?, AppendOutcome::Appended { seq: 44, unpersisted: 3 });
+    let stored: Vec<u64> = log.range(&room, 1, u64::MAX).await?.iter().map(|m| m.seq).collect();
+    assert_eq!(stored, vec![42, 43, 44]);
+    let dirty = log.dirty_rooms(10).await?;
+    assert_eq!(dirty.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(), vec!["dedupe"]);
+    env.cleanup().await
+}
+
+#[tokio::test]
+async fn trimming_keeps_the_window_and_never_drops_unpersisted_entries() -> Result<()> {
+    let env = TestEnv::new().await?;
+    let log = room_log(&env, 5)?;
+    let room = RoomName::parse("trim")?;
+    log.hydrate(&room, 0, &[]).await?;
+    for i in 1..=20 {
+        log.append(&room, &entry(1, &format!("m{i}"), "")).await?;
+    }
+    // Persisted up to 8 of 20: 9..=20 must stay although the window is 5.
+    assert_eq!(log.mark_persisted(&room, 8).await?, Some((20, 8)));
+    let kept: Vec<u64> = log.range(&room, 1, u64::MAX).await?.iter().map(|m| m.seq).collect();
+    assert_eq!(kept, (9..=20).collect::<Vec<_>>());
+    // The watermark never moves back.
+    assert_eq!(log.mark_persisted(&room, 3).await?, Some((20, 8)));
+    // Everything persisted: the window of 5 remains.
+    assert_eq!(log.mark_persisted(&room, 20).await?, Some((20, 20)));
+    let kept: Vec<u64> = log.range(&room, 1, u64::MAX).await?.iter().map(|m| m.seq).collect();
+    assert_eq!(kept, (16..=20).collect::<Vec<_>>());
+    log.clear_dirty_if_clean(&room).await?;
+    assert!(log.dirty_rooms(10).await?.is_empty());
+    // A room Redis does not hold is left alone.
+    assert_eq!(log.mark_persisted(&RoomName::parse("absent")?, 5).await?, None);
+    env.cleanup().await
+}
+
+fn messages(range: std::ops::RangeInclusive<u64>, user_id: i64) -> Vec<StoredMessage> {
+    range.map(|seq| StoredMessage { seq, entry: entry(user_id, &format!("m{seq}"), &format!("c{seq}")) }).collect()
+}
+
+#[tokio::test]
+async fn chunks_are_idempotent_and_the_watermark_only_crosses_gap_free_runs() -> Result<()> {
+    let env = TestEnv::new().await?;
+    let archive = archive(&env).await?;
+    let uid = user(&env).await?;
+    let room = RoomName::parse("chunks")?;
+    // Out of order: 11..=20 first leaves the watermark at 0 (1..=10 missing).
+    assert_eq!(archive.store_chunk(&room, &messages(11..=20, uid)).await?, 0);
+    assert_eq!(archive.store_chunk(&room, &messages(21..=25, uid)).await?, 0);
+    // The missing prefix arrives: the watermark jumps over all three chunks.
+    assert_eq!(archive.store_chunk(&room, &messages(1..=10, uid)).await?, 25);
+    // Written twice: nothing changes.
+    assert_eq!(archive.store_chunk(&room, &messages(5..=15, uid)).await?, 25);
+    let db = env.db().await?;
+    let row = db.query_one("SELECT count(*), count(DISTINCT seq) FROM messages", &[]).await?;
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (25, 25));
+
+    // Concurrent chunks of one room never strand the watermark.
+    let room = RoomName::parse("racing")?;
+    let writes = (0..10u64).map(|i| {
+        let archive = archive.clone();
+        let room = room.clone();
+        let batch = messages(i * 10 + 1..=i * 10 + 10, uid);
+        tokio::spawn(async move { archive.store_chunk(&room, &batch).await })
+    });
+    for write in writes {
+        write.await??;
+    }
+    assert_eq!(archive.watermark(&room).await?, 100);
+
+    let page = archive.history_before(&RoomName::parse("chunks")?, 11, 3).await?;
+    assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![8, 9, 10]);
+    assert_eq!(page[0].entry, entry(uid, "m8", "c8"));
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_joining_a_cold_room_hydrates_it_once() -> Result<()> {
+    let stack = Stack::start(1).await?;
+    let base = stack.url(0);
+    let ada = sign_up(&base, "ada").await?;
+    let mut a = Ws::join(&base, "crowd", &ada.token, "").await?;
+    a.expect("history").await?;
+    for i in 1..=3 {
+        a.say(&format!("m{i}"), &format!("m{i}")).await?;
+    }
+    a.leave().await?;
+    let db = stack.env.db().await?;
+    huddle_e2e::eventually(Duration::from_secs(10), || async {
+        let n: i64 = db.query_one("SELECT count(*) FROM messages", &[]).await?.get(0);
+        Ok((n == 3).then_some(()))
+    })
+    .await?;
+    stack.env.wipe_redis().await?;
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", stack.hydrator.grpc_addr()))?.connect().await?;
+    let calls = (0..30).map(|_| {
+        let mut client = huddle_proto::v1::hydrator_client::HydratorClient::new(channel.clone());
+        tokio::spawn(async move {
+            client.hydrate_room(huddle_proto::v1::HydrateRoomRequest { room: "crowd".into() }).await.map(|r| r.into_inner())
+        })
+    });
+    let mut loaded_by = 0;
+    for call in calls {
+        let reply = call.await??;
+        assert_eq!(reply.last_seq, 3);
+        if !reply.already_warm {
+            loaded_by += 1;
+            assert_eq!(reply.loaded, 3);
+        }
+    }
+    assert_eq!(loaded_by, 1, "exactly one caller loads the room from PostgreSQL");
+    stack.shutdown().await
+}
