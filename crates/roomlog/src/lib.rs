@@ -283,13 +283,14 @@ impl RoomLog {
             .key(self.keys.seq(room))
             .key(self.keys.log(room))
             .key(self.keys.persisted(room))
-            .arg(archived_seq);
+            .arg(archived_seq)
+            .arg(CLIENT_ID_TTL_SECS);
         for message in recent {
             let json = serde_json::to_string(&message.entry).map_err(|e| RoomLogError::CorruptEntry {
                 id: message.seq.to_string(),
                 reason: e.to_string(),
             })?;
-            invocation.arg(message.seq).arg(json);
+            invocation.arg(message.seq).arg(json).arg(&message.entry.client_id);
         }
         let (initialised, seq): (i64, i64) = invocation.invoke_async(&mut self.conn().await?).await?;
         Ok((initialised == 1, seq.max(0) as u64))

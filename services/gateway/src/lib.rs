@@ -70,7 +70,7 @@ pub struct Settings {
     pub socket_queue: usize,
     /// Sustained sends per second allowed per connection.
     #[arg(long, env = "HUDDLE_SEND_RATE", default_value_t = 20.0)]
-    pub send_rate_per_sec: f64,
+    pub send_rate: f64,
     /// Burst of sends allowed per connection.
     #[arg(long, env = "HUDDLE_SEND_BURST", default_value_t = 50.0)]
     pub send_burst: f64,

@@ -128,6 +128,8 @@ pub enum HistoryMode {
     Latest,
     /// An older page the client asked for.
     Page,
+    /// Recovery after a reconnect with `since`: exactly the messages after it.
+    Since,
 }
 
 #[derive(Serialize)]

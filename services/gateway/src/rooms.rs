@@ -80,6 +80,29 @@ impl RoomService {
         self.log.range(room, after + 1, u64::MAX).await.map_err(ApiError::unavailable)
     }
 
+    /// Every message with seq > `after`, in order: from Redis, and from the archive
+    /// (through the hydrator) for whatever Redis no longer holds. `None` when more than
+    /// `max` messages were missed: the caller sends the latest history instead.
+    pub async fn missed_since(&self, room: &RoomName, after: u64, max: u64) -> Result<Option<Vec<StoredMessage>>, ApiError> {
+        let last_seq = self.log.state(room).await.map_err(ApiError::unavailable)?.last_seq;
+        if last_seq.saturating_sub(after) > max {
+            return Ok(None);
+        }
+        let mut missed = self.since(room, after).await?;
+        let mut floor = missed.first().map_or(last_seq + 1, |m| m.seq);
+        while floor > after + 1 {
+            let (page, _) = self.history_page(room, floor, 200).await?;
+            let older: Vec<StoredMessage> = page.into_iter().filter(|m| m.seq > after && m.seq < floor).collect();
+            let Some(first) = older.first() else {
+                // The archive has nothing there either: those seqs were lost with Redis.
+                break;
+            };
+            floor = first.seq;
+            missed.splice(0..0, older);
+        }
+        Ok(Some(missed))
+    }
+
     /// A page of older history through the hydrator (Redis, then PostgreSQL below it).
     pub async fn history_page(
         &self,

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Session};
 use futures_util::StreamExt;
+use serde::Deserialize;
 use huddle_domain::{validate_client_id, LogEntry, MessageBody, RoomName};
 
 use crate::api::ApiError;
@@ -23,12 +24,26 @@ const MAX_FRAME_BYTES: usize = 64 * 1024;
 const HEARTBEAT: Duration = Duration::from_secs(20);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Most messages a reconnect with `since` recovers; further behind, the client gets the
+/// latest history instead (and can tell by its `mode`).
+const MAX_RECOVERY: u64 = 10_000;
+/// Messages per `history` frame during recovery.
+const RECOVERY_FRAME: usize = 500;
+
+/// Query of the upgrade request (`token` is read by the auth extractor).
+#[derive(Debug, Deserialize)]
+pub struct JoinQuery {
+    /// The last seq the client has: the server sends exactly what came after it.
+    pub since: Option<u64>,
+}
+
 /// `GET /ws/rooms/{room}`: checks room, session and Origin, hydrates the room if Redis
 /// lacks it, then upgrades. Refusals are HTTP errors with a JSON body.
 pub async fn upgrade(
     req: HttpRequest,
     body: web::Payload,
     room: web::Path<String>,
+    query: web::Query<JoinQuery>,
     state: web::Data<AppState>,
     user: AuthUser,
 ) -> Result<HttpResponse, ApiError> {
@@ -37,7 +52,7 @@ pub async fn upgrade(
     state.rooms.ensure_ready(&room).await?;
     let (response, session, stream) = actix_ws::handle(&req, body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let stream = stream.max_frame_size(MAX_FRAME_BYTES).aggregate_continuations().max_continuation_size(MAX_FRAME_BYTES);
-    actix_web::rt::spawn(run(state.into_inner(), user.0, room, session, stream));
+    actix_web::rt::spawn(run(state.into_inner(), user.0, room, query.since, session, stream));
     Ok(response)
 }
 
@@ -105,6 +120,7 @@ async fn run(
     state: Arc<AppState>,
     user: Claims,
     room: RoomName,
+    since: Option<u64>,
     session: Session,
     mut stream: actix_ws::AggregatedMessageStream,
 ) {
@@ -119,10 +135,10 @@ async fn run(
     CONNECTIONS.inc();
     tracing::debug!(%room, user_id = user.uid, "socket joined");
     state.rooms.member_joined(&room).await;
-    let rate = RateLimit::new(state.settings.send_rate_per_sec, state.settings.send_burst);
+    let rate = RateLimit::new(state.settings.send_rate, state.settings.send_burst);
     let mut conn = Connection { state: Arc::clone(&state), user, room: room.clone(), session, last_seq: 0, rate };
 
-    let exit = match conn.send_latest().await {
+    let exit = match conn.send_initial_history(since).await {
         Ok(()) => conn.serve(&mut stream, &mut membership).await,
         Err(exit) => exit,
     };
@@ -145,14 +161,27 @@ impl Connection {
         self.send_text(frame).await
     }
 
-    async fn send_latest(&mut self) -> Result<(), Exit> {
-        let latest = match self.state.rooms.latest(&self.room, self.state.settings.join_history).await {
-            Ok(latest) => latest,
-            Err(error) => {
-                tracing::error!(room = %self.room, %error, "cannot read history");
-                return Err(close(CloseCode::Error, "unavailable"));
-            }
+    /// The first frames: what the client missed since `since`, or the latest history.
+    async fn send_initial_history(&mut self, since: Option<u64>) -> Result<(), Exit> {
+        let unavailable = |error: ApiError| {
+            tracing::error!(%error, "cannot read history");
+            close(CloseCode::Error, "unavailable")
         };
+        if let Some(since) = since {
+            if let Some(missed) = self.state.rooms.missed_since(&self.room, since, MAX_RECOVERY).await.map_err(unavailable)? {
+                self.last_seq = missed.last().map_or(since, |m| m.seq);
+                let mut frames = missed.chunks(RECOVERY_FRAME).peekable();
+                if frames.peek().is_none() {
+                    return self.send_text(protocol::history_frame(&self.room, HistoryMode::Since, &[], since > 1)).await;
+                }
+                for frame in frames {
+                    let has_more = frame.first().is_some_and(|m| m.seq > 1);
+                    self.send_text(protocol::history_frame(&self.room, HistoryMode::Since, frame, has_more)).await?;
+                }
+                return Ok(());
+            }
+        }
+        let latest = self.state.rooms.latest(&self.room, self.state.settings.join_history).await.map_err(unavailable)?;
         self.last_seq = latest.last().map_or(0, |m| m.seq);
         let has_more = latest.first().is_some_and(|m| m.seq > 1);
         self.send_text(protocol::history_frame(&self.room, HistoryMode::Latest, &latest, has_more)).await

@@ -152,8 +152,9 @@ fn parse<T: clap::Parser>(name: &str, args: Vec<String>) -> T {
 }
 
 /// Starts a hydrator of `env`.
-pub async fn start_hydrator(env: &TestEnv) -> Result<huddle_hydrator::RunningHydrator> {
+pub async fn start_hydrator(env: &TestEnv, extra: &[&str]) -> Result<huddle_hydrator::RunningHydrator> {
     let mut args = vec!["--grpc-addr".into(), "127.0.0.1:0".into(), "--ops-addr".into(), "127.0.0.1:0".into()];
+    args.extend(extra.iter().map(|s| s.to_string()));
     args.extend(env.store_args());
     Ok(huddle_hydrator::start(parse("huddle-hydrator", args)).await?)
 }
@@ -195,17 +196,41 @@ pub async fn start_gateway(env: &TestEnv, hydrator: SocketAddr, extra: &[&str]) 
     Ok(huddle_gateway::start(parse("huddle-gateway", args)).await?)
 }
 
+/// Extra flags for the services of a [`Stack`].
+#[derive(Default)]
+pub struct StackOptions<'a> {
+    pub gateways: usize,
+    pub gateway_args: &'a [&'a str],
+    pub hydrator_args: &'a [&'a str],
+}
+
 impl Stack {
     /// A full stack with `gateways` gateway replicas.
     pub async fn start(gateways: usize) -> Result<Self> {
+        Self::start_with(StackOptions { gateways, ..StackOptions::default() }).await
+    }
+
+    /// A full stack with extra flags.
+    pub async fn start_with(options: StackOptions<'_>) -> Result<Self> {
         let env = TestEnv::new().await?;
-        let hydrator = start_hydrator(&env).await?;
+        let hydrator = start_hydrator(&env, options.hydrator_args).await?;
         let persister = start_persister(&env).await.context("persister (is RabbitMQ running?)")?;
         let mut running = Vec::new();
-        for _ in 0..gateways {
-            running.push(start_gateway(&env, hydrator.grpc_addr(), &[]).await?);
+        for _ in 0..options.gateways {
+            running.push(start_gateway(&env, hydrator.grpc_addr(), options.gateway_args).await?);
         }
         Ok(Self { env, hydrator, persister, gateways: running })
+    }
+
+    /// Waits until PostgreSQL holds `count` messages (of all rooms).
+    pub async fn wait_persisted(&self, count: i64) -> Result<()> {
+        let db = self.env.db().await?;
+        eventually(Duration::from_secs(15), || async {
+            let n: i64 = db.query_one("SELECT count(*) FROM messages", &[]).await?.get(0);
+            Ok((n == count).then_some(()))
+        })
+        .await
+        .with_context(|| format!("PostgreSQL never held {count} messages"))
     }
 
     /// Base URL of gateway `i`.

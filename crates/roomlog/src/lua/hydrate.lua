@@ -1,6 +1,8 @@
 -- Initialises a room from the archive, unless Redis already holds it.
 -- KEYS[1] seq counter, KEYS[2] log stream, KEYS[3] persisted watermark
--- ARGV[1] archived last seq, then pairs of (seq, entry JSON) in ascending seq order.
+-- ARGV[1] archived last seq, ARGV[2] client_id marker TTL (s), then triplets of
+-- (seq, entry JSON, client_id) in ascending seq order. Restoring the client_id markers
+-- keeps a resend of a recent message from becoming a duplicate after Redis was lost.
 -- Returns {initialised (0/1), seq counter}.
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return {0, tonumber(redis.call('GET', KEYS[1]))}
@@ -14,8 +16,12 @@ if #tail > 0 then
   local last = tonumber(string.match(tail[1][1], '^(%d+)'))
   if last > seq then seq = last end
 else
-  for i = 2, #ARGV, 2 do
+  local prefix = string.sub(KEYS[1], 1, -4) -- "<p>room:{r}:" (KEYS[1] ends in "seq")
+  for i = 3, #ARGV, 3 do
     redis.call('XADD', KEYS[2], ARGV[i] .. '-0', 'm', ARGV[i + 1])
+    if ARGV[i + 2] ~= '' then
+      redis.call('SET', prefix .. 'cid:' .. ARGV[i + 2], ARGV[i], 'EX', ARGV[2])
+    end
   end
 end
 redis.call('SET', KEYS[3], archived)

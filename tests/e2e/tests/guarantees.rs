@@ -1,0 +1,144 @@
+//! Delivery guarantees: idempotent resends, exact recovery with `since`, slow consumers,
+//! graceful shutdown.
+
+use anyhow::Result;
+use huddle_e2e::{seqs, sign_up, Stack, StackOptions, Ws};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_client_id_is_acked_with_the_original_seq_on_any_gateway() -> Result<()> {
+    let stack = Stack::start(2).await?;
+    let ada = sign_up(&stack.url(0), "ada").await?;
+    let mut first = Ws::join(&stack.url(0), "idem", &ada.token, "").await?;
+    first.expect("history").await?;
+    let seq = first.say("only once", "dup-1").await?;
+    first.say("another", "dup-2").await?;
+    first.leave().await?;
+
+    // The "reconnect" goes to the other replica and resends.
+    let mut second = Ws::join(&stack.url(1), "idem", &ada.token, "").await?;
+    second.expect("history").await?;
+    second.send_json(&json!({"type": "send", "body": "only once", "client_id": "dup-1"})).await?;
+    let ack = second.expect("ack").await?;
+    assert_eq!((ack["seq"].as_u64(), ack["duplicate"].as_bool()), (Some(seq), Some(true)));
+    second.leave().await?;
+    stack.wait_persisted(2).await?;
+
+    // Even after Redis lost everything, the hydrated room remembers recent client_ids.
+    stack.env.wipe_redis().await?;
+    let mut third = Ws::join(&stack.url(0), "idem", &ada.token, "").await?;
+    third.expect("history").await?;
+    third.send_json(&json!({"type": "send", "body": "only once", "client_id": "dup-1"})).await?;
+    let ack = third.expect("ack").await?;
+    assert_eq!((ack["seq"].as_u64(), ack["duplicate"].as_bool()), (Some(seq), Some(true)));
+    assert_eq!(third.say("new one", "dup-3").await?, 3);
+    third.leave().await?;
+    stack.wait_persisted(3).await?;
+    let db = stack.env.db().await?;
+    let copies: i64 = db.query_one("SELECT count(*) FROM messages WHERE client_id = 'dup-1'", &[]).await?.get(0);
+    assert_eq!(copies, 1);
+    stack.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnecting_with_since_gets_exactly_what_was_missed_from_redis_or_postgres() -> Result<()> {
+    // A tiny hydrate window: after a Redis loss most history is only in PostgreSQL.
+    let stack = Stack::start_with(StackOptions { gateways: 1, hydrator_args: &["--hydrate-window", "2"], ..Default::default() }).await?;
+    let base = stack.url(0);
+    let (ada, bob) = (sign_up(&base, "ada").await?, sign_up(&base, "bob").await?);
+    let mut a = Ws::join(&base, "recover", &ada.token, "").await?;
+    a.expect("history").await?;
+    for i in 1..=5 {
+        a.say(&format!("a{i}"), &format!("a{i}")).await?;
+    }
+    a.leave().await?;
+
+    let mut b = Ws::join(&base, "recover", &bob.token, "").await?;
+    b.expect("history").await?;
+    for i in 6..=10 {
+        b.say(&format!("b{i}"), &format!("b{i}")).await?;
+    }
+    // From Redis: exactly 6..=10, marked as recovery, then live messages.
+    let mut a = Ws::join(&base, "recover", &ada.token, "since=5").await?;
+    let recovered = a.expect("history").await?;
+    assert_eq!(recovered["mode"], "since");
+    assert_eq!(seqs(&recovered), (6..=10).collect::<Vec<_>>());
+    b.say("b11", "b11").await?;
+    assert_eq!(a.expect("message").await?["seq"], 11);
+    // Nothing newer than the client has: an empty recovery.
+    a.leave().await?;
+    let mut a = Ws::join(&base, "recover", &ada.token, "since=11").await?;
+    let nothing = a.expect("history").await?;
+    assert_eq!((nothing["mode"].as_str(), seqs(&nothing).len()), (Some("since"), 0));
+    a.leave().await?;
+    b.leave().await?;
+
+    // From PostgreSQL: Redis lost the room; re-hydration loads only 2 messages.
+    stack.wait_persisted(11).await?;
+    stack.env.wipe_redis().await?;
+    let mut a = Ws::join(&base, "recover", &ada.token, "since=3").await?;
+    let recovered = a.expect("history").await?;
+    assert_eq!(recovered["mode"], "since");
+    assert_eq!(seqs(&recovered), (4..=11).collect::<Vec<_>>());
+    assert_eq!(recovered["messages"][0]["body"], "a4");
+    assert_eq!(a.say("after recovery", "a12").await?, 12);
+    a.leave().await?;
+    stack.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_with_4008_and_slows_nobody() -> Result<()> {
+    let stack = Stack::start_with(StackOptions {
+        gateways: 1,
+        gateway_args: &["--socket-queue", "16", "--send-rate", "100000", "--send-burst", "100000"],
+        ..Default::default()
+    })
+    .await?;
+    let base = stack.url(0);
+    let (ada, bob, cyd) = (sign_up(&base, "ada").await?, sign_up(&base, "bob").await?, sign_up(&base, "cyd").await?);
+    let mut stuck = Ws::join(&base, "busy", &ada.token, "").await?;
+    stuck.expect("history").await?;
+    let mut reader = Ws::join(&base, "busy", &cyd.token, "").await?;
+    reader.expect("history").await?;
+    let mut sender = Ws::join(&base, "busy", &bob.token, "").await?;
+    sender.expect("history").await?;
+
+    // `stuck` reads nothing while ~6 MB of messages go out.
+    let body = "x".repeat(3900);
+    let started = std::time::Instant::now();
+    for i in 1..=1500u64 {
+        assert_eq!(sender.say(&body, &format!("s{i}")).await?, i);
+        assert_eq!(reader.expect("message").await?["seq"], i, "the reading client gets everything in order");
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(stuck.close_code().await?, Some(4008));
+    assert!(elapsed < std::time::Duration::from_secs(60), "sending took {elapsed:?}");
+    let metrics = huddle_e2e::http().get(format!("{base}/metrics")).send().await?.text().await?;
+    assert!(metrics.contains("huddle_gateway_slow_consumer_closes_total 1"), "{metrics}");
+    sender.leave().await?;
+    reader.leave().await?;
+    stack.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_shutdown_closes_sockets_with_1012_and_flushes_their_rooms() -> Result<()> {
+    let mut stack = Stack::start(2).await?;
+    let ada = sign_up(&stack.url(0), "ada").await?;
+    let mut a = Ws::join(&stack.url(0), "draining", &ada.token, "").await?;
+    a.expect("history").await?;
+    for i in 1..=7 {
+        a.say(&format!("m{i}"), &format!("m{i}")).await?;
+    }
+    let leaving = stack.gateways.remove(0);
+    let stopping = tokio::spawn(leaving.stop());
+    assert_eq!(a.close_code().await?, Some(1012));
+    stopping.await?;
+    // The room emptied on shutdown, so it is flushed without waiting for a sweep.
+    stack.wait_persisted(7).await?;
+    // The client reconnects to the other replica and misses nothing.
+    let mut again = Ws::join(&stack.url(0), "draining", &ada.token, "since=7").await?;
+    assert_eq!(seqs(&again.expect("history").await?), Vec::<u64>::new());
+    assert_eq!(again.say("on the other replica", "m8").await?, 8);
+    again.leave().await?;
+    stack.shutdown().await
+}
