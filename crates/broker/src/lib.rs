@@ -14,17 +14,20 @@
 //! failing is dead-lettered instead of looping forever. Publishing is persistent and
 //! waits for the broker's confirm; consumers ack after their work is committed.
 
+mod consumer;
+
 use std::sync::Arc;
 
 use huddle_config::BrokerSettings;
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
     QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use tokio::sync::Mutex;
 
+pub use consumer::{consume, TaskError, TaskHandler};
 pub use lapin::message::Delivery;
 
 /// Errors of the task transport.
@@ -233,6 +236,51 @@ impl Broker {
         Ok(consumer)
     }
 
+    /// Up to `limit` dead-lettered tasks, oldest first, left in place.
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadTask>> {
+        let (connection, _) = self.connection().await?;
+        // Unacked gets return to the queue, in order, when this channel closes.
+        let channel = connection.create_channel().await?;
+        let mut dead = Vec::new();
+        let queue = self.topology.dead_letter_queue();
+        while dead.len() < limit {
+            let Some(message) = channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false }).await? else {
+                break;
+            };
+            dead.push(DeadTask::from_delivery(&message.delivery));
+        }
+        let _ = channel.close(200, "peeked".into()).await;
+        Ok(dead)
+    }
+
+    /// Moves up to `limit` dead-lettered tasks back to the queues they died in; returns
+    /// how many moved. Each is re-published (with confirm) before it leaves the dead queue.
+    pub async fn redrive_dead_letters(&self, limit: usize) -> Result<usize> {
+        let (connection, publisher) = self.connection().await?;
+        let channel = connection.create_channel().await?;
+        let queue = self.topology.dead_letter_queue();
+        let mut moved = 0;
+        while moved < limit {
+            let Some(message) = channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false }).await? else {
+                break;
+            };
+            let task = DeadTask::from_delivery(&message.delivery);
+            let properties = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/x-protobuf".into());
+            let confirm = publisher
+                .basic_publish("".into(), task.queue.as_str().into(), BasicPublishOptions::default(), &message.delivery.data, properties)
+                .await?;
+            if !confirm.await?.is_ack() {
+                return Err(BrokerError::Nacked { queue: task.queue });
+            }
+            message.delivery.ack(BasicAckOptions::default()).await?;
+            moved += 1;
+        }
+        let _ = channel.close(200, "redriven".into()).await;
+        Ok(moved)
+    }
+
     /// Deletes every queue and exchange of this topology (test clean-up).
     pub async fn delete_topology(&self) -> Result<()> {
         let (_, channel) = self.connection().await?;
@@ -256,6 +304,36 @@ impl Broker {
             // A connection whose I/O task is gone never answers; do not wait on it forever.
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), link.connection.close(200, "bye".into())).await;
         }
+    }
+}
+
+/// A task in the dead-letter queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadTask {
+    /// The queue it died in.
+    pub queue: String,
+    /// Why RabbitMQ dead-lettered it: `rejected` (poison) or `delivery_limit` (kept failing).
+    pub reason: String,
+    /// Payload size in bytes.
+    pub size: usize,
+}
+
+impl DeadTask {
+    fn from_delivery(delivery: &Delivery) -> Self {
+        let header = |name: &str| {
+            delivery
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| h.inner().get(name).cloned())
+                .map(|value| match value {
+                    AMQPValue::LongString(s) => s.to_string(),
+                    AMQPValue::ShortString(s) => s.to_string(),
+                    other => format!("{other:?}"),
+                })
+                .unwrap_or_default()
+        };
+        Self { queue: header("x-first-death-queue"), reason: header("x-first-death-reason"), size: delivery.data.len() }
     }
 }
 

@@ -6,7 +6,6 @@
 //! periodically, so a room is flushed even if the gateway that held it died. The
 //! `Persister` gRPC service lets operators flush a room and read its flush lag.
 
-mod consumer;
 mod grpc;
 mod metrics;
 mod sweep;
@@ -24,7 +23,7 @@ use huddle_telemetry::{OpsServer, Readiness};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use tasks::TaskHandler;
+pub use tasks::PersistTasks;
 
 /// Persister settings (flags or `HUDDLE_*` environment variables).
 #[derive(Debug, Clone, clap::Parser)]
@@ -57,6 +56,34 @@ pub struct Settings {
     pub redis: RedisSettings,
     #[command(flatten)]
     pub broker: BrokerSettings,
+    /// Run an operator command instead of the service.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Operator commands (they run and exit; the service is the default).
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Inspect or re-drive tasks in the dead-letter queue.
+    DeadLetters {
+        #[command(subcommand)]
+        action: DeadLetterAction,
+    },
+}
+
+/// What to do with dead-lettered tasks.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum DeadLetterAction {
+    /// Show dead-lettered tasks (they stay in the queue).
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Move dead-lettered tasks back to the queues they died in.
+    Redrive {
+        #[arg(long, default_value_t = 10_000)]
+        limit: usize,
+    },
 }
 
 /// Why the persister could not start.
@@ -122,7 +149,7 @@ pub async fn start(settings: Settings) -> Result<RunningPersister, StartError> {
     let ops_addr = ops_listener.local_addr()?;
     let ops = huddle_telemetry::spawn_ops_server(ops_listener, readiness(&archive, &log, &broker))?;
 
-    let handler = TaskHandler {
+    let handler = PersistTasks {
         log: log.clone(),
         archive: archive.clone(),
         broker: broker.clone(),
@@ -133,7 +160,7 @@ pub async fn start(settings: Settings) -> Result<RunningPersister, StartError> {
     let retry_base = Duration::from_millis(settings.retry_base_ms);
     let mut workers = Vec::new();
     for queue in [TaskQueue::Flush, TaskQueue::PersistChunk] {
-        workers.push(tokio::spawn(consumer::run(
+        workers.push(tokio::spawn(huddle_broker::consume(
             broker.clone(),
             queue,
             settings.prefetch,

@@ -2,13 +2,7 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{register_histogram, register_int_counter, register_int_counter_vec, Histogram, IntCounter, IntCounterVec};
-
-/// Tasks handled, by queue and outcome (ok, retry, dead).
-pub static TASKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("huddle_persister_tasks_total", "Tasks handled by queue and outcome", &["queue", "outcome"])
-        .expect("metric registers once")
-});
+use prometheus::{register_histogram, register_int_counter, Histogram, IntCounter};
 
 /// Messages written to PostgreSQL (a chunk written twice counts twice).
 pub static MESSAGES_WRITTEN: LazyLock<IntCounter> = LazyLock::new(|| {

@@ -1,23 +1,12 @@
 //! What each task does. Every step is idempotent, so a redelivered task is harmless.
 
 use huddle_archive::Archive;
-use huddle_broker::{Broker, TaskQueue};
+use huddle_broker::{Broker, TaskError, TaskHandler, TaskQueue};
 use huddle_domain::RoomName;
 use huddle_proto::v1::{FlushRoomTask, PersistChunkTask};
 use huddle_roomlog::RoomLog;
 
 use crate::metrics;
-
-/// How a task failed.
-#[derive(Debug, thiserror::Error)]
-pub enum TaskError {
-    /// The task can never succeed (undecodable, invalid room): dead-letter it at once.
-    #[error("poison task: {0}")]
-    Poison(String),
-    /// A dependency failed; retry with back-off.
-    #[error("transient failure: {0}")]
-    Transient(String),
-}
 
 macro_rules! transient {
     ($e:expr) => {
@@ -27,7 +16,7 @@ macro_rules! transient {
 
 /// Executes flush and chunk tasks.
 #[derive(Clone)]
-pub struct TaskHandler {
+pub struct PersistTasks {
     pub(crate) log: RoomLog,
     pub(crate) archive: Archive,
     pub(crate) broker: Broker,
@@ -39,9 +28,8 @@ fn parse_room(raw: &str) -> Result<RoomName, TaskError> {
     RoomName::parse(raw).map_err(|e| TaskError::Poison(format!("room {raw:?}: {e}")))
 }
 
-impl TaskHandler {
-    /// Runs one delivery of `queue`.
-    pub async fn handle(&self, queue: TaskQueue, payload: &[u8]) -> Result<(), TaskError> {
+impl TaskHandler for PersistTasks {
+    async fn handle(&self, queue: TaskQueue, payload: &[u8]) -> Result<(), TaskError> {
         use prost::Message;
         match queue {
             TaskQueue::Flush => {
@@ -55,7 +43,9 @@ impl TaskHandler {
             TaskQueue::Hydrate => Err(TaskError::Poison("the persister does not hydrate".into())),
         }
     }
+}
 
+impl PersistTasks {
     /// Master task: claim the unpersisted range and fan it out as chunk tasks.
     async fn flush(&self, task: &FlushRoomTask) -> Result<(), TaskError> {
         let room = parse_room(&task.room)?;

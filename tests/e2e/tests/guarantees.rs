@@ -142,3 +142,38 @@ async fn gateway_shutdown_closes_sockets_with_1012_and_flushes_their_rooms() -> 
     again.leave().await?;
     stack.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_task_is_dead_lettered_and_can_be_redriven() -> Result<()> {
+    let stack = Stack::start(1).await?;
+    let broker = huddle_broker::Broker::connect(&huddle_config::BrokerSettings {
+        amqp_url: huddle_e2e::amqp_url(),
+        queue_prefix: stack.env.queue_prefix.clone(),
+        delivery_limit: 5,
+    })
+    .await?;
+    let poison = huddle_proto::v1::FlushRoomTask { room: "Not A Room!".into(), reason: "test".into(), requested_at_ms: 0 };
+    broker.publish(huddle_broker::TaskQueue::Flush, &[poison]).await?;
+    let dead = huddle_e2e::eventually(std::time::Duration::from_secs(10), || async {
+        let dead = broker.dead_letters(10).await?;
+        Ok((!dead.is_empty()).then_some(dead))
+    })
+    .await?;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].queue, format!("{}.flush", stack.env.queue_prefix));
+    assert_eq!(dead[0].reason, "rejected");
+    // Listing leaves it there.
+    assert_eq!(broker.dead_letters(10).await?.len(), 1);
+    // Re-driven, it is consumed again (and, still poison, dead-lettered again).
+    assert_eq!(broker.redrive_dead_letters(10).await?, 1);
+    let metrics = huddle_e2e::eventually(std::time::Duration::from_secs(10), || async {
+        let text = huddle_e2e::http().get(format!("http://{}/metrics", stack.persister.ops_addr())).send().await?.text().await?;
+        let line = format!("huddle_tasks_total{{outcome=\"dead\",queue=\"{}.flush\"}} 2", stack.env.queue_prefix);
+        Ok(text.contains(&line).then_some(text))
+    })
+    .await?;
+    assert!(metrics.contains("huddle_tasks_total"));
+    assert_eq!(broker.dead_letters(10).await?.len(), 1);
+    broker.close().await;
+    stack.shutdown().await
+}

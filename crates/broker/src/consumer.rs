@@ -1,34 +1,64 @@
-//! Consumer loop shared by the task queues: bounded prefetch, ack after the work is
-//! committed, retry with exponential back-off, dead-lettering of poison tasks, and
+//! The consumer loop shared by every task queue: bounded prefetch, ack after the work is
+//! done, retry with exponential back-off, dead-lettering of poison tasks, and
 //! reconnection when RabbitMQ goes away.
 
+use std::future::Future;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use huddle_broker::{Broker, Delivery, TaskQueue};
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::types::AMQPValue;
+use prometheus::{register_int_counter_vec, IntCounterVec};
 use tokio::sync::watch;
 
-use crate::metrics::TASKS;
-use crate::tasks::{TaskError, TaskHandler};
+use crate::{Broker, Delivery, TaskQueue};
+
+static TASKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "huddle_tasks_total",
+        "Tasks handled, by queue and outcome (ok, retry, dead)",
+        &["queue", "outcome"]
+    )
+    .expect("metric registers once")
+});
 
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
+/// How a task failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    /// The task can never succeed (undecodable, invalid room): dead-letter it at once.
+    #[error("poison task: {0}")]
+    Poison(String),
+    /// A dependency failed: retry after a back-off, until the delivery limit.
+    #[error("transient failure: {0}")]
+    Transient(String),
+}
+
+/// Does the work of one task. Must be idempotent: tasks are delivered at least once.
+pub trait TaskHandler: Clone + Send + Sync + 'static {
+    /// Handles one payload of `queue`; the task is acked when this returns `Ok`.
+    fn handle(&self, queue: TaskQueue, payload: &[u8]) -> impl Future<Output = Result<(), TaskError>> + Send;
+}
+
 /// Consumes `queue` until `stopped` turns true, reconnecting whenever the consumer ends.
-pub async fn run(
+/// On stop, no new task is taken, tasks in flight finish and are acked, and prefetched
+/// ones return to the queue when the connection closes.
+pub async fn consume<H: TaskHandler>(
     broker: Broker,
     queue: TaskQueue,
     prefetch: u16,
-    handler: TaskHandler,
+    handler: H,
     retry_base: Duration,
     stopped: watch::Receiver<bool>,
 ) {
     let queue_name = broker.topology().queue(queue);
     let tag = format!("{queue_name}-{}", std::process::id());
+    let prefetch = prefetch.max(1);
     while !*stopped.borrow() {
-        let consumer = match broker.consume(queue, prefetch.max(1), &tag).await {
+        let consumer = match broker.consume(queue, prefetch, &tag).await {
             Ok(consumer) => consumer,
             Err(error) => {
                 tracing::warn!(queue = %queue_name, %error, "cannot consume; retrying");
@@ -46,9 +76,9 @@ pub async fn run(
             .take_until(async move {
                 let _ = stop_signal.wait_for(|stop| *stop).await;
             })
-            .for_each_concurrent(usize::from(prefetch.max(1)), |delivery| async {
+            .for_each_concurrent(usize::from(prefetch), |delivery| async {
                 match delivery {
-                    Ok(delivery) => handle(&handler, queue, &queue_name, delivery, retry_base).await,
+                    Ok(delivery) => settle(&handler, queue, &queue_name, delivery, retry_base).await,
                     Err(error) => tracing::warn!(queue = %queue_name, %error, "consumer error"),
                 }
             })
@@ -57,7 +87,7 @@ pub async fn run(
     tracing::info!(queue = %queue_name, "consumer stopped");
 }
 
-async fn handle(handler: &TaskHandler, queue: TaskQueue, queue_name: &str, delivery: Delivery, retry_base: Duration) {
+async fn settle<H: TaskHandler>(handler: &H, queue: TaskQueue, queue_name: &str, delivery: Delivery, retry_base: Duration) {
     let outcome = match handler.handle(queue, &delivery.data).await {
         Ok(()) => delivery.ack(BasicAckOptions::default()).await.map(|_| "ok"),
         Err(TaskError::Poison(reason)) => {
