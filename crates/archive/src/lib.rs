@@ -146,12 +146,32 @@ impl Archive {
             .await?
             .get(0);
         let new_watermark = prefix_top.unwrap_or(watermark).max(watermark);
-        if new_watermark > watermark {
-            tx.execute("UPDATE rooms SET persisted_seq = $2 WHERE id = $1", &[&room_id, &new_watermark])
-                .await?;
+        if let Some(newest) = sent_at.iter().max() {
+            tx.execute(
+                "UPDATE rooms SET persisted_seq = $2,
+                        last_message_at = GREATEST(last_message_at, to_timestamp($3::bigint / 1000.0))
+                 WHERE id = $1",
+                &[&room_id, &new_watermark, newest],
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(new_watermark as u64)
+    }
+
+    /// Rooms with a persisted message sent within the last `within`, most recent first.
+    pub async fn active_rooms(&self, within: std::time::Duration) -> Result<Vec<RoomName>> {
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query(
+                "SELECT name FROM rooms WHERE last_message_at > now() - make_interval(secs => $1)
+                 ORDER BY last_message_at DESC",
+                &[&within.as_secs_f64()],
+            )
+            .await?;
+        Ok(rows.iter().filter_map(|row| RoomName::parse(row.get(0)).ok()).collect())
     }
 
     /// The room's watermark as recorded in the archive (0 for an unknown room).

@@ -5,22 +5,27 @@
 //!   others wait for the winner's result).
 //! * `GetHistory` pages older history: what Redis still holds, continued from
 //!   PostgreSQL below it.
+//! * HydrateRoom tasks from RabbitMQ re-warm many rooms after a Redis loss, spread over
+//!   every hydrator replica; `huddle-hydrator rewarm` queues them for recently active rooms.
 
 mod history;
 mod hydrate;
+mod rewarm;
 
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
 use huddle_archive::Archive;
-use huddle_config::{PostgresSettings, RedisSettings};
+use huddle_broker::{Broker, TaskQueue};
+use huddle_config::{BrokerSettings, PostgresSettings, RedisSettings};
 use huddle_proto::v1::hydrator_server::HydratorServer;
 use huddle_roomlog::RoomLog;
 use huddle_telemetry::{OpsServer, Readiness};
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use hydrate::HydrateService;
+pub use rewarm::queue_rewarm;
 
 /// Hydrator settings (flags or `HUDDLE_*` environment variables).
 #[derive(Debug, Clone, clap::Parser)]
@@ -38,10 +43,30 @@ pub struct Settings {
     /// How long a caller waits for another replica's hydration of the same room.
     #[arg(long, env = "HUDDLE_HYDRATE_TIMEOUT_MS", default_value_t = 10_000)]
     pub hydrate_timeout_ms: u64,
+    /// HydrateRoom tasks handled at once by this replica.
+    #[arg(long, env = "HUDDLE_HYDRATE_PREFETCH", default_value_t = 8)]
+    pub hydrate_prefetch: u16,
     #[command(flatten)]
     pub postgres: PostgresSettings,
     #[command(flatten)]
     pub redis: RedisSettings,
+    #[command(flatten)]
+    pub broker: BrokerSettings,
+    /// Run an operator command instead of the service.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Operator commands (they run and exit; the service is the default).
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Queue HydrateRoom tasks for every room active recently (after a Redis loss), so
+    /// the hydrator replicas restore them before users come back.
+    Rewarm {
+        /// Rooms with a message in the last this many minutes.
+        #[arg(long, default_value_t = 60)]
+        active_within_mins: u64,
+    },
 }
 
 /// Why the hydrator could not start.
@@ -59,8 +84,10 @@ pub enum StartError {
 pub struct RunningHydrator {
     grpc_addr: SocketAddr,
     ops_addr: SocketAddr,
-    stop: oneshot::Sender<()>,
+    stop: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
+    rewarm_consumer: JoinHandle<()>,
+    broker: Broker,
     ops: OpsServer,
 }
 
@@ -75,9 +102,11 @@ impl RunningHydrator {
         self.ops_addr
     }
 
-    /// Stops accepting calls, lets in-flight ones finish, then returns.
+    /// Stops accepting calls and tasks, lets in-flight ones finish, then returns.
     pub async fn stop(self) {
-        let _ = self.stop.send(());
+        let _ = self.stop.send(true);
+        let _ = self.rewarm_consumer.await;
+        self.broker.close().await;
         match self.server.await {
             Ok(Err(error)) => tracing::error!(%error, "grpc server failed"),
             Err(error) => tracing::error!(%error, "grpc server task panicked"),
@@ -118,15 +147,26 @@ pub async fn start(settings: Settings) -> Result<RunningHydrator, StartError> {
     );
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<HydratorServer<HydrateService>>().await;
-    let (stop, stopped) = oneshot::channel::<()>();
+    let (stop, stopped) = watch::channel(false);
+    // RabbitMQ only carries re-warm tasks: joins keep working while it is down.
+    let broker = Broker::lazy(&settings.broker);
+    let rewarm_consumer = tokio::spawn(huddle_broker::consume(
+        broker.clone(),
+        TaskQueue::Hydrate,
+        settings.hydrate_prefetch,
+        rewarm::RewarmTasks(service.clone()),
+        Duration::from_millis(200),
+        stopped.clone(),
+    ));
+    let mut grpc_stopped = stopped;
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(HydratorServer::new(service))
-            .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(grpc_listener), async {
-                let _ = stopped.await;
+            .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(grpc_listener), async move {
+                let _ = grpc_stopped.wait_for(|stop| *stop).await;
             }),
     );
     tracing::info!(%grpc_addr, %ops_addr, "hydrator listening");
-    Ok(RunningHydrator { grpc_addr, ops_addr, stop, server, ops })
+    Ok(RunningHydrator { grpc_addr, ops_addr, stop, server, rewarm_consumer, broker, ops })
 }

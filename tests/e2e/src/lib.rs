@@ -156,6 +156,7 @@ pub async fn start_hydrator(env: &TestEnv, extra: &[&str]) -> Result<huddle_hydr
     let mut args = vec!["--grpc-addr".into(), "127.0.0.1:0".into(), "--ops-addr".into(), "127.0.0.1:0".into()];
     args.extend(extra.iter().map(|s| s.to_string()));
     args.extend(env.store_args());
+    args.extend(env.broker_args());
     Ok(huddle_hydrator::start(parse("huddle-hydrator", args)).await?)
 }
 

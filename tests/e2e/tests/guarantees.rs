@@ -177,3 +177,51 @@ async fn a_poison_task_is_dead_lettered_and_can_be_redriven() -> Result<()> {
     broker.close().await;
     stack.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_redis_loss_recently_active_rooms_are_rewarmed_through_hydrate_tasks() -> Result<()> {
+    let stack = Stack::start(1).await?;
+    let base = stack.url(0);
+    let ada = sign_up(&base, "ada").await?;
+    let rooms = ["warm-a", "warm-b", "warm-c"];
+    for (i, room) in rooms.iter().enumerate() {
+        let mut ws = Ws::join(&base, room, &ada.token, "").await?;
+        ws.expect("history").await?;
+        for n in 0..=i {
+            ws.say("hello", &format!("{room}-{n}")).await?;
+        }
+        ws.leave().await?;
+    }
+    stack.wait_persisted(6).await?;
+    stack.env.wipe_redis().await?;
+
+    let archive = huddle_archive::Archive::connect(&huddle_config::PostgresSettings {
+        database_url: stack.env.database_url.clone(),
+        database_pool_size: 2,
+    })?;
+    let broker = huddle_broker::Broker::connect(&huddle_config::BrokerSettings {
+        amqp_url: huddle_e2e::amqp_url(),
+        queue_prefix: stack.env.queue_prefix.clone(),
+        delivery_limit: 5,
+    })
+    .await?;
+    let queued = huddle_hydrator::queue_rewarm(&archive, &broker, std::time::Duration::from_secs(3600)).await?;
+    assert_eq!(queued, 3);
+    let log = huddle_roomlog::RoomLog::connect(&huddle_config::RedisSettings {
+        redis_url: huddle_e2e::redis_url(),
+        redis_pool_size: 2,
+        key_prefix: stack.env.key_prefix.clone(),
+        redis_window: 100,
+    })?;
+    let states = huddle_e2e::eventually(std::time::Duration::from_secs(10), || async {
+        let mut states = Vec::new();
+        for room in rooms {
+            states.push(log.state(&huddle_domain::RoomName::parse(room)?).await?);
+        }
+        Ok(states.iter().all(|s| s.in_redis).then_some(states))
+    })
+    .await?;
+    assert_eq!(states.iter().map(|s| s.last_seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+    broker.close().await;
+    stack.shutdown().await
+}
