@@ -12,7 +12,8 @@
 //! | `{p}room:{r}:cid:<id>` | string | seq of the send with that client_id (expires) |
 //!
 //! Globally: `{p}dirty` (sorted set: rooms with unpersisted messages, scored by when
-//! they became dirty). Channel `{p}room:{r}` carries `"<seq> <entry JSON>"` per message.
+//! they became dirty). Channel `{p}room:{r}` carries `"<seq> <entry JSON>"` per message,
+//! and `"R <seq>"` when a hydration re-initialises the room's counter at `seq`.
 //!
 //! Every multi-step change is one Lua script, so it is atomic and one round-trip.
 
@@ -284,7 +285,8 @@ impl RoomLog {
             .key(self.keys.log(room))
             .key(self.keys.persisted(room))
             .arg(archived_seq)
-            .arg(CLIENT_ID_TTL_SECS);
+            .arg(CLIENT_ID_TTL_SECS)
+            .arg(self.keys.channel(room));
         for message in recent {
             let json = serde_json::to_string(&message.entry).map_err(|e| RoomLogError::CorruptEntry {
                 id: message.seq.to_string(),
@@ -452,6 +454,9 @@ fn parse_entries(raw: Vec<(String, Vec<String>)>) -> Result<Vec<StoredMessage>> 
         })
         .collect()
 }
+
+/// Prefix of the notice the hydrate script publishes when it re-initialises a room.
+pub const RESET_PREFIX: &str = "R ";
 
 /// Parses a pub/sub payload (`"<seq> <entry JSON>"`) published by the append script.
 pub fn parse_published(payload: &str) -> Option<StoredMessage> {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use huddle_domain::RoomName;
-use huddle_roomlog::{parse_published, Keyspace};
+use huddle_roomlog::{parse_published, Keyspace, RESET_PREFIX};
 use redis::aio::{PubSubSink, PubSubStream};
 use tokio::sync::mpsc;
 
@@ -29,6 +29,9 @@ pub enum Outbound {
     Message { seq: u64, frame: Arc<str> },
     /// A typing frame from `user_id`.
     Typing { user_id: i64, frame: Arc<str> },
+    /// The room was re-initialised from the archive at `seq` (Redis had lost it):
+    /// anything a socket saw above `seq` is gone.
+    Reset { seq: u64 },
     /// Live delivery was interrupted (pub/sub reconnected): re-read the log from the
     /// last seq sent, so nothing published meanwhile is missed.
     Resync,
@@ -138,7 +141,10 @@ impl Hub {
 
     fn dispatch_one(&self, channel: &str, payload: &str) {
         let Some(room) = self.keys.room_of_channel(channel) else { return };
-        let outbound = if let Some(json) = payload.strip_prefix(TYPING_PREFIX) {
+        let outbound = if let Some(seq) = payload.strip_prefix(RESET_PREFIX) {
+            let Ok(seq) = seq.parse() else { return };
+            Outbound::Reset { seq }
+        } else if let Some(json) = payload.strip_prefix(TYPING_PREFIX) {
             let user_id = serde_json::from_str::<serde_json::Value>(json)
                 .ok()
                 .and_then(|v| v["user"]["id"].as_i64())

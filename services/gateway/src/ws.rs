@@ -238,6 +238,10 @@ impl Connection {
             Outbound::Typing { user_id, frame } if user_id != self.user.uid => self.send_text(frame.to_string()).await,
             Outbound::Typing { .. } => Ok(()),
             Outbound::Resync => self.resync().await,
+            // Redis lost the room and seq restarts below what this client saw: the
+            // client gets a fresh `latest` history to replace its view.
+            Outbound::Reset { seq } if seq < self.last_seq => self.send_initial_history(None).await,
+            Outbound::Reset { .. } => Ok(()),
         }
     }
 
