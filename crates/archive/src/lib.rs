@@ -112,10 +112,7 @@ impl Archive {
         let room_id = self.ensure_room(room).await?;
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let watermark: i64 = tx
-            .query_one("SELECT persisted_seq FROM rooms WHERE id = $1 FOR NO KEY UPDATE", &[&room_id])
-            .await?
-            .get(0);
+        let watermark = lock_room(&tx, room_id).await?;
 
         let seqs: Vec<i64> = messages.iter().map(|m| m.seq as i64).collect();
         let user_ids: Vec<i64> = messages.iter().map(|m| m.entry.user_id).collect();
@@ -192,10 +189,7 @@ impl Archive {
         let room_id = self.ensure_room(room).await?;
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let watermark: i64 = tx
-            .query_one("SELECT persisted_seq FROM rooms WHERE id = $1 FOR NO KEY UPDATE", &[&room_id])
-            .await?
-            .get(0);
+        let watermark = lock_room(&tx, room_id).await?;
         let row = tx
             .query_one(
                 "SELECT coalesce(max(seq), 0), count(*) FILTER (WHERE seq > $2) FROM messages WHERE room_id = $1",
@@ -257,4 +251,13 @@ impl Archive {
         messages.reverse();
         Ok(messages)
     }
+}
+
+/// Locks the room's row for the transaction (serialising the room's archive writers)
+/// and returns its watermark.
+async fn lock_room(tx: &deadpool_postgres::Transaction<'_>, room_id: i64) -> Result<i64> {
+    Ok(tx
+        .query_one("SELECT persisted_seq FROM rooms WHERE id = $1 FOR NO KEY UPDATE", &[&room_id])
+        .await?
+        .get(0))
 }

@@ -145,12 +145,8 @@ async fn after_redis_loses_everything_history_rehydrates_and_seq_continues() -> 
         assert_eq!(a.say(&format!("before {i}"), &format!("b{i}")).await?, i);
     }
     a.leave().await?;
+    stack.wait_persisted(5).await?;
     let db = stack.env.db().await?;
-    eventually(Duration::from_secs(10), || async {
-        let n: i64 = db.query_one("SELECT count(*) FROM messages", &[]).await?.get(0);
-        Ok((n == 5).then_some(()))
-    })
-    .await?;
 
     let deleted = stack.env.wipe_redis().await?;
     assert!(deleted > 0, "the test's keys were in Redis");
@@ -166,11 +162,7 @@ async fn after_redis_loses_everything_history_rehydrates_and_seq_continues() -> 
     // A socket that stays in the room while Redis is wiped re-hydrates on its next send.
     // (The occupied room is persisted by the dirty-room sweep first; what Redis holds
     // unpersisted when it dies is lost without AOF: docs/RELIABILITY.md.)
-    eventually(Duration::from_secs(10), || async {
-        let n: i64 = db.query_one("SELECT count(*) FROM messages", &[]).await?.get(0);
-        Ok((n == 6).then_some(()))
-    })
-    .await?;
+    stack.wait_persisted(6).await?;
     stack.env.wipe_redis().await?;
     assert_eq!(a.say("after a second wipe", "after-2").await?, 7);
     a.leave().await?;
@@ -195,12 +187,7 @@ async fn older_history_is_paged_from_postgres_through_the_hydrator() -> Result<(
         a.say(&format!("m{i}"), &format!("k{i}")).await?;
     }
     a.leave().await?;
-    let db = stack.env.db().await?;
-    eventually(Duration::from_secs(10), || async {
-        let n: i64 = db.query_one("SELECT count(*) FROM messages", &[]).await?.get(0);
-        Ok((n == 30).then_some(()))
-    })
-    .await?;
+    stack.wait_persisted(30).await?;
     // Only PostgreSQL has them now.
     stack.env.wipe_redis().await?;
 

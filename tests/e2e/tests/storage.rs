@@ -2,8 +2,6 @@
 //! idempotent appends and chunk writes, the watermark over out-of-order chunks, and
 //! single-flight hydration.
 
-use std::time::Duration;
-
 use anyhow::Result;
 use huddle_archive::Archive;
 use huddle_config::{PostgresSettings, RedisSettings};
@@ -131,12 +129,7 @@ async fn a_crowd_joining_a_cold_room_hydrates_it_once() -> Result<()> {
         a.say(&format!("m{i}"), &format!("m{i}")).await?;
     }
     a.leave().await?;
-    let db = stack.env.db().await?;
-    huddle_e2e::eventually(Duration::from_secs(10), || async {
-        let n: i64 = db.query_one("SELECT count(*) FROM messages", &[]).await?.get(0);
-        Ok((n == 3).then_some(()))
-    })
-    .await?;
+    stack.wait_persisted(3).await?;
     stack.env.wipe_redis().await?;
 
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", stack.hydrator.grpc_addr()))?.connect().await?;
