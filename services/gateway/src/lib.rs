@@ -36,7 +36,7 @@ const DEV_SECRET: &str = "huddle-dev-secret-change-me";
 
 /// Gateway settings (flags or `HUDDLE_*` environment variables).
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "huddle-gateway", version, about = "Huddle gateway: WebSocket rooms, REST API, web client")]
+#[command(name = "huddle-gateway", version, about = "Huddle gateway: WebSocket rooms, REST API, web client", args_override_self = true)]
 pub struct Settings {
     /// Address to serve HTTP and WebSocket on.
     #[arg(long, env = "HUDDLE_GATEWAY_ADDR", default_value = "127.0.0.1:8080")]

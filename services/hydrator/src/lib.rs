@@ -29,7 +29,7 @@ pub use rewarm::queue_rewarm;
 
 /// Hydrator settings (flags or `HUDDLE_*` environment variables).
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "huddle-hydrator", version, about = "Huddle hydrator: restores rooms from PostgreSQL into Redis")]
+#[command(name = "huddle-hydrator", version, about = "Huddle hydrator: restores rooms from PostgreSQL into Redis", args_override_self = true)]
 pub struct Settings {
     /// Address of the gRPC server (Hydrator + grpc.health.v1).
     #[arg(long, env = "HUDDLE_HYDRATOR_GRPC_ADDR", default_value = "127.0.0.1:50051")]

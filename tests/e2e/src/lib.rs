@@ -160,8 +160,8 @@ pub async fn start_hydrator(env: &TestEnv, extra: &[&str]) -> Result<huddle_hydr
     Ok(huddle_hydrator::start(parse("huddle-hydrator", args)).await?)
 }
 
-/// Starts a persister of `env` with a fast sweep.
-pub async fn start_persister(env: &TestEnv) -> Result<huddle_persister::RunningPersister> {
+/// Starts a persister of `env` with a fast sweep (later flags win).
+pub async fn start_persister(env: &TestEnv, extra: &[&str]) -> Result<huddle_persister::RunningPersister> {
     let mut args = vec![
         "--grpc-addr".into(),
         "127.0.0.1:0".into(),
@@ -174,6 +174,7 @@ pub async fn start_persister(env: &TestEnv) -> Result<huddle_persister::RunningP
         "--retry-base-ms".into(),
         "50".into(),
     ];
+    args.extend(extra.iter().map(|s| s.to_string()));
     args.extend(env.store_args());
     args.extend(env.broker_args());
     Ok(huddle_persister::start(parse("huddle-persister", args)).await?)
@@ -203,6 +204,7 @@ pub struct StackOptions<'a> {
     pub gateways: usize,
     pub gateway_args: &'a [&'a str],
     pub hydrator_args: &'a [&'a str],
+    pub persister_args: &'a [&'a str],
 }
 
 impl Stack {
@@ -215,7 +217,7 @@ impl Stack {
     pub async fn start_with(options: StackOptions<'_>) -> Result<Self> {
         let env = TestEnv::new().await?;
         let hydrator = start_hydrator(&env, options.hydrator_args).await?;
-        let persister = start_persister(&env).await.context("persister (is RabbitMQ running?)")?;
+        let persister = start_persister(&env, options.persister_args).await.context("persister (is RabbitMQ running?)")?;
         let mut running = Vec::new();
         for _ in 0..options.gateways {
             running.push(start_gateway(&env, hydrator.grpc_addr(), options.gateway_args).await?);

@@ -225,3 +225,79 @@ async fn after_a_redis_loss_recently_active_rooms_are_rewarmed_through_hydrate_t
     broker.close().await;
     stack.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_growing_backlog_is_flushed_while_the_room_stays_busy() -> Result<()> {
+    // No sweep to speak of: only the backlog trigger can flush this occupied room.
+    let stack = Stack::start_with(StackOptions {
+        gateways: 1,
+        gateway_args: &["--flush-backlog", "10"],
+        persister_args: &["--sweep-interval-ms", "3600000"],
+        ..Default::default()
+    })
+    .await?;
+    let base = stack.url(0);
+    let ada = sign_up(&base, "ada").await?;
+    let mut a = Ws::join(&base, "backlog", &ada.token, "").await?;
+    a.expect("history").await?;
+    for i in 1..=25 {
+        a.say(&format!("m{i}"), &format!("m{i}")).await?;
+    }
+    // Flushes were queued at 10 and 20 unpersisted messages; the last 5 wait.
+    let db = stack.env.db().await?;
+    let persisted = huddle_e2e::eventually(std::time::Duration::from_secs(10), || async {
+        let n: i64 = db.query_one("SELECT count(*) FROM messages", &[]).await?.get(0);
+        Ok((n >= 20).then_some(n))
+    })
+    .await?;
+    assert!((20..=25).contains(&persisted), "{persisted}");
+    let mut persister = huddle_proto::v1::persister_client::PersisterClient::connect(format!("http://{}", stack.persister.grpc_addr())).await?;
+    let status = persister.room_status(huddle_proto::v1::RoomStatusRequest { room: "backlog".into() }).await?.into_inner();
+    assert_eq!(status.last_seq, 25);
+    assert!(status.persisted_seq >= 20 && status.unpersisted == 25 - status.persisted_seq, "{status:?}");
+    a.leave().await?;
+    stack.wait_persisted(25).await?;
+    stack.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_keeps_failing_is_retried_then_dead_lettered() -> Result<()> {
+    let stack = Stack::start(1).await?;
+    let log = huddle_roomlog::RoomLog::connect(&huddle_config::RedisSettings {
+        redis_url: huddle_e2e::redis_url(),
+        redis_pool_size: 2,
+        key_prefix: stack.env.key_prefix.clone(),
+        redis_window: 100,
+    })?;
+    // A message whose sender does not exist: every chunk insert violates the foreign key.
+    let room = huddle_domain::RoomName::parse("doomed")?;
+    log.hydrate(&room, 0, &[]).await?;
+    let ghost = huddle_domain::LogEntry { user_id: 999_999, user_name: "ghost".into(), body: "boo".into(), sent_at_ms: 0, client_id: String::new() };
+    log.append(&room, &ghost).await?;
+    let mut persister = huddle_proto::v1::persister_client::PersisterClient::connect(format!("http://{}", stack.persister.grpc_addr())).await?;
+    persister.flush_room(huddle_proto::v1::FlushRoomRequest { room: "doomed".into() }).await?;
+
+    let broker = huddle_broker::Broker::connect(&huddle_config::BrokerSettings {
+        amqp_url: huddle_e2e::amqp_url(),
+        queue_prefix: stack.env.queue_prefix.clone(),
+        delivery_limit: 5,
+    })
+    .await?;
+    let dead = huddle_e2e::eventually(std::time::Duration::from_secs(20), || async {
+        let dead = broker.dead_letters(10).await?;
+        Ok((!dead.is_empty()).then_some(dead))
+    })
+    .await?;
+    assert_eq!(dead[0].queue, format!("{}.persist-chunk", stack.env.queue_prefix));
+    assert_eq!(dead[0].reason, "delivery_limit");
+    let metrics = huddle_e2e::http().get(format!("http://{}/metrics", stack.persister.ops_addr())).send().await?.text().await?;
+    let retries = format!("huddle_tasks_total{{outcome=\"retry\",queue=\"{}.persist-chunk\"}}", stack.env.queue_prefix);
+    let line = metrics.lines().find(|l| l.starts_with(&retries)).unwrap_or_default();
+    assert!(line.ends_with(" 5") || line.ends_with(" 6"), "expected 5 retries before dead-lettering: {line:?}");
+    // Nothing was half-written, and the room is still dirty, not forgotten.
+    let status = persister.room_status(huddle_proto::v1::RoomStatusRequest { room: "doomed".into() }).await?.into_inner();
+    assert_eq!((status.last_seq, status.persisted_seq, status.unpersisted), (1, 0, 1));
+    assert!(status.dirty_for_ms > 0);
+    broker.close().await;
+    stack.shutdown().await
+}
