@@ -303,6 +303,12 @@ impl Ws {
         Ok(())
     }
 
+    /// Sends a binary frame.
+    pub async fn send_binary(&mut self, bytes: &[u8]) -> Result<()> {
+        self.stream.send(Message::binary(bytes.to_vec())).await?;
+        Ok(())
+    }
+
     /// Sends a JSON frame.
     pub async fn send_json(&mut self, frame: &Value) -> Result<()> {
         self.send_raw(&frame.to_string()).await

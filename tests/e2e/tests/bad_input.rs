@@ -35,6 +35,9 @@ async fn bad_frames_get_error_events_and_the_connection_keeps_working() -> Resul
     };
     assert_eq!(error["client_id"], "e9");
 
+    a.send_binary(b"\x00\x01").await?;
+    assert_eq!(a.expect("error").await?["code"], "binary_unsupported");
+
     // Nothing was stored, and the connection and room still work.
     assert_eq!(a.say("still here", "ok-1").await?, 1);
     a.send_json(&json!({"type": "ping"})).await?;
@@ -79,6 +82,7 @@ async fn refused_upgrades_are_json_http_errors() -> Result<()> {
     assert_eq!(upgrade("/ws/rooms/lobby".into(), None).await?, (401, "unauthorized".into()));
     assert_eq!(upgrade("/ws/rooms/lobby".into(), Some("garbage".into())).await?, (401, "unauthorized".into()));
     assert_eq!(upgrade("/ws/rooms/Bad%20Room".into(), Some(ada.token.clone())).await?, (400, "bad_room".into()));
+    assert_eq!(upgrade("/ws/rooms/lobby?since=abc".into(), Some(ada.token.clone())).await?, (400, "bad_request".into()));
 
     // An expired token: signed with the right secret, but in the past.
     let signer = huddle_gateway::auth::TokenSigner::new(&format!("test-secret-{}", stack.env.id));

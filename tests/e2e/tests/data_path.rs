@@ -43,12 +43,20 @@ async fn two_clients_see_each_other_in_order_and_a_late_joiner_gets_history() ->
         );
     }
 
+    // Typing notices reach the others, not the typist.
+    b.send_json(&json!({"type": "typing"})).await?;
+    let typing = a.expect("typing").await?;
+    assert_eq!((typing["room"].as_str(), typing["user"]["name"].as_str()), (Some("lobby"), Some("bob")));
+
     let mut c = Ws::join(&base, "lobby", &cyd.token, "").await?;
     let history = c.expect("history").await?;
     assert_eq!(seqs(&history), vec![1, 2, 3]);
     assert_eq!(history["messages"][1]["user"]["id"], bob.id);
     assert_eq!(history["messages"][0]["client_id"], "a-1");
 
+    let rooms: serde_json::Value =
+        huddle_e2e::http().get(format!("{base}/api/rooms")).bearer_auth(&cyd.token).send().await?.json().await?;
+    assert_eq!(rooms["rooms"], json!(["lobby"]));
     for ws in [a, b, c] {
         ws.leave().await?;
     }
