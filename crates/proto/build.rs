@@ -14,6 +14,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for file in &files {
         println!("cargo:rerun-if-changed={}", file.display());
     }
-    tonic_prost_build::configure().compile_protos(&files, &[root])?;
+    let descriptors = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("huddle_descriptor.bin");
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(descriptors)
+        .compile_protos(&files, &[root])?;
     Ok(())
 }

@@ -10,3 +10,18 @@
 pub mod v1 {
     tonic::include_proto!("huddle.v1");
 }
+
+/// The encoded descriptors of every Huddle `.proto` file (for server reflection).
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("huddle_descriptor");
+
+/// The gRPC server reflection service (v1) describing Huddle's services and the standard
+/// health service, so `grpcurl` works without `.proto` files.
+pub fn reflection_service() -> Result<
+    tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
+    tonic_reflection::server::Error,
+> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+}

@@ -78,6 +78,8 @@ pub enum StartError {
     Archive(#[from] huddle_archive::ArchiveError),
     #[error(transparent)]
     RoomLog(#[from] huddle_roomlog::RoomLogError),
+    #[error("grpc reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
 }
 
 /// A running hydrator.
@@ -162,6 +164,7 @@ pub async fn start(settings: Settings) -> Result<RunningHydrator, StartError> {
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(health_service)
+            .add_service(huddle_proto::reflection_service()?)
             .add_service(HydratorServer::new(service))
             .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(grpc_listener), async move {
                 let _ = grpc_stopped.wait_for(|stop| *stop).await;

@@ -153,6 +153,11 @@ async fn three_binaries_carry_messages_from_socket_to_postgres_and_stop_on_sigte
 
     let metrics = http().get(format!("{base}/metrics")).send().await?.text().await?;
     assert!(metrics.contains("huddle_gateway_messages_accepted_total 10"), "{metrics}");
+    for (grpc, service) in [(&hydrator_grpc, "huddle.v1.Hydrator"), (&persister_grpc, "huddle.v1.Persister")] {
+        let services = reflected_services(grpc).await?;
+        assert!(services.iter().any(|s| s == service), "{services:?}");
+        assert!(services.iter().any(|s| s == "grpc.health.v1.Health"), "{services:?}");
+    }
     for grpc in [&hydrator_grpc, &persister_grpc] {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))?.connect().await?;
         let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
@@ -164,4 +169,24 @@ async fn three_binaries_carry_messages_from_socket_to_postgres_and_stop_on_sigte
     persister.terminate()?;
     hydrator.terminate()?;
     env.cleanup().await
+}
+
+/// The services a gRPC server lists through server reflection (what `grpcurl list` shows).
+async fn reflected_services(addr: &str) -> Result<Vec<String>> {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect().await?;
+    let request = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+    let mut replies = ServerReflectionClient::new(channel)
+        .server_reflection_info(futures_util::stream::iter([request]))
+        .await?
+        .into_inner();
+    let reply = replies.message().await?.context("no reflection reply")?;
+    match reply.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => Ok(list.service.into_iter().map(|s| s.name).collect()),
+        other => bail!("unexpected reflection reply {other:?}"),
+    }
 }
