@@ -11,6 +11,7 @@ use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::types::AMQPValue;
 use prometheus::{register_int_counter_vec, IntCounterVec};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::{Broker, Delivery, TaskQueue};
 
@@ -88,7 +89,9 @@ pub async fn consume<H: TaskHandler>(
 }
 
 async fn settle<H: TaskHandler>(handler: &H, queue: TaskQueue, queue_name: &str, delivery: Delivery, retry_base: Duration) {
-    let outcome = match handler.handle(queue, &delivery.data).await {
+    let span = tracing::info_span!("task", queue = queue_name, redelivered = delivery.redelivered);
+    huddle_telemetry::continue_trace(&span, trace_headers(&delivery));
+    let outcome = match handler.handle(queue, &delivery.data).instrument(span).await {
         Ok(()) => delivery.ack(BasicAckOptions::default()).await.map(|_| "ok"),
         Err(TaskError::Poison(reason)) => {
             tracing::error!(queue = queue_name, %reason, "poison task dead-lettered");
@@ -107,6 +110,19 @@ async fn settle<H: TaskHandler>(handler: &H, queue: TaskQueue, queue_name: &str,
         // The channel is gone: the broker redelivers the task to another consumer.
         Err(error) => tracing::warn!(queue = queue_name, %error, "could not settle task"),
     }
+}
+
+/// The string headers of a delivery (where the W3C trace context travels).
+fn trace_headers(delivery: &Delivery) -> Vec<(&str, String)> {
+    let Some(headers) = delivery.properties.headers() else { return Vec::new() };
+    headers
+        .inner()
+        .iter()
+        .filter_map(|(key, value)| match value {
+            AMQPValue::LongString(text) => Some((key.as_str(), text.to_string())),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Earlier deliveries of this task, as counted by the quorum queue.

@@ -191,12 +191,18 @@ impl Broker {
     }
 
     /// Publishes tasks persistently and waits until the broker has confirmed all of them.
+    /// The current span's W3C trace context travels in the message headers.
     pub async fn publish<M: prost::Message>(&self, queue: TaskQueue, tasks: &[M]) -> Result<()> {
         let (_, channel) = self.connection().await?;
         let name = self.topology.queue(queue);
+        let mut headers = FieldTable::default();
+        for (key, value) in huddle_telemetry::trace_headers() {
+            headers.insert(key.into(), AMQPValue::LongString(LongString::from(value.as_str())));
+        }
         let properties = BasicProperties::default()
             .with_delivery_mode(2)
-            .with_content_type("application/x-protobuf".into());
+            .with_content_type("application/x-protobuf".into())
+            .with_headers(headers);
         let mut confirms = Vec::with_capacity(tasks.len());
         for task in tasks {
             let confirm = channel
@@ -265,9 +271,7 @@ impl Broker {
                 break;
             };
             let task = DeadTask::from_delivery(&message.delivery);
-            let properties = BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_content_type("application/x-protobuf".into());
+            let properties = message.delivery.properties.clone();
             let confirm = publisher
                 .basic_publish("".into(), task.queue.as_str().into(), BasicPublishOptions::default(), &message.delivery.data, properties)
                 .await?;

@@ -13,20 +13,111 @@ use std::sync::Arc;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use tracing_subscriber::EnvFilter;
 
-/// Initialises the global tracing subscriber once; later calls are no-ops, so tests may
-/// call it freely. `RUST_LOG` filters (default `info`); `HUDDLE_LOG_FORMAT=pretty` gives
-/// human-readable lines instead of JSON.
-pub fn init(service: &'static str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true);
-    let result = if std::env::var("HUDDLE_LOG_FORMAT").as_deref() == Ok("pretty") {
-        builder.try_init()
-    } else {
-        builder.json().flatten_event(true).with_current_span(false).try_init()
-    };
-    if result.is_ok() {
-        tracing::info!(service, version = env!("CARGO_PKG_VERSION"), "telemetry initialised");
+/// Keeps the OpenTelemetry exporter alive; [`TelemetryGuard::shutdown`] flushes the
+/// spans still buffered (call it on the way out).
+#[must_use = "dropping the guard without shutdown() may lose the last spans"]
+pub struct TelemetryGuard(Option<opentelemetry_sdk::trace::SdkTracerProvider>);
+
+impl TelemetryGuard {
+    /// Flushes and stops the span exporter, if one was started. The flush blocks, so it
+    /// runs off the async threads, which keep driving the exporter's connection.
+    pub async fn shutdown(self) {
+        if let Some(provider) = self.0 {
+            match tokio::task::spawn_blocking(move || provider.shutdown()).await {
+                Ok(Err(error)) => eprintln!("opentelemetry shutdown: {error}"),
+                Err(error) => eprintln!("opentelemetry shutdown: {error}"),
+                Ok(Ok(())) => {}
+            }
+        }
     }
+}
+
+/// Initialises logging (and tracing export) once; later calls do nothing, so tests may
+/// call it freely.
+///
+/// * Logs: JSON lines on stdout (`HUDDLE_LOG_FORMAT=pretty` for text), filtered by
+///   `RUST_LOG` (default `info`).
+/// * Traces: when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans are exported over OTLP/gRPC
+///   with `service.name` = `service` (the standard `OTEL_*` variables apply), filtered by
+///   `HUDDLE_TRACE_FILTER` (default `info`), and W3C trace context crosses RabbitMQ in task
+///   headers ([`trace_headers`], [`continue_trace`]).
+///
+/// Needs a Tokio runtime when export is on (the OTLP client is a tonic channel).
+pub fn init(service: &'static str) -> TelemetryGuard {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    use tracing_subscriber::Layer as _;
+
+    // Logs and exported spans are filtered separately: quiet logs must not silence traces.
+    let log_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let span_filter = EnvFilter::try_from_env("HUDDLE_TRACE_FILTER").unwrap_or_else(|_| EnvFilter::new("info,lapin=warn,h2=warn,tower=warn"));
+    let pretty = std::env::var("HUDDLE_LOG_FORMAT").as_deref() == Ok("pretty");
+    let logs = if pretty {
+        tracing_subscriber::fmt::layer().with_target(true).boxed()
+    } else {
+        tracing_subscriber::fmt::layer().json().flatten_event(true).with_current_span(false).boxed()
+    };
+    let provider = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").and_then(|_| match otlp_provider(service) {
+        Ok(provider) => Some(provider),
+        Err(error) => {
+            eprintln!("OpenTelemetry export disabled: {error}");
+            None
+        }
+    });
+    let spans = provider.as_ref().map(|provider| {
+        use opentelemetry::trace::TracerProvider as _;
+        tracing_opentelemetry::layer().with_tracer(provider.tracer(service)).with_filter(span_filter)
+    });
+    let result = tracing_subscriber::registry().with(logs.with_filter(log_filter)).with(spans).try_init();
+    if result.is_err() {
+        // Already initialised (tests): keep the first subscriber and drop this exporter.
+        if let Some(provider) = provider {
+            let _ = provider.shutdown();
+        }
+        return TelemetryGuard(None);
+    }
+    if let Some(provider) = &provider {
+        opentelemetry::global::set_tracer_provider(provider.clone());
+        opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+    }
+    tracing::info!(service, version = env!("CARGO_PKG_VERSION"), otlp = provider.is_some(), "telemetry initialised");
+    TelemetryGuard(provider)
+}
+
+fn otlp_provider(service: &'static str) -> Result<opentelemetry_sdk::trace::SdkTracerProvider, String> {
+    use opentelemetry_otlp::WithExportConfig as _;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_protocol(opentelemetry_otlp::Protocol::Grpc)
+        .build()
+        .map_err(|e| e.to_string())?;
+    Ok(opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(service).build())
+        .build())
+}
+
+/// The current span's W3C trace context as header pairs (`traceparent`, `tracestate`),
+/// to attach to a task; empty when tracing export is off.
+pub fn trace_headers() -> Vec<(String, String)> {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let context = tracing::Span::current().context();
+    let mut headers = std::collections::HashMap::new();
+    opentelemetry::global::get_text_map_propagator(|propagator| propagator.inject_context(&context, &mut headers));
+    headers.into_iter().collect()
+}
+
+/// Makes `span` a child of the trace whose W3C context is in `headers` (from a task).
+pub fn continue_trace<'a>(span: &tracing::Span, headers: impl IntoIterator<Item = (&'a str, String)>) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let headers: std::collections::HashMap<String, String> =
+        headers.into_iter().map(|(key, value)| (key.to_owned(), value)).collect();
+    if headers.is_empty() {
+        return;
+    }
+    let context = opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&headers));
+    let _ = span.set_parent(context);
 }
 
 /// The future a readiness check returns: `Err` carries the reason, shown by `/readyz`.

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Session};
 use futures_util::StreamExt;
+use tracing::Instrument;
 use serde::Deserialize;
 use huddle_domain::{validate_client_id, LogEntry, MessageBody, RoomName};
 
@@ -52,7 +53,8 @@ pub async fn upgrade(
     state.rooms.ensure_ready(&room).await?;
     let (response, session, stream) = actix_ws::handle(&req, body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let stream = stream.max_frame_size(MAX_FRAME_BYTES).aggregate_continuations().max_continuation_size(MAX_FRAME_BYTES);
-    actix_web::rt::spawn(run(state.into_inner(), user.0, room, query.since, session, stream));
+    let span = tracing::info_span!("socket", %room, user_id = user.0.uid);
+    actix_web::rt::spawn(run(state.into_inner(), user.0, room, query.since, session, stream).instrument(span));
     Ok(response)
 }
 
@@ -296,6 +298,7 @@ impl Connection {
         }
     }
 
+    #[tracing::instrument(name = "send", skip_all, fields(client_id = %client_id))]
     async fn on_send(&mut self, body: String, client_id: String) -> Result<(), Exit> {
         if let Err(error) = validate_client_id(&client_id) {
             return self.send_error(protocol::send_error_frame(error.code(), &error.to_string(), ""), error.code()).await;

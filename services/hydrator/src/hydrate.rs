@@ -40,6 +40,7 @@ impl HydrateService {
     }
 
     /// Makes sure Redis holds `room`. See the crate docs.
+    #[tracing::instrument(skip_all, fields(%room))]
     pub async fn hydrate(&self, room: &RoomName) -> Result<HydrateRoomResponse, Status> {
         let deadline = Instant::now() + self.timeout;
         let lock_ttl_ms = self.timeout.as_millis() as u64;

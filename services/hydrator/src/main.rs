@@ -6,18 +6,20 @@ use huddle_hydrator::Command;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut settings = huddle_hydrator::Settings::parse();
-    huddle_telemetry::init("hydrator");
+    let telemetry = huddle_telemetry::init("hydrator");
     if let Some(Command::Rewarm { active_within_mins }) = settings.command.take() {
         let archive = huddle_archive::Archive::connect(&settings.postgres)?;
         let broker = huddle_broker::Broker::connect(&settings.broker).await?;
         let queued = huddle_hydrator::queue_rewarm(&archive, &broker, Duration::from_secs(active_within_mins * 60)).await?;
         broker.close().await;
         println!("queued {queued} room(s) for re-warming");
+        telemetry.shutdown().await;
         return Ok(());
     }
     let hydrator = huddle_hydrator::start(settings).await?;
     huddle_telemetry::shutdown_signal().await;
     hydrator.stop().await;
     tracing::info!("hydrator stopped");
+    telemetry.shutdown().await;
     Ok(())
 }

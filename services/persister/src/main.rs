@@ -7,11 +7,12 @@ async fn main() -> anyhow::Result<()> {
     if let Some(Command::DeadLetters { action }) = settings.command.take() {
         return dead_letters(&settings, action).await;
     }
-    huddle_telemetry::init("persister");
+    let telemetry = huddle_telemetry::init("persister");
     let persister = huddle_persister::start(settings).await?;
     huddle_telemetry::shutdown_signal().await;
     persister.stop().await;
     tracing::info!("persister stopped");
+    telemetry.shutdown().await;
     Ok(())
 }
 

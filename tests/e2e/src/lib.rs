@@ -46,7 +46,7 @@ pub struct TestEnv {
 impl TestEnv {
     /// Creates the test's database; fails clearly if a server is not reachable.
     pub async fn new() -> Result<Self> {
-        huddle_telemetry::init("e2e-test");
+        let _ = huddle_telemetry::init("e2e-test");
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let db_name = format!("huddle_test_{id}");
         let (client, connection) = tokio_postgres::connect(&format!("{}/postgres", postgres_server()), tokio_postgres::NoTls)
@@ -396,5 +396,69 @@ where
             bail!("condition not met within {within:?}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One span received by a [`TraceCollector`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedSpan {
+    pub service: String,
+    pub name: String,
+    pub trace_id: Vec<u8>,
+}
+
+/// A minimal OTLP/gRPC trace receiver: what the services export, for assertions.
+#[derive(Clone, Default)]
+pub struct TraceCollector {
+    spans: std::sync::Arc<std::sync::Mutex<Vec<ReceivedSpan>>>,
+}
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService for TraceCollector {
+    async fn export(
+        &self,
+        request: tonic::Request<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.spans.lock().expect("collector lock");
+        for resource_spans in request.into_inner().resource_spans {
+            let service = resource_spans
+                .resource
+                .iter()
+                .flat_map(|r| r.attributes.iter())
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| kv.value.as_ref())
+                .and_then(|v| match &v.value {
+                    Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s)) => Some(s.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            for scope in resource_spans.scope_spans {
+                for span in scope.spans {
+                    spans.push(ReceivedSpan { service: service.clone(), name: span.name, trace_id: span.trace_id });
+                }
+            }
+        }
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+impl TraceCollector {
+    /// Serves OTLP/gRPC on a random local port; returns the collector and its address.
+    pub async fn start() -> Result<(Self, SocketAddr)> {
+        let collector = Self::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let service = opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer::new(collector.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        Ok((collector, addr))
+    }
+
+    /// Everything received so far.
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        self.spans.lock().expect("collector lock").clone()
     }
 }

@@ -31,7 +31,7 @@ struct Service {
 }
 
 impl Service {
-    fn spawn(name: &'static str, env: &TestEnv, vars: &[(&str, String)]) -> Result<Self> {
+    fn spawn(name: &'static str, env: &TestEnv, otlp: &str, vars: &[(&str, String)]) -> Result<Self> {
         let mut command = Command::new(binary(name)?);
         command
             .env_clear()
@@ -42,6 +42,7 @@ impl Service {
             .env("HUDDLE_KEY_PREFIX", &env.key_prefix)
             .env("HUDDLE_AMQP_URL", amqp_url())
             .env("HUDDLE_QUEUE_PREFIX", &env.queue_prefix)
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         for (key, value) in vars {
@@ -91,6 +92,8 @@ async fn wait_ready(name: &str, url: &str) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_binaries_carry_messages_from_socket_to_postgres_and_stop_on_sigterm() -> Result<()> {
     let env = TestEnv::new().await?;
+    let (collector, collector_addr) = huddle_e2e::TraceCollector::start().await?;
+    let otlp = format!("http://{collector_addr}");
     let (hydrator_grpc, hydrator_ops) = (free_addr()?, free_addr()?);
     let (persister_grpc, persister_ops) = (free_addr()?, free_addr()?);
     let gateway_addr = free_addr()?;
@@ -98,22 +101,26 @@ async fn three_binaries_carry_messages_from_socket_to_postgres_and_stop_on_sigte
     let hydrator = Service::spawn(
         "huddle-hydrator",
         &env,
+        &otlp,
         &[("HUDDLE_HYDRATOR_GRPC_ADDR", hydrator_grpc.clone()), ("HUDDLE_HYDRATOR_OPS_ADDR", hydrator_ops.clone())],
     )?;
     wait_ready("hydrator", &format!("http://{hydrator_ops}/readyz")).await?;
     let persister = Service::spawn(
         "huddle-persister",
         &env,
+        &otlp,
         &[
             ("HUDDLE_PERSISTER_GRPC_ADDR", persister_grpc.clone()),
             ("HUDDLE_PERSISTER_OPS_ADDR", persister_ops.clone()),
-            ("HUDDLE_SWEEP_INTERVAL_MS", "500".into()),
+            // Slow sweep: the flush that persists the room is the one the gateway asks for.
+            ("HUDDLE_SWEEP_INTERVAL_MS", "60000".into()),
         ],
     )?;
     wait_ready("persister", &format!("http://{persister_ops}/readyz")).await?;
     let gateway = Service::spawn(
         "huddle-gateway",
         &env,
+        &otlp,
         &[
             ("HUDDLE_GATEWAY_ADDR", gateway_addr.clone()),
             ("HUDDLE_GATEWAY_WORKERS", "2".into()),
@@ -168,6 +175,25 @@ async fn three_binaries_carry_messages_from_socket_to_postgres_and_stop_on_sigte
     gateway.terminate()?;
     persister.terminate()?;
     hydrator.terminate()?;
+
+    // Traces went out over OTLP, and the W3C context crossed RabbitMQ: the gateway's
+    // flush request and the persister's tasks for it share one trace.
+    let spans = eventually(Duration::from_secs(10), || async {
+        let spans = collector.spans();
+        let flush = spans.iter().find(|s| s.service == "gateway" && s.name == "flush_request").cloned();
+        Ok(flush.and_then(|flush| {
+            let tasks = spans.iter().filter(|s| s.service == "persister" && s.name == "task" && s.trace_id == flush.trace_id).count();
+            (tasks >= 2).then_some(spans.clone())
+        }))
+    })
+    .await
+    .with_context(|| {
+        let seen: std::collections::BTreeSet<(String, String)> =
+            collector.spans().into_iter().map(|s| (s.service, s.name)).collect();
+        format!("no gateway→persister trace arrived; spans seen: {seen:?}")
+    })?;
+    assert!(spans.iter().any(|s| s.service == "gateway" && s.name == "send"));
+    assert!(spans.iter().any(|s| s.service == "hydrator" && s.name == "hydrate"));
     env.cleanup().await
 }
 
