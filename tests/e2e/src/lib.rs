@@ -47,7 +47,10 @@ impl TestEnv {
     /// Creates the test's database; fails clearly if a server is not reachable.
     pub async fn new() -> Result<Self> {
         let _ = huddle_telemetry::init("e2e-test");
-        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        // The creation time in the names lets scripts/clean-test-leftovers.sh remove what
+        // a crashed run left behind without touching a run still in progress.
+        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+        let id = format!("{secs}_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let db_name = format!("huddle_test_{id}");
         let (client, connection) = tokio_postgres::connect(&format!("{}/postgres", postgres_server()), tokio_postgres::NoTls)
             .await
