@@ -93,6 +93,25 @@ impl TestEnv {
         vec!["--amqp-url".into(), amqp_url(), "--queue-prefix".into(), self.queue_prefix.clone()]
     }
 
+    /// The test's RabbitMQ topology, connected.
+    pub async fn broker(&self) -> Result<huddle_broker::Broker> {
+        Ok(huddle_broker::Broker::connect(&self.broker_settings()).await?)
+    }
+
+    fn broker_settings(&self) -> huddle_config::BrokerSettings {
+        huddle_config::BrokerSettings { amqp_url: amqp_url(), queue_prefix: self.queue_prefix.clone(), delivery_limit: 5 }
+    }
+
+    /// The test's Redis hot log, keeping `window` persisted messages per room.
+    pub fn room_log(&self, window: u64) -> Result<huddle_roomlog::RoomLog> {
+        Ok(huddle_roomlog::RoomLog::connect(&huddle_config::RedisSettings {
+            redis_url: redis_url(),
+            redis_pool_size: 4,
+            key_prefix: self.key_prefix.clone(),
+            redis_window: window,
+        })?)
+    }
+
     /// Deletes every Redis key of this test (what "Redis lost everything" means to it).
     pub async fn wipe_redis(&self) -> Result<u64> {
         let mut conn = redis::Client::open(redis_url())?.get_multiplexed_async_connection().await?;
@@ -127,11 +146,7 @@ impl TestEnv {
     /// Drops the database, the Redis keys and the queues of this test.
     pub async fn cleanup(&self) -> Result<()> {
         self.wipe_redis().await?;
-        let broker = huddle_broker::Broker::lazy(&huddle_config::BrokerSettings {
-            amqp_url: amqp_url(),
-            queue_prefix: self.queue_prefix.clone(),
-            delivery_limit: 5,
-        });
+        let broker = huddle_broker::Broker::lazy(&self.broker_settings());
         broker.delete_topology().await?;
         broker.close().await;
         let (client, connection) =

@@ -146,12 +146,7 @@ async fn gateway_shutdown_closes_sockets_with_1012_and_flushes_their_rooms() -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_task_is_dead_lettered_and_can_be_redriven() -> Result<()> {
     let stack = Stack::start(1).await?;
-    let broker = huddle_broker::Broker::connect(&huddle_config::BrokerSettings {
-        amqp_url: huddle_e2e::amqp_url(),
-        queue_prefix: stack.env.queue_prefix.clone(),
-        delivery_limit: 5,
-    })
-    .await?;
+    let broker = stack.env.broker().await?;
     let poison = huddle_proto::v1::FlushRoomTask { room: "Not A Room!".into(), reason: "test".into(), requested_at_ms: 0 };
     broker.publish(huddle_broker::TaskQueue::Flush, &[poison]).await?;
     let dead = huddle_e2e::eventually(std::time::Duration::from_secs(10), || async {
@@ -199,20 +194,10 @@ async fn after_a_redis_loss_recently_active_rooms_are_rewarmed_through_hydrate_t
         database_url: stack.env.database_url.clone(),
         database_pool_size: 2,
     })?;
-    let broker = huddle_broker::Broker::connect(&huddle_config::BrokerSettings {
-        amqp_url: huddle_e2e::amqp_url(),
-        queue_prefix: stack.env.queue_prefix.clone(),
-        delivery_limit: 5,
-    })
-    .await?;
+    let broker = stack.env.broker().await?;
     let queued = huddle_hydrator::queue_rewarm(&archive, &broker, std::time::Duration::from_secs(3600)).await?;
     assert_eq!(queued, 3);
-    let log = huddle_roomlog::RoomLog::connect(&huddle_config::RedisSettings {
-        redis_url: huddle_e2e::redis_url(),
-        redis_pool_size: 2,
-        key_prefix: stack.env.key_prefix.clone(),
-        redis_window: 100,
-    })?;
+    let log = stack.env.room_log(100)?;
     let states = huddle_e2e::eventually(std::time::Duration::from_secs(10), || async {
         let mut states = Vec::new();
         for room in rooms {
@@ -268,12 +253,7 @@ async fn a_growing_backlog_is_flushed_while_the_room_stays_busy() -> Result<()> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_that_keeps_failing_is_retried_then_dead_lettered() -> Result<()> {
     let stack = Stack::start(1).await?;
-    let log = huddle_roomlog::RoomLog::connect(&huddle_config::RedisSettings {
-        redis_url: huddle_e2e::redis_url(),
-        redis_pool_size: 2,
-        key_prefix: stack.env.key_prefix.clone(),
-        redis_window: 100,
-    })?;
+    let log = stack.env.room_log(100)?;
     // A message whose sender does not exist: every chunk insert violates the foreign key.
     let room = huddle_domain::RoomName::parse("doomed")?;
     log.hydrate(&room, 0, &[]).await?;
@@ -282,12 +262,7 @@ async fn a_task_that_keeps_failing_is_retried_then_dead_lettered() -> Result<()>
     let mut persister = huddle_proto::v1::persister_client::PersisterClient::connect(format!("http://{}", stack.persister.grpc_addr())).await?;
     persister.flush_room(huddle_proto::v1::FlushRoomRequest { room: "doomed".into() }).await?;
 
-    let broker = huddle_broker::Broker::connect(&huddle_config::BrokerSettings {
-        amqp_url: huddle_e2e::amqp_url(),
-        queue_prefix: stack.env.queue_prefix.clone(),
-        delivery_limit: 5,
-    })
-    .await?;
+    let broker = stack.env.broker().await?;
     let dead = huddle_e2e::eventually(std::time::Duration::from_secs(20), || async {
         let dead = broker.dead_letters(10).await?;
         Ok((!dead.is_empty()).then_some(dead))

@@ -4,22 +4,13 @@
 
 use anyhow::Result;
 use huddle_archive::Archive;
-use huddle_config::{PostgresSettings, RedisSettings};
+use huddle_config::PostgresSettings;
 use huddle_domain::{LogEntry, RoomName, StoredMessage};
-use huddle_e2e::{redis_url, sign_up, Stack, TestEnv, Ws};
-use huddle_roomlog::{AppendOutcome, RoomLog};
+use huddle_e2e::{sign_up, Stack, TestEnv, Ws};
+use huddle_roomlog::AppendOutcome;
 
 fn entry(user_id: i64, body: &str, client_id: &str) -> LogEntry {
     LogEntry { user_id, user_name: "ada".into(), body: body.into(), sent_at_ms: 1_700_000_000_000, client_id: client_id.into() }
-}
-
-fn room_log(env: &TestEnv, window: u64) -> Result<RoomLog> {
-    Ok(RoomLog::connect(&RedisSettings {
-        redis_url: redis_url(),
-        redis_pool_size: 4,
-        key_prefix: env.key_prefix.clone(),
-        redis_window: window,
-    })?)
 }
 
 async fn archive(env: &TestEnv) -> Result<Archive> {
@@ -35,7 +26,7 @@ async fn user(env: &TestEnv) -> Result<i64> {
 #[tokio::test]
 async fn appends_need_an_initialised_room_and_dedupe_client_ids() -> Result<()> {
     let env = TestEnv::new().await?;
-    let log = room_log(&env, 100)?;
+    let log = env.room_log(100)?;
     let room = RoomName::parse("dedupe")?;
     assert_eq!(log.append(&room, &entry(1, "too early", "c0")).await?, AppendOutcome::NotReady);
     assert_eq!(log.hydrate(&room, 41, &[]).await?, (true, 41));
@@ -55,7 +46,7 @@ async fn appends_need_an_initialised_room_and_dedupe_client_ids() -> Result<()> 
 #[tokio::test]
 async fn trimming_keeps_the_window_and_never_drops_unpersisted_entries() -> Result<()> {
     let env = TestEnv::new().await?;
-    let log = room_log(&env, 5)?;
+    let log = env.room_log(5)?;
     let room = RoomName::parse("trim")?;
     log.hydrate(&room, 0, &[]).await?;
     for i in 1..=20 {
