@@ -8,7 +8,7 @@
 //! | `{p}room:{r}:log` | stream | entry id `<seq>-0`, field `m` = [`LogEntry`] JSON |
 //! | `{p}room:{r}:persisted` | string | watermark: every seq ≤ it is in PostgreSQL |
 //! | `{p}room:{r}:queued` | string | highest seq already split into chunk tasks (expires) |
-//! | `{p}room:{r}:members` | string | sockets in the room across all gateways |
+//! | `{p}room:{r}:online` | sorted set | `<socket>\|<user id>\|<name>` scored by expiry (presence) |
 //! | `{p}room:{r}:cid:<id>` | string | seq of the send with that client_id (expires) |
 //!
 //! Globally: `{p}dirty` (sorted set: rooms with unpersisted messages, scored by when
@@ -33,6 +33,7 @@ static MARK_PERSISTED: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/mark_persisted.lua")));
 static CLAIM_FLUSH: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/claim_flush.lua")));
+static PRESENCE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/presence.lua")));
 static RELEASE_LOCK: LazyLock<Script> = LazyLock::new(|| {
     Script::new("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0")
 });
@@ -90,9 +91,9 @@ impl Keyspace {
     pub fn queued(&self, room: &RoomName) -> String {
         self.room_key(room, "queued")
     }
-    /// The room's member count across gateways.
-    pub fn members(&self, room: &RoomName) -> String {
-        self.room_key(room, "members")
+    /// The room's presence set.
+    pub fn online(&self, room: &RoomName) -> String {
+        self.room_key(room, "online")
     }
     /// The room's hydration lock.
     pub fn hydrate_lock(&self, room: &RoomName) -> String {
@@ -144,6 +145,40 @@ pub struct RoomState {
     pub persisted_seq: u64,
     /// When the room became dirty (epoch ms), if it is in the dirty index.
     pub dirty_since_ms: Option<i64>,
+}
+
+/// One socket's presence entry.
+#[derive(Debug, Clone)]
+pub struct Presence {
+    /// Unique per socket across gateways.
+    pub socket: String,
+    pub user_id: i64,
+    pub user_name: String,
+}
+
+impl Presence {
+    fn member(&self) -> String {
+        format!("{}|{}|{}", self.socket, self.user_id, self.user_name)
+    }
+}
+
+/// What a presence call does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceChange {
+    Join,
+    Refresh,
+    Leave,
+}
+
+/// A room's presence after a change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomPresence {
+    /// Live sockets of the changed user (0 after their last one left).
+    pub user_sockets: usize,
+    /// Live sockets in the room, all users.
+    pub sockets: usize,
+    /// Users online, by id: (id, name).
+    pub online: Vec<(i64, String)>,
 }
 
 /// A held lock; release it with [`RoomLog::unlock`] (it also expires on its own).
@@ -370,19 +405,38 @@ impl RoomLog {
             .collect())
     }
 
-    /// Counts a socket into the room (all gateways); returns the new count.
-    pub async fn member_joined(&self, room: &RoomName) -> Result<i64> {
-        Ok(self.conn().await?.incr(self.keys.members(room), 1).await?)
-    }
-
-    /// Counts a socket out of the room; returns the count left (never below 0).
-    pub async fn member_left(&self, room: &RoomName) -> Result<i64> {
-        let mut conn = self.conn().await?;
-        let left: i64 = conn.decr(self.keys.members(room), 1).await?;
-        if left <= 0 {
-            let _: () = conn.del(self.keys.members(room)).await?;
+    /// Records a socket's presence in a room (`Join`/`Refresh`, valid for `ttl_ms`) or
+    /// removes it (`Leave`); returns the room's presence afterwards.
+    pub async fn presence(&self, room: &RoomName, change: PresenceChange, socket: &Presence, ttl_ms: u64) -> Result<RoomPresence> {
+        let now = huddle_domain::now_ms();
+        let reply: Vec<String> = PRESENCE
+            .key(self.keys.online(room))
+            .arg(now)
+            .arg(match change {
+                PresenceChange::Join => "join",
+                PresenceChange::Refresh => "refresh",
+                PresenceChange::Leave => "leave",
+            })
+            .arg(socket.member())
+            .arg(now + ttl_ms as i64)
+            .arg(format!("|{}|", socket.user_id))
+            .invoke_async(&mut self.conn().await?)
+            .await?;
+        let mut reply = reply.into_iter();
+        let user_sockets = reply.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        let mut sockets = 0;
+        let mut online: Vec<(i64, String)> = Vec::new();
+        for member in reply {
+            sockets += 1;
+            let mut parts = member.splitn(3, '|');
+            let (Some(_), Some(id), Some(name)) = (parts.next(), parts.next(), parts.next()) else { continue };
+            let Ok(id) = id.parse() else { continue };
+            if !online.iter().any(|(known, _)| *known == id) {
+                online.push((id, name.to_owned()));
+            }
         }
-        Ok(left.max(0))
+        online.sort();
+        Ok(RoomPresence { user_sockets, sockets, online })
     }
 
     /// Takes the lock `key` for `ttl_ms` if nobody holds it.

@@ -21,6 +21,8 @@ use crate::protocol::message_frame;
 
 /// Prefix of typing payloads on a room channel (messages start with their seq).
 pub const TYPING_PREFIX: &str = "T ";
+/// Prefix of presence payloads on a room channel.
+pub const PRESENCE_PREFIX: &str = "P ";
 
 /// Something for one socket to send.
 #[derive(Debug, Clone)]
@@ -29,6 +31,8 @@ pub enum Outbound {
     Message { seq: u64, frame: Arc<str> },
     /// A typing frame from `user_id`.
     Typing { user_id: i64, frame: Arc<str> },
+    /// A presence frame (someone joined or left).
+    Presence { frame: Arc<str> },
     /// The room was re-initialised from the archive at `seq` (Redis had lost it):
     /// anything a socket saw above `seq` is gone.
     Reset { seq: u64 },
@@ -144,6 +148,8 @@ impl Hub {
         let outbound = if let Some(seq) = payload.strip_prefix(RESET_PREFIX) {
             let Ok(seq) = seq.parse() else { return };
             Outbound::Reset { seq }
+        } else if let Some(json) = payload.strip_prefix(PRESENCE_PREFIX) {
+            Outbound::Presence { frame: json.into() }
         } else if let Some(json) = payload.strip_prefix(TYPING_PREFIX) {
             let user_id = serde_json::from_str::<serde_json::Value>(json)
                 .ok()

@@ -194,6 +194,40 @@ pub fn typing_frame(room: &RoomName, user_id: i64, user_name: &str) -> Arc<str> 
     tagged("typing", TypingBody { room: room.as_str(), user: UserView { id: user_id, name: user_name } }).into()
 }
 
+/// What a `presence` frame reports.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceEvent {
+    /// Who is online, sent once after the join's history.
+    Snapshot,
+    /// A user's first socket entered the room.
+    Joined,
+    /// A user's last socket left the room.
+    Left,
+}
+
+#[derive(Serialize)]
+struct PresenceBody<'a> {
+    room: &'a str,
+    event: PresenceEvent,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<UserView<'a>>,
+    online: Vec<UserView<'a>>,
+}
+
+/// `presence` frame: the event, whom it is about, and everyone online now.
+pub fn presence_frame(room: &RoomName, event: PresenceEvent, user: Option<(i64, &str)>, online: &[(i64, String)]) -> String {
+    tagged(
+        "presence",
+        PresenceBody {
+            room: room.as_str(),
+            event,
+            user: user.map(|(id, name)| UserView { id, name }),
+            online: online.iter().map(|(id, name)| UserView { id: *id, name }).collect(),
+        },
+    )
+}
+
 /// `pong` frame.
 pub fn pong_frame() -> String {
     r#"{"type":"pong"}"#.to_owned()

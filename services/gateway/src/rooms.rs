@@ -4,12 +4,18 @@
 use huddle_domain::{LogEntry, RoomName, StoredMessage};
 use huddle_proto::v1::hydrator_client::HydratorClient;
 use huddle_proto::v1::{ChatMessage, GetHistoryRequest, HydrateRoomRequest};
-use huddle_roomlog::{AppendOutcome, RoomLog};
+use huddle_roomlog::{AppendOutcome, Presence, PresenceChange, RoomLog, RoomPresence};
 use tonic::transport::Channel;
 
 use crate::api::ApiError;
 use crate::flush::FlushRequester;
+use crate::hub::PRESENCE_PREFIX;
+use crate::protocol::{self, PresenceEvent};
 use crate::metrics::{APPEND_SECONDS, MESSAGES_ACCEPTED};
+
+/// How long a socket's presence lasts unless refreshed (sockets refresh it on every
+/// heartbeat, so a crashed gateway's sockets drop out within this).
+pub const PRESENCE_TTL_MS: u64 = 60_000;
 
 /// A message the room took (or had already taken, for a repeated client_id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,21 +127,33 @@ impl RoomService {
         Ok((page.messages.into_iter().map(from_proto).collect(), page.has_more))
     }
 
-    /// Counts a socket into the room.
-    pub async fn member_joined(&self, room: &RoomName) {
-        if let Err(error) = self.log.member_joined(room).await {
-            tracing::warn!(%room, %error, "member count not updated");
+    /// Records a socket joining, refreshing or leaving the room's presence. A user's first
+    /// socket in and last socket out are announced to the room; the last socket out of the
+    /// room queues its flush. `None` if Redis could not be reached (presence is best-effort).
+    pub async fn presence(&self, room: &RoomName, change: PresenceChange, socket: &Presence) -> Option<RoomPresence> {
+        let presence = match self.log.presence(room, change, socket, PRESENCE_TTL_MS).await {
+            Ok(presence) => presence,
+            Err(error) => {
+                // The sweep flushes the room anyway; presence catches up on the next change.
+                tracing::warn!(%room, %error, "presence not updated");
+                return None;
+            }
+        };
+        let event = match change {
+            PresenceChange::Join if presence.user_sockets == 1 => Some(PresenceEvent::Joined),
+            PresenceChange::Leave if presence.user_sockets == 0 => Some(PresenceEvent::Left),
+            _ => None,
+        };
+        if let Some(event) = event {
+            let frame = protocol::presence_frame(room, event, Some((socket.user_id, &socket.user_name)), &presence.online);
+            if let Err(error) = self.log.publish_ephemeral(room, &format!("{PRESENCE_PREFIX}{frame}")).await {
+                tracing::warn!(%room, %error, "presence not announced");
+            }
         }
-    }
-
-    /// Counts a socket out; when the room is empty everywhere, queues its flush.
-    pub async fn member_left(&self, room: &RoomName) {
-        match self.log.member_left(room).await {
-            Ok(0) => self.flushes.request(room, "room_empty"),
-            Ok(_) => {}
-            // The periodic sweep flushes the room anyway.
-            Err(error) => tracing::warn!(%room, %error, "member count not updated"),
+        if change == PresenceChange::Leave && presence.sockets == 0 {
+            self.flushes.request(room, "room_empty");
         }
+        Some(presence)
     }
 
     /// Publishes a typing notice to the room (not stored).

@@ -16,7 +16,8 @@ use crate::auth::{AuthUser, Claims};
 use crate::hub::{Membership, Outbound};
 use crate::metrics::{CLIENT_ERRORS, CONNECTIONS};
 use crate::rooms::Accepted;
-use crate::protocol::{self, ClientFrame, HistoryMode, CLOSE_SERVICE_RESTART, CLOSE_SLOW_CONSUMER};
+use huddle_roomlog::{Presence, PresenceChange};
+use crate::protocol::{self, ClientFrame, HistoryMode, PresenceEvent, CLOSE_SERVICE_RESTART, CLOSE_SLOW_CONSUMER};
 use crate::AppState;
 
 /// Largest frame a client may send; bigger ones close the socket with 1009.
@@ -136,12 +137,16 @@ async fn run(
     };
     CONNECTIONS.inc();
     tracing::debug!(%room, user_id = user.uid, "socket joined");
-    state.rooms.member_joined(&room).await;
+    let me = Presence { socket: uuid::Uuid::new_v4().simple().to_string(), user_id: user.uid, user_name: user.name.clone() };
+    let online = state.rooms.presence(&room, PresenceChange::Join, &me).await.map(|p| p.online);
     let rate = RateLimit::new(state.settings.send_rate, state.settings.send_burst);
     let mut conn = Connection { state: Arc::clone(&state), user, room: room.clone(), session, last_seq: 0, rate };
 
     let exit = match conn.send_initial_history(since).await {
-        Ok(()) => conn.serve(&mut stream, &mut membership).await,
+        Ok(()) => match conn.send_text(protocol::presence_frame(&room, PresenceEvent::Snapshot, None, &online.unwrap_or_default())).await {
+            Ok(()) => conn.serve(&mut stream, &mut membership, &me).await,
+            Err(exit) => exit,
+        },
         Err(exit) => exit,
     };
     if let Exit::Close(reason) = exit {
@@ -149,7 +154,7 @@ async fn run(
     }
     tracing::debug!(%room, "socket left");
     state.hub.leave(&room, membership.id).await;
-    state.rooms.member_left(&room).await;
+    state.rooms.presence(&room, PresenceChange::Leave, &me).await;
     CONNECTIONS.dec();
 }
 
@@ -189,7 +194,7 @@ impl Connection {
         self.send_text(protocol::history_frame(&self.room, HistoryMode::Latest, &latest, has_more)).await
     }
 
-    async fn serve(&mut self, stream: &mut actix_ws::AggregatedMessageStream, membership: &mut Membership) -> Exit {
+    async fn serve(&mut self, stream: &mut actix_ws::AggregatedMessageStream, membership: &mut Membership, me: &Presence) -> Exit {
         let mut shutdown = self.state.shutdown.clone();
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         let mut last_heard = Instant::now();
@@ -217,6 +222,7 @@ impl Connection {
                     if last_heard.elapsed() > CLIENT_TIMEOUT {
                         Err(close(CloseCode::Policy, "heartbeat timeout"))
                     } else {
+                        self.state.rooms.presence(&self.room, PresenceChange::Refresh, me).await;
                         self.session.ping(b"").await.map_err(|_| Exit::ClientClosed)
                     }
                 }
@@ -239,6 +245,7 @@ impl Connection {
             Outbound::Message { .. } => Ok(()),
             Outbound::Typing { user_id, frame } if user_id != self.user.uid => self.send_text(frame.to_string()).await,
             Outbound::Typing { .. } => Ok(()),
+            Outbound::Presence { frame } => self.send_text(frame.to_string()).await,
             Outbound::Resync => self.resync().await,
             // Redis lost the room and seq restarts below what this client saw: the
             // client gets a fresh `latest` history to replace its view.

@@ -230,3 +230,38 @@ async fn older_history_is_paged_from_postgres_through_the_hydrator() -> Result<(
     a.leave().await?;
     stack.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_announces_a_users_first_socket_in_and_last_socket_out() -> Result<()> {
+    let stack = Stack::start(2).await?;
+    let (one, two) = (stack.url(0), stack.url(1));
+    let ada = sign_up(&one, "ada").await?;
+    let bob = sign_up(&one, "bob").await?;
+    let names = |frame: &serde_json::Value| -> Vec<String> {
+        frame["online"].as_array().map(|o| o.iter().filter_map(|u| u["name"].as_str().map(String::from)).collect()).unwrap_or_default()
+    };
+
+    let mut a = Ws::join(&one, "hall", &ada.token, "").await?;
+    a.expect("history").await?;
+    let snapshot = a.expect("presence").await?;
+    assert_eq!((snapshot["event"].as_str(), names(&snapshot)), (Some("snapshot"), vec!["ada".to_owned()]));
+    assert_eq!(a.expect("presence").await?["event"], "joined", "ada's own arrival is announced too");
+
+    // Bob joins through the other gateway, then opens a second tab.
+    let mut b1 = Ws::join(&two, "hall", &bob.token, "").await?;
+    b1.expect("history").await?;
+    assert_eq!(names(&b1.expect("presence").await?), vec!["ada".to_owned(), "bob".to_owned()]);
+    let joined = a.expect("presence").await?;
+    assert_eq!((joined["event"].as_str(), joined["user"]["name"].as_str()), (Some("joined"), Some("bob")));
+    assert_eq!(names(&joined), vec!["ada".to_owned(), "bob".to_owned()]);
+    let mut b2 = Ws::join(&one, "hall", &bob.token, "").await?;
+    b2.expect("history").await?;
+    b2.leave().await?;
+    // Closing one of two tabs announces nothing; closing the last one announces the leave.
+    b1.leave().await?;
+    let left = a.expect("presence").await?;
+    assert_eq!((left["event"].as_str(), left["user"]["name"].as_str()), (Some("left"), Some("bob")));
+    assert_eq!(names(&left), vec!["ada".to_owned()]);
+    a.leave().await?;
+    stack.shutdown().await
+}
