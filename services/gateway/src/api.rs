@@ -151,6 +151,8 @@ async fn login(state: web::Data<AppState>, body: web::Json<Credentials>) -> Resu
         .map_err(ApiError::unavailable)?;
     drop(client);
     let Some(row) = row else {
+        // Same work as a wrong password, so response time does not reveal which names exist.
+        verify_password(password, dummy_password_hash().await?).await?;
         return Err(ApiError::BadCredentials);
     };
     let (id, name, stored): (i64, String, String) = (row.get(0), row.get(1), row.get(2));
@@ -176,6 +178,12 @@ async fn login(state: web::Data<AppState>, body: web::Json<Credentials>) -> Resu
         "expires_at": huddle_domain::rfc3339_from_ms(claims.exp * 1000),
         "user": UserBody { id, username: &name },
     })))
+}
+
+/// A hash to verify unknown usernames against, made once per process.
+async fn dummy_password_hash() -> Result<String, ApiError> {
+    static DUMMY: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    DUMMY.get_or_try_init(|| hash_password(uuid::Uuid::new_v4().to_string())).await.cloned()
 }
 
 async fn logout(state: web::Data<AppState>, user: AuthUser) -> Result<HttpResponse, ApiError> {

@@ -134,6 +134,8 @@ async fn accounts_register_login_me_logout() -> Result<()> {
     let wrong = post("/api/login", json!({"username": "Ada_L", "password": "wrong-password"})).await?;
     assert_eq!(wrong.status(), 401);
     assert_eq!(wrong.json::<Value>().await?["error"]["code"], "bad_credentials");
+    let nobody = post("/api/login", json!({"username": "nobody", "password": "password123"})).await?;
+    assert_eq!((nobody.status().as_u16(), nobody.json::<Value>().await?["error"]["code"].clone()), (401, json!("bad_credentials")));
     let login = post("/api/login", json!({"username": "ADA_L", "password": "password123"})).await?;
     assert_eq!(login.status(), 200);
     let cookie = login.headers().get("set-cookie").and_then(|c| c.to_str().ok()).unwrap_or_default().to_owned();
