@@ -43,6 +43,17 @@ pub struct RoomTail {
     /// Seqs between the old watermark and `last_seq` that the archive never received
     /// (acked messages lost with Redis). The watermark now skips them.
     pub abandoned: u64,
+    /// The room's new epoch: chunks read under an older one are refused.
+    pub epoch: i64,
+}
+
+/// Outcome of [`Archive::store_chunk`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkOutcome {
+    /// Written (or already there); the watermark is now this.
+    Stored { watermark: u64 },
+    /// The chunk was read before the room was re-opened from the archive: not written.
+    StaleEpoch,
 }
 
 /// The archive, over a connection pool.
@@ -105,14 +116,17 @@ impl Archive {
         Ok(row.get(0))
     }
 
-    /// Writes `messages` of `room` (any order, any overlap with what is stored) and moves
-    /// the watermark over the gap-free prefix now present. Returns the watermark.
+    /// Writes `messages` of `room`, read from Redis under `epoch` (any order, any overlap
+    /// with what is stored), and moves the watermark over the gap-free prefix now present.
     /// Writers of one room are serialised by a row lock, so each sees the others' rows.
-    pub async fn store_chunk(&self, room: &RoomName, messages: &[StoredMessage]) -> Result<u64> {
+    pub async fn store_chunk(&self, room: &RoomName, epoch: i64, messages: &[StoredMessage]) -> Result<ChunkOutcome> {
         let room_id = self.ensure_room(room).await?;
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let watermark = lock_room(&tx, room_id).await?;
+        let (watermark, current_epoch) = lock_room(&tx, room_id).await?;
+        if epoch != current_epoch {
+            return Ok(ChunkOutcome::StaleEpoch);
+        }
 
         let seqs: Vec<i64> = messages.iter().map(|m| m.seq as i64).collect();
         let user_ids: Vec<i64> = messages.iter().map(|m| m.entry.user_id).collect();
@@ -153,7 +167,7 @@ impl Archive {
             .await?;
         }
         tx.commit().await?;
-        Ok(new_watermark as u64)
+        Ok(ChunkOutcome::Stored { watermark: new_watermark as u64 })
     }
 
     /// Rooms with a persisted message sent within the last `within`, most recent first.
@@ -189,7 +203,7 @@ impl Archive {
         let room_id = self.ensure_room(room).await?;
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let watermark = lock_room(&tx, room_id).await?;
+        let (watermark, _) = lock_room(&tx, room_id).await?;
         let row = tx
             .query_one(
                 "SELECT coalesce(max(seq), 0), count(*) FILTER (WHERE seq > $2) FROM messages WHERE room_id = $1",
@@ -198,15 +212,19 @@ impl Archive {
             .await?;
         let (last_seq, present_above): (i64, i64) = (row.get(0), row.get(1));
         let abandoned = (last_seq - watermark - present_above).max(0) as u64;
-        if last_seq > watermark {
-            tx.execute("UPDATE rooms SET persisted_seq = $2 WHERE id = $1", &[&room_id, &last_seq]).await?;
-        }
+        let epoch: i64 = tx
+            .query_one(
+                "UPDATE rooms SET persisted_seq = GREATEST(persisted_seq, $2), epoch = epoch + 1 WHERE id = $1 RETURNING epoch",
+                &[&room_id, &last_seq],
+            )
+            .await?
+            .get(0);
         tx.commit().await?;
         if abandoned > 0 {
             tracing::warn!(%room, abandoned, "archive has seq gaps that Redis can no longer fill");
         }
         let recent = self.page(room_id, last_seq + 1, window).await?;
-        Ok(RoomTail { last_seq: last_seq as u64, recent, abandoned })
+        Ok(RoomTail { last_seq: last_seq as u64, recent, abandoned, epoch })
     }
 
     /// Up to `limit` messages with seq < `before`, the newest ones, oldest first.
@@ -254,10 +272,10 @@ impl Archive {
 }
 
 /// Locks the room's row for the transaction (serialising the room's archive writers)
-/// and returns its watermark.
-async fn lock_room(tx: &deadpool_postgres::Transaction<'_>, room_id: i64) -> Result<i64> {
-    Ok(tx
-        .query_one("SELECT persisted_seq FROM rooms WHERE id = $1 FOR NO KEY UPDATE", &[&room_id])
-        .await?
-        .get(0))
+/// and returns its watermark and epoch.
+async fn lock_room(tx: &deadpool_postgres::Transaction<'_>, room_id: i64) -> Result<(i64, i64)> {
+    let row = tx
+        .query_one("SELECT persisted_seq, epoch FROM rooms WHERE id = $1 FOR NO KEY UPDATE", &[&room_id])
+        .await?;
+    Ok((row.get(0), row.get(1)))
 }

@@ -8,6 +8,7 @@
 //! | `{p}room:{r}:log` | stream | entry id `<seq>-0`, field `m` = [`LogEntry`] JSON |
 //! | `{p}room:{r}:persisted` | string | watermark: every seq ≤ it is in PostgreSQL |
 //! | `{p}room:{r}:queued` | string | highest seq already split into chunk tasks (expires) |
+//! | `{p}room:{r}:epoch` | string | which archive re-open this copy comes from (stale chunks are refused) |
 //! | `{p}room:{r}:online` | sorted set | `<socket>\|<user id>\|<name>` scored by expiry (presence) |
 //! | `{p}room:{r}:cid:<id>` | string | seq of the send with that client_id (expires) |
 //!
@@ -86,6 +87,10 @@ impl Keyspace {
     /// The room's persisted watermark.
     pub fn persisted(&self, room: &RoomName) -> String {
         self.room_key(room, "persisted")
+    }
+    /// The room's epoch (which archive re-open the Redis copy comes from).
+    pub fn epoch(&self, room: &RoomName) -> String {
+        self.room_key(room, "epoch")
     }
     /// The room's queued-for-persistence marker.
     pub fn queued(&self, room: &RoomName) -> String {
@@ -305,13 +310,29 @@ impl RoomLog {
         parse_entries(raw)
     }
 
-    /// Initialises a room from the archive (counter = `archived_seq`, log = `recent`),
-    /// unless Redis already holds it. Returns whether this call initialised it, and the
-    /// counter afterwards.
+    /// Messages with `from <= seq <= to` and the epoch they belong to, read atomically:
+    /// what a chunk task writes to the archive.
+    pub async fn chunk(&self, room: &RoomName, from: u64, to: u64) -> Result<(i64, Vec<StoredMessage>)> {
+        let (epoch, raw): (Option<i64>, Vec<(String, Vec<String>)>) = redis::pipe()
+            .atomic()
+            .get(self.keys.epoch(room))
+            .cmd("XRANGE")
+            .arg(self.keys.log(room))
+            .arg(format!("{from}-0"))
+            .arg(format!("{to}-0"))
+            .query_async(&mut self.conn().await?)
+            .await?;
+        Ok((epoch.unwrap_or(0), parse_entries(raw)?))
+    }
+
+    /// Initialises a room from the archive (counter = `archived_seq`, log = `recent`,
+    /// the archive's `epoch`), unless Redis already holds it. Returns whether this call
+    /// initialised it, and the counter afterwards.
     pub async fn hydrate(
         &self,
         room: &RoomName,
         archived_seq: u64,
+        epoch: i64,
         recent: &[StoredMessage],
     ) -> Result<(bool, u64)> {
         let mut invocation = HYDRATE.prepare_invoke();
@@ -319,9 +340,11 @@ impl RoomLog {
             .key(self.keys.seq(room))
             .key(self.keys.log(room))
             .key(self.keys.persisted(room))
+            .key(self.keys.epoch(room))
             .arg(archived_seq)
             .arg(CLIENT_ID_TTL_SECS)
-            .arg(self.keys.channel(room));
+            .arg(self.keys.channel(room))
+            .arg(epoch);
         for message in recent {
             let json = serde_json::to_string(&message.entry).map_err(|e| RoomLogError::CorruptEntry {
                 id: message.seq.to_string(),

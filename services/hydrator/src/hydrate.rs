@@ -66,7 +66,7 @@ impl HydrateService {
 
     async fn load(&self, room: &RoomName) -> Result<HydrateRoomResponse, Status> {
         let tail = self.archive.reopen_room(room, self.window).await.map_err(internal)?;
-        let (initialised, last_seq) = self.log.hydrate(room, tail.last_seq, &tail.recent).await.map_err(internal)?;
+        let (initialised, last_seq) = self.log.hydrate(room, tail.last_seq, tail.epoch, &tail.recent).await.map_err(internal)?;
         let loaded = if initialised { tail.recent.len() as u32 } else { 0 };
         HYDRATIONS.with_label_values(&[if initialised { "loaded" } else { "warm" }]).inc();
         tracing::info!(%room, last_seq, loaded, abandoned = tail.abandoned, "room hydrated");

@@ -1,6 +1,6 @@
 //! What each task does. Every step is idempotent, so a redelivered task is harmless.
 
-use huddle_archive::Archive;
+use huddle_archive::{Archive, ChunkOutcome};
 use huddle_broker::{Broker, TaskError, TaskHandler, TaskQueue};
 use huddle_domain::RoomName;
 use huddle_proto::v1::{FlushRoomTask, PersistChunkTask};
@@ -71,8 +71,16 @@ impl PersistTasks {
             return Err(TaskError::Poison(format!("bad range {}..={}", task.from_seq, task.to_seq)));
         }
         let timer = metrics::CHUNK_SECONDS.start_timer();
-        let messages = transient!(self.log.range(&room, task.from_seq, task.to_seq).await)?;
-        let watermark = transient!(self.archive.store_chunk(&room, &messages).await)?;
+        let (epoch, messages) = transient!(self.log.chunk(&room, task.from_seq, task.to_seq).await)?;
+        let watermark = match transient!(self.archive.store_chunk(&room, epoch, &messages).await)? {
+            ChunkOutcome::Stored { watermark } => watermark,
+            ChunkOutcome::StaleEpoch => {
+                // Read before Redis lost the room: those entries are gone and their seqs are
+                // being reused. A later flush copies what Redis holds now.
+                tracing::warn!(%room, from = task.from_seq, to = task.to_seq, epoch, "stale chunk dropped");
+                return Ok(());
+            }
+        };
         metrics::MESSAGES_WRITTEN.inc_by(messages.len() as u64);
         transient!(self.log.mark_persisted(&room, watermark).await)?;
         transient!(self.log.clear_dirty_if_clean(&room).await)?;

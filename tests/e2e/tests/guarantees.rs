@@ -256,7 +256,7 @@ async fn a_task_that_keeps_failing_is_retried_then_dead_lettered() -> Result<()>
     let log = stack.env.room_log(100)?;
     // A message whose sender does not exist: every chunk insert violates the foreign key.
     let room = huddle_domain::RoomName::parse("doomed")?;
-    log.hydrate(&room, 0, &[]).await?;
+    log.hydrate(&room, 0, 0, &[]).await?;
     let ghost = huddle_domain::LogEntry { user_id: 999_999, user_name: "ghost".into(), body: "boo".into(), sent_at_ms: 0, client_id: String::new() };
     log.append(&room, &ghost).await?;
     let mut persister = huddle_proto::v1::persister_client::PersisterClient::connect(format!("http://{}", stack.persister.grpc_addr())).await?;

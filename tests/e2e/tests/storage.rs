@@ -29,8 +29,8 @@ async fn appends_need_an_initialised_room_and_dedupe_client_ids() -> Result<()> 
     let log = env.room_log(100)?;
     let room = RoomName::parse("dedupe")?;
     assert_eq!(log.append(&room, &entry(1, "too early", "c0")).await?, AppendOutcome::NotReady);
-    assert_eq!(log.hydrate(&room, 41, &[]).await?, (true, 41));
-    assert_eq!(log.hydrate(&room, 7, &[]).await?, (false, 41), "a second hydrate changes nothing");
+    assert_eq!(log.hydrate(&room, 41, 0, &[]).await?, (true, 41));
+    assert_eq!(log.hydrate(&room, 7, 0, &[]).await?, (false, 41), "a second hydrate changes nothing");
 
     assert_eq!(log.append(&room, &entry(1, "one", "c1")).await?, AppendOutcome::Appended { seq: 42, unpersisted: 1 });
     assert_eq!(log.append(&room, &entry(1, "one again", "c1")).await?, AppendOutcome::Duplicate { seq: 42 });
@@ -48,7 +48,7 @@ async fn trimming_keeps_the_window_and_never_drops_unpersisted_entries() -> Resu
     let env = TestEnv::new().await?;
     let log = env.room_log(5)?;
     let room = RoomName::parse("trim")?;
-    log.hydrate(&room, 0, &[]).await?;
+    log.hydrate(&room, 0, 0, &[]).await?;
     for i in 1..=20 {
         log.append(&room, &entry(1, &format!("m{i}"), "")).await?;
     }
@@ -69,6 +69,10 @@ async fn trimming_keeps_the_window_and_never_drops_unpersisted_entries() -> Resu
     env.cleanup().await
 }
 
+fn stored(watermark: u64) -> huddle_archive::ChunkOutcome {
+    huddle_archive::ChunkOutcome::Stored { watermark }
+}
+
 fn messages(range: std::ops::RangeInclusive<u64>, user_id: i64) -> Vec<StoredMessage> {
     range.map(|seq| StoredMessage { seq, entry: entry(user_id, &format!("m{seq}"), &format!("c{seq}")) }).collect()
 }
@@ -80,14 +84,14 @@ async fn chunks_are_idempotent_and_the_watermark_only_crosses_gap_free_runs() ->
     let uid = user(&env).await?;
     let room = RoomName::parse("chunks")?;
     // Out of order: 11..=20 first leaves the watermark at 0 (1..=10 missing).
-    assert_eq!(archive.store_chunk(&room, &messages(11..=20, uid)).await?, 0);
-    assert_eq!(archive.store_chunk(&room, &messages(21..=25, uid)).await?, 0);
+    assert_eq!(archive.store_chunk(&room, 0, &messages(11..=20, uid)).await?, stored(0));
+    assert_eq!(archive.store_chunk(&room, 0, &messages(21..=25, uid)).await?, stored(0));
     // The missing prefix arrives: the watermark jumps over all three chunks.
-    assert_eq!(archive.store_chunk(&room, &messages(1..=10, uid)).await?, 25);
+    assert_eq!(archive.store_chunk(&room, 0, &messages(1..=10, uid)).await?, stored(25));
     // Written twice: nothing changes.
-    assert_eq!(archive.store_chunk(&room, &messages(5..=15, uid)).await?, 25);
+    assert_eq!(archive.store_chunk(&room, 0, &messages(5..=15, uid)).await?, stored(25));
     let db = env.db().await?;
-    let row = db.query_one("SELECT count(*), count(DISTINCT seq) FROM messages", &[]).await?;
+    let row = db.query_one("SELECT count(*), count(DISTINCT seq) FROM messages WHERE seq <= 25", &[]).await?;
     assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (25, 25));
 
     // Concurrent chunks of one room never strand the watermark.
@@ -96,12 +100,20 @@ async fn chunks_are_idempotent_and_the_watermark_only_crosses_gap_free_runs() ->
         let archive = archive.clone();
         let room = room.clone();
         let batch = messages(i * 10 + 1..=i * 10 + 10, uid);
-        tokio::spawn(async move { archive.store_chunk(&room, &batch).await })
+        tokio::spawn(async move { archive.store_chunk(&room, 0, &batch).await })
     });
     for write in writes {
         write.await??;
     }
     assert_eq!(archive.watermark(&room).await?, 100);
+
+    // A chunk read under an older epoch (before the room was re-opened after a Redis
+    // loss) is refused, and re-opening moves the epoch on.
+    let room = RoomName::parse("chunks")?;
+    let tail = archive.reopen_room(&room, 10).await?;
+    assert_eq!((tail.last_seq, tail.epoch, tail.recent.len()), (25, 1, 10));
+    assert_eq!(archive.store_chunk(&room, 0, &messages(26..=30, uid)).await?, huddle_archive::ChunkOutcome::StaleEpoch);
+    assert_eq!(archive.store_chunk(&room, 1, &messages(26..=30, uid)).await?, stored(30));
 
     let page = archive.history_before(&RoomName::parse("chunks")?, 11, 3).await?;
     assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![8, 9, 10]);

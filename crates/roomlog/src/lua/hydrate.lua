@@ -1,7 +1,7 @@
 -- Initialises a room from the archive, unless Redis already holds it.
--- KEYS[1] seq counter, KEYS[2] log stream, KEYS[3] persisted watermark
+-- KEYS[1] seq counter, KEYS[2] log stream, KEYS[3] persisted watermark, KEYS[4] epoch
 -- ARGV[1] archived last seq, ARGV[2] client_id marker TTL (s), ARGV[3] pub/sub channel,
--- then triplets of
+-- ARGV[4] the room's epoch in the archive, then triplets of
 -- (seq, entry JSON, client_id) in ascending seq order. Restoring the client_id markers
 -- keeps a resend of a recent message from becoming a duplicate after Redis was lost.
 -- Returns {initialised (0/1), seq counter}.
@@ -18,7 +18,7 @@ if #tail > 0 then
   if last > seq then seq = last end
 else
   local prefix = string.sub(KEYS[1], 1, -4) -- "<p>room:{r}:" (KEYS[1] ends in "seq")
-  for i = 4, #ARGV, 3 do
+  for i = 5, #ARGV, 3 do
     redis.call('XADD', KEYS[2], ARGV[i] .. '-0', 'm', ARGV[i + 1])
     if ARGV[i + 2] ~= '' then
       redis.call('SET', prefix .. 'cid:' .. ARGV[i + 2], ARGV[i], 'EX', ARGV[2])
@@ -26,6 +26,7 @@ else
   end
 end
 redis.call('SET', KEYS[3], archived)
+redis.call('SET', KEYS[4], ARGV[4])
 redis.call('SET', KEYS[1], seq)
 -- Sockets still open on the room may have seen seqs above this (acked messages that
 -- Redis lost): "R <seq>" tells every gateway to reload them from here.
