@@ -37,8 +37,6 @@ pub enum BrokerError {
     Amqp(#[from] lapin::Error),
     #[error("broker refused task for {queue} (nack)")]
     Nacked { queue: String },
-    #[error("undecodable task payload: {0}")]
-    Decode(#[from] prost::DecodeError),
 }
 
 /// Result alias for this crate.
@@ -339,9 +337,4 @@ impl DeadTask {
         };
         Self { queue: header("x-first-death-queue"), reason: header("x-first-death-reason"), size: delivery.data.len() }
     }
-}
-
-/// Decodes a task payload.
-pub fn decode<M: prost::Message + Default>(delivery: &Delivery) -> Result<M> {
-    Ok(M::decode(delivery.data.as_slice())?)
 }

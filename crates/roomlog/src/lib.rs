@@ -67,11 +67,6 @@ impl Keyspace {
         Self { prefix: prefix.into() }
     }
 
-    /// The prefix every key and channel starts with.
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
     fn room_key(&self, room: &RoomName, part: &str) -> String {
         format!("{}room:{{{}}}:{}", self.prefix, room, part)
     }
