@@ -3,7 +3,9 @@
 //! * Versioned schema migrations ([`Archive::migrate`]), applied by every service at
 //!   start under an advisory lock, so replicas starting together do not race.
 //! * [`Archive::store_chunk`]: one batched, idempotent insert of a seq range plus the
-//!   watermark update, in one transaction.
+//!   watermark update, in one transaction. A row PostgreSQL refuses is isolated by
+//!   splitting the batch and goes to `quarantined_messages` with its reason, so no
+//!   single message can stop a room.
 //! * [`Archive::reopen_room`] and [`Archive::history_before`]: what the hydrator reads.
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -17,12 +19,13 @@ mod embedded {
 /// Arbitrary constant naming the advisory lock that serialises migrations.
 const MIGRATION_LOCK: i64 = 0x4875_6464_6c65; // "Huddle"
 
-/// Errors of the archive.
+/// Errors of the archive. Their text carries the cause (PostgreSQL's own message and
+/// SQLSTATE), never only "db error".
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
-    #[error("postgres pool: {0}")]
+    #[error("postgres pool: {}", describe_pool(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("postgres url: {0}")]
     Config(String),
@@ -47,11 +50,30 @@ pub struct RoomTail {
     pub epoch: i64,
 }
 
+/// A log entry the persister could not even decode; it is quarantined as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnreadableEntry {
+    pub seq: u64,
+    /// The entry's bytes as Redis held them.
+    pub raw: Vec<u8>,
+    pub reason: String,
+}
+
+/// One entry put into quarantine by [`Archive::store_chunk`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    pub seq: u64,
+    /// SQLSTATE of PostgreSQL's refusal (`""` for an unreadable entry).
+    pub sqlstate: String,
+    pub reason: String,
+}
+
 /// Outcome of [`Archive::store_chunk`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChunkOutcome {
-    /// Written (or already there); the watermark is now this.
-    Stored { watermark: u64 },
+    /// Written (or already there); the watermark is now this. `quarantined` lists the
+    /// entries newly put into quarantine by this call.
+    Stored { watermark: u64, quarantined: Vec<Quarantined> },
     /// The chunk was read before the room was re-opened from the archive: not written.
     StaleEpoch,
 }
@@ -117,57 +139,107 @@ impl Archive {
     }
 
     /// Writes `messages` of `room`, read from Redis under `epoch` (any order, any overlap
-    /// with what is stored), and moves the watermark over the gap-free prefix now present.
-    /// Writers of one room are serialised by a row lock, so each sees the others' rows.
-    pub async fn store_chunk(&self, room: &RoomName, epoch: i64, messages: &[StoredMessage]) -> Result<ChunkOutcome> {
+    /// with what is stored), quarantines `unreadable` entries and every row PostgreSQL
+    /// refuses, and moves the watermark over the gap-free prefix now present (stored or
+    /// quarantined). Writers of one room are serialised by a row lock, so each sees the
+    /// others' rows.
+    pub async fn store_chunk(
+        &self,
+        room: &RoomName,
+        epoch: i64,
+        messages: &[StoredMessage],
+        unreadable: &[UnreadableEntry],
+    ) -> Result<ChunkOutcome> {
         let room_id = self.ensure_room(room).await?;
         let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
+        let mut tx = client.transaction().await?;
         let (watermark, current_epoch) = lock_room(&tx, room_id).await?;
         if epoch != current_epoch {
             return Ok(ChunkOutcome::StaleEpoch);
         }
 
-        let seqs: Vec<i64> = messages.iter().map(|m| m.seq as i64).collect();
-        let user_ids: Vec<i64> = messages.iter().map(|m| m.entry.user_id).collect();
-        let names: Vec<&str> = messages.iter().map(|m| m.entry.user_name.as_str()).collect();
-        let bodies: Vec<&str> = messages.iter().map(|m| m.entry.body.as_str()).collect();
-        let client_ids: Vec<&str> = messages.iter().map(|m| m.entry.client_id.as_str()).collect();
-        let sent_at: Vec<i64> = messages.iter().map(|m| m.entry.sent_at_ms).collect();
-        tx.execute(
-            "INSERT INTO messages (room_id, seq, user_id, user_name, body, client_id, sent_at)
-             SELECT $1, s, u, n, b, c, to_timestamp(t / 1000.0)
-             FROM UNNEST($2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::bigint[])
-                  AS batch (s, u, n, b, c, t)
-             ON CONFLICT (room_id, seq) DO NOTHING",
-            &[&room_id, &seqs, &user_ids, &names, &bodies, &client_ids, &sent_at],
-        )
-        .await?;
+        let mut quarantined = Vec::new();
+        for entry in unreadable {
+            let reason = format!("unreadable log entry: {}", entry.reason);
+            if quarantine(&tx, room_id, entry.seq, &entry.raw, &reason, "").await? {
+                quarantined.push(Quarantined { seq: entry.seq, sqlstate: String::new(), reason });
+            }
+        }
+        // Most chunks go in whole. One that PostgreSQL refuses is split in halves, each
+        // under a savepoint, until every refused row stands alone and is quarantined.
+        let mut pending: Vec<&[StoredMessage]> = vec![messages];
+        let mut newest_stored: Option<i64> = None;
+        while let Some(batch) = pending.pop() {
+            if batch.is_empty() {
+                continue;
+            }
+            let savepoint = tx.savepoint("chunk_part").await?;
+            match insert_messages(&savepoint, room_id, batch).await {
+                Ok(()) => {
+                    savepoint.commit().await?;
+                    let newest = batch.iter().map(|m| m.entry.sent_at_ms).max();
+                    newest_stored = newest_stored.max(newest);
+                }
+                Err(error) if is_row_refusal(&error) => {
+                    savepoint.rollback().await?;
+                    if let [message] = batch {
+                        let sqlstate = error.code().map(|c| c.code().to_owned()).unwrap_or_default();
+                        let reason = describe(&error);
+                        let raw = serde_json::to_vec(&message.entry).unwrap_or_default();
+                        if quarantine(&tx, room_id, message.seq, &raw, &reason, &sqlstate).await? {
+                            quarantined.push(Quarantined { seq: message.seq, sqlstate, reason });
+                        }
+                    } else {
+                        let (left, right) = batch.split_at(batch.len() / 2);
+                        pending.push(right);
+                        pending.push(left);
+                    }
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
 
         // The first run of consecutive seqs above the watermark has seq - row_number
-        // equal to the watermark; its top is the new watermark.
+        // equal to the watermark; its top is the new watermark. Quarantined seqs count
+        // as present: they will never arrive in `messages`.
         let prefix_top: Option<i64> = tx
             .query_one(
                 "SELECT max(seq) FROM (
-                     SELECT seq, seq - row_number() OVER (ORDER BY seq) AS run
-                     FROM messages WHERE room_id = $1 AND seq > $2
+                     SELECT seq, seq - row_number() OVER (ORDER BY seq) AS run FROM (
+                         SELECT seq FROM messages WHERE room_id = $1 AND seq > $2
+                         UNION ALL
+                         SELECT seq FROM quarantined_messages WHERE room_id = $1 AND seq > $2
+                     ) present
                  ) runs WHERE run = $2",
                 &[&room_id, &watermark],
             )
             .await?
             .get(0);
         let new_watermark = prefix_top.unwrap_or(watermark).max(watermark);
-        if let Some(newest) = sent_at.iter().max() {
-            tx.execute(
-                "UPDATE rooms SET persisted_seq = $2,
-                        last_message_at = GREATEST(last_message_at, to_timestamp($3::bigint / 1000.0))
-                 WHERE id = $1",
-                &[&room_id, &new_watermark, newest],
+        tx.execute(
+            "UPDATE rooms SET persisted_seq = $2,
+                    last_message_at = GREATEST(last_message_at, to_timestamp($3::bigint / 1000.0))
+             WHERE id = $1",
+            &[&room_id, &new_watermark, &newest_stored],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(ChunkOutcome::Stored { watermark: new_watermark as u64, quarantined })
+    }
+
+    /// Quarantined entries of a room, by seq: (seq, raw bytes, reason).
+    pub async fn quarantined(&self, room: &RoomName) -> Result<Vec<(u64, Vec<u8>, String)>> {
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query(
+                "SELECT q.seq, q.raw, q.reason FROM quarantined_messages q JOIN rooms r ON r.id = q.room_id
+                 WHERE r.name = $1 ORDER BY q.seq",
+                &[&room.as_str()],
             )
             .await?;
-        }
-        tx.commit().await?;
-        Ok(ChunkOutcome::Stored { watermark: new_watermark as u64 })
+        Ok(rows.iter().map(|row| (row.get::<_, i64>(0) as u64, row.get(1), row.get(2))).collect())
     }
 
     /// Rooms with a persisted message sent within the last `within`, most recent first.
@@ -206,7 +278,11 @@ impl Archive {
         let (watermark, _) = lock_room(&tx, room_id).await?;
         let row = tx
             .query_one(
-                "SELECT coalesce(max(seq), 0), count(*) FILTER (WHERE seq > $2) FROM messages WHERE room_id = $1",
+                "SELECT coalesce(max(seq), 0), count(*) FILTER (WHERE seq > $2) FROM (
+                     SELECT seq FROM messages WHERE room_id = $1
+                     UNION ALL
+                     SELECT seq FROM quarantined_messages WHERE room_id = $1
+                 ) present",
                 &[&room_id, &watermark],
             )
             .await?;
@@ -268,6 +344,83 @@ impl Archive {
             .collect();
         messages.reverse();
         Ok(messages)
+    }
+}
+
+/// One batched insert; a conflict with a stored copy is not an error (idempotent).
+async fn insert_messages(
+    tx: &deadpool_postgres::Transaction<'_>,
+    room_id: i64,
+    messages: &[StoredMessage],
+) -> std::result::Result<(), tokio_postgres::Error> {
+    let seqs: Vec<i64> = messages.iter().map(|m| m.seq as i64).collect();
+    let user_ids: Vec<i64> = messages.iter().map(|m| m.entry.user_id).collect();
+    let names: Vec<&str> = messages.iter().map(|m| m.entry.user_name.as_str()).collect();
+    let bodies: Vec<&str> = messages.iter().map(|m| m.entry.body.as_str()).collect();
+    let client_ids: Vec<&str> = messages.iter().map(|m| m.entry.client_id.as_str()).collect();
+    let sent_at: Vec<i64> = messages.iter().map(|m| m.entry.sent_at_ms).collect();
+    tx.execute(
+        "INSERT INTO messages (room_id, seq, user_id, user_name, body, client_id, sent_at)
+         SELECT $1, s, u, n, b, c, to_timestamp(t / 1000.0)
+         FROM UNNEST($2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::bigint[])
+              AS batch (s, u, n, b, c, t)
+         ON CONFLICT (room_id, seq) DO NOTHING",
+        &[&room_id, &seqs, &user_ids, &names, &bodies, &client_ids, &sent_at],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Whether PostgreSQL refused a row for what it holds (a data exception, class 22, or an
+/// integrity constraint, class 23) rather than for a passing reason (connection, lock).
+fn is_row_refusal(error: &tokio_postgres::Error) -> bool {
+    error.code().is_some_and(|code| code.code().starts_with("22") || code.code().starts_with("23"))
+}
+
+/// Puts one entry into quarantine; false if it already was (a redelivered chunk).
+async fn quarantine(
+    tx: &deadpool_postgres::Transaction<'_>,
+    room_id: i64,
+    seq: u64,
+    raw: &[u8],
+    reason: &str,
+    sqlstate: &str,
+) -> Result<bool> {
+    // The reason quotes PostgreSQL, which may quote the row: keep it storable.
+    let reason = reason.replace('\0', "\\0");
+    let inserted = tx
+        .execute(
+            "INSERT INTO quarantined_messages (room_id, seq, raw, reason, sqlstate) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (room_id, seq) DO NOTHING",
+            &[&room_id, &(seq as i64), &raw, &reason, &sqlstate],
+        )
+        .await?;
+    Ok(inserted == 1)
+}
+
+/// A PostgreSQL error with its cause: the server's message and SQLSTATE, or the
+/// client-side chain (connection refused, closed, …).
+fn describe(error: &tokio_postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        let mut text = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+        if let Some(detail) = db.detail() {
+            text.push_str(&format!(" ({detail})"));
+        }
+        return text;
+    }
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+fn describe_pool(error: &deadpool_postgres::PoolError) -> String {
+    match error {
+        deadpool_postgres::PoolError::Backend(error) => describe(error),
+        other => other.to_string(),
     }
 }
 

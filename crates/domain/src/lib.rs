@@ -25,6 +25,8 @@ pub enum ValidationError {
     EmptyBody,
     #[error("message body is longer than {MAX_BODY_BYTES} bytes")]
     BodyTooLong,
+    #[error("message body contains a NUL character (U+0000), which cannot be stored")]
+    NulInBody,
     #[error("client_id is at most 64 characters of letters, digits, '-', '_', ':' and '.'")]
     BadClientId,
 }
@@ -38,6 +40,7 @@ impl ValidationError {
             Self::BadPassword => "bad_password",
             Self::EmptyBody => "empty_body",
             Self::BodyTooLong => "body_too_long",
+            Self::NulInBody => "bad_body",
             Self::BadClientId => "bad_client_id",
         }
     }
@@ -108,18 +111,21 @@ pub fn validate_password(raw: &str) -> Result<(), ValidationError> {
     }
 }
 
-/// A message body: plain text, not blank, at most [`MAX_BODY_BYTES`].
+/// A message body: plain text, not blank, at most [`MAX_BODY_BYTES`], without NUL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageBody(String);
 
 impl MessageBody {
-    /// Accepts any text that is not only whitespace and fits the size cap. The text is
-    /// kept as sent (no trimming): it is rendered as text, never as HTML.
+    /// Accepts any text that is not only whitespace, fits the size cap and holds no NUL
+    /// (PostgreSQL `text` cannot store U+0000; every other Unicode scalar it can). The
+    /// text is kept as sent (no trimming): it is rendered as text, never as HTML.
     pub fn parse(raw: String) -> Result<Self, ValidationError> {
         if raw.trim().is_empty() {
             Err(ValidationError::EmptyBody)
         } else if raw.len() > MAX_BODY_BYTES {
             Err(ValidationError::BodyTooLong)
+        } else if raw.contains('\0') {
+            Err(ValidationError::NulInBody)
         } else {
             Ok(Self(raw))
         }
@@ -214,6 +220,11 @@ mod tests {
         );
         assert!(MessageBody::parse("x".repeat(MAX_BODY_BYTES)).is_ok());
         assert_eq!(MessageBody::parse(" hi ".into()).unwrap().into_inner(), " hi ");
+        assert_eq!(MessageBody::parse("a\0b".into()), Err(ValidationError::NulInBody));
+        assert_eq!(ValidationError::NulInBody.code(), "bad_body");
+        // Everything else PostgreSQL's UTF-8 text can hold is kept as sent.
+        let unusual = "\u{1}\u{7f}\u{feff}\u{fffd}\u{10ffff}\u{202e}😀";
+        assert_eq!(MessageBody::parse(unusual.into()).unwrap().into_inner(), unusual);
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! | `{p}room:{r}:queued` | string | highest seq already split into chunk tasks (expires) |
 //! | `{p}room:{r}:epoch` | string | which archive re-open this copy comes from (stale chunks are refused) |
 //! | `{p}room:{r}:online` | sorted set | `<socket>\|<user id>\|<name>` scored by expiry (presence) |
-//! | `{p}room:{r}:cid:<id>` | string | seq of the send with that client_id (expires) |
+//! | `{p}room:{r}:cid:<user id>:<id>` | string | seq of that sender's send with that client_id (expires) |
 //!
 //! Globally: `{p}dirty` (sorted set: rooms with unpersisted messages, scored by when
 //! they became dirty). Channel `{p}room:{r}` carries `"<seq> <entry JSON>"` per message,
@@ -99,9 +99,10 @@ impl Keyspace {
     pub fn hydrate_lock(&self, room: &RoomName) -> String {
         self.room_key(room, "hydrating")
     }
-    /// Marker of a processed client_id in the room.
-    pub fn client_id(&self, room: &RoomName, client_id: &str) -> String {
-        self.room_key(room, &format!("cid:{client_id}"))
+    /// Marker of a client_id a sender already used in the room. The key belongs to the
+    /// sender: another user's equal client_id is a different message.
+    pub fn client_id(&self, room: &RoomName, user_id: i64, client_id: &str) -> String {
+        self.room_key(room, &client_id_marker(user_id, client_id))
     }
     /// Pub/sub channel of the room.
     pub fn channel(&self, room: &RoomName) -> String {
@@ -135,6 +136,27 @@ pub enum AppendOutcome {
     Duplicate { seq: u64 },
     /// Redis does not hold the room's counter: it must be hydrated first.
     NotReady,
+}
+
+/// What a chunk task reads from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    /// The room's epoch the entries belong to.
+    pub epoch: i64,
+    /// The decodable entries, in seq order.
+    pub messages: Vec<StoredMessage>,
+    /// Entries that are not a valid log entry (written by something other than the append
+    /// script, or corrupted).
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// A log entry that cannot be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    pub seq: u64,
+    /// The entry's field bytes as Redis holds them.
+    pub raw: Vec<u8>,
+    pub reason: String,
 }
 
 /// A room's write-back state as Redis sees it.
@@ -239,7 +261,7 @@ impl RoomLog {
             .key(self.keys.seq(room))
             .key(self.keys.log(room))
             .key(self.keys.persisted(room))
-            .key(self.keys.client_id(room, &entry.client_id))
+            .key(self.keys.client_id(room, entry.user_id, &entry.client_id))
             .arg(self.keys.channel(room))
             .arg(json)
             .arg(ttl)
@@ -305,10 +327,11 @@ impl RoomLog {
         parse_entries(raw)
     }
 
-    /// Messages with `from <= seq <= to` and the epoch they belong to, read atomically:
-    /// what a chunk task writes to the archive.
-    pub async fn chunk(&self, room: &RoomName, from: u64, to: u64) -> Result<(i64, Vec<StoredMessage>)> {
-        let (epoch, raw): (Option<i64>, Vec<(String, Vec<String>)>) = redis::pipe()
+    /// Entries with `from <= seq <= to` and the epoch they belong to, read atomically:
+    /// what a chunk task writes to the archive. Entries that cannot be decoded come back
+    /// apart, with their raw bytes, instead of failing the whole chunk.
+    pub async fn chunk(&self, room: &RoomName, from: u64, to: u64) -> Result<Chunk> {
+        let (epoch, raw): (Option<i64>, Vec<(String, Vec<Vec<u8>>)>) = redis::pipe()
             .atomic()
             .get(self.keys.epoch(room))
             .cmd("XRANGE")
@@ -317,7 +340,24 @@ impl RoomLog {
             .arg(format!("{to}-0"))
             .query_async(&mut self.conn().await?)
             .await?;
-        Ok((epoch.unwrap_or(0), parse_entries(raw)?))
+        let mut chunk = Chunk { epoch: epoch.unwrap_or(0), messages: Vec::with_capacity(raw.len()), unreadable: Vec::new() };
+        for (id, fields) in raw {
+            let Some(seq) = seq_of_id(&id) else { continue };
+            let value = fields.chunks(2).find(|pair| pair[0] == b"m").and_then(|pair| pair.get(1));
+            let decoded = match value {
+                None => Err("no field m".to_owned()),
+                Some(bytes) => serde_json::from_slice::<LogEntry>(bytes).map_err(|e| e.to_string()),
+            };
+            match decoded {
+                Ok(entry) => chunk.messages.push(StoredMessage { seq, entry }),
+                Err(reason) => chunk.unreadable.push(Unreadable {
+                    seq,
+                    raw: fields.concat(),
+                    reason,
+                }),
+            }
+        }
+        Ok(chunk)
     }
 
     /// Initialises a room from the archive (counter = `archived_seq`, log = `recent`,
@@ -345,7 +385,12 @@ impl RoomLog {
                 id: message.seq.to_string(),
                 reason: e.to_string(),
             })?;
-            invocation.arg(message.seq).arg(json).arg(&message.entry.client_id);
+            let marker = if message.entry.client_id.is_empty() {
+                String::new()
+            } else {
+                client_id_marker(message.entry.user_id, &message.entry.client_id)
+            };
+            invocation.arg(message.seq).arg(json).arg(marker);
         }
         let (initialised, seq): (i64, i64) = invocation.invoke_async(&mut self.conn().await?).await?;
         Ok((initialised == 1, seq.max(0) as u64))
@@ -507,15 +552,21 @@ impl RoomLog {
     }
 }
 
+/// The seq of a stream entry id (`<seq>-0`).
+fn seq_of_id(id: &str) -> Option<u64> {
+    id.split('-').next()?.parse().ok()
+}
+
+/// The part of a client_id marker key after the room's prefix.
+fn client_id_marker(user_id: i64, client_id: &str) -> String {
+    format!("cid:{user_id}:{client_id}")
+}
+
 fn parse_entries(raw: Vec<(String, Vec<String>)>) -> Result<Vec<StoredMessage>> {
     raw.into_iter()
         .map(|(id, fields)| {
             let corrupt = |reason: &str| RoomLogError::CorruptEntry { id: id.clone(), reason: reason.to_owned() };
-            let seq = id
-                .split('-')
-                .next()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| corrupt("id is not <seq>-0"))?;
+            let seq = seq_of_id(&id).ok_or_else(|| corrupt("id is not <seq>-0"))?;
             let json = fields
                 .chunks(2)
                 .find(|pair| pair[0] == "m")
@@ -544,7 +595,7 @@ mod tests {
     fn room_keys_share_a_hash_tag() {
         let keys = Keyspace::new("t1:");
         let room = RoomName::parse("lobby").unwrap();
-        for key in [keys.seq(&room), keys.log(&room), keys.persisted(&room), keys.client_id(&room, "c1")] {
+        for key in [keys.seq(&room), keys.log(&room), keys.persisted(&room), keys.client_id(&room, 7, "c1")] {
             assert!(key.starts_with("t1:room:{lobby}:"), "{key}");
         }
         assert_eq!(keys.room_of_channel(&keys.channel(&room)), Some(room));

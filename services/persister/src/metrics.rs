@@ -20,3 +20,12 @@ pub static SWEEP_FLUSHES: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("huddle_persister_sweep_flushes_total", "FlushRoom tasks queued by the dirty-room sweep")
         .expect("metric registers once")
 });
+
+/// Log entries put into quarantine (refused by PostgreSQL or unreadable).
+pub static MESSAGES_QUARANTINED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "huddle_persister_messages_quarantined_total",
+        "Log entries PostgreSQL refused (or that could not be decoded), moved to quarantined_messages"
+    )
+    .expect("metric registers once")
+});

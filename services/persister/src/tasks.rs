@@ -1,6 +1,6 @@
 //! What each task does. Every step is idempotent, so a redelivered task is harmless.
 
-use huddle_archive::{Archive, ChunkOutcome};
+use huddle_archive::{Archive, ChunkOutcome, UnreadableEntry};
 use huddle_broker::{Broker, TaskError, TaskHandler, TaskQueue};
 use huddle_domain::RoomName;
 use huddle_proto::v1::{FlushRoomTask, PersistChunkTask};
@@ -71,9 +71,22 @@ impl PersistTasks {
             return Err(TaskError::Poison(format!("bad range {}..={}", task.from_seq, task.to_seq)));
         }
         let timer = metrics::CHUNK_SECONDS.start_timer();
-        let (epoch, messages) = transient!(self.log.chunk(&room, task.from_seq, task.to_seq).await)?;
-        let watermark = match transient!(self.archive.store_chunk(&room, epoch, &messages).await)? {
-            ChunkOutcome::Stored { watermark } => watermark,
+        let chunk = transient!(self.log.chunk(&room, task.from_seq, task.to_seq).await)?;
+        let unreadable: Vec<UnreadableEntry> = chunk
+            .unreadable
+            .into_iter()
+            .map(|entry| UnreadableEntry { seq: entry.seq, raw: entry.raw, reason: entry.reason })
+            .collect();
+        let (epoch, messages) = (chunk.epoch, chunk.messages);
+        let watermark = match transient!(self.archive.store_chunk(&room, epoch, &messages, &unreadable).await)? {
+            ChunkOutcome::Stored { watermark, quarantined } => {
+                for entry in &quarantined {
+                    tracing::warn!(%room, seq = entry.seq, sqlstate = %entry.sqlstate, reason = %entry.reason,
+                        "message quarantined: PostgreSQL refused it; the room's persistence goes on past it");
+                }
+                metrics::MESSAGES_QUARANTINED.inc_by(quarantined.len() as u64);
+                watermark
+            }
             ChunkOutcome::StaleEpoch => {
                 // Read before Redis lost the room: those entries are gone and their seqs are
                 // being reused. A later flush copies what Redis holds now.

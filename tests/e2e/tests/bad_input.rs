@@ -22,6 +22,9 @@ async fn bad_frames_get_error_events_and_the_connection_keeps_working() -> Resul
         (json!({"type": "send", "body": "   \n ", "client_id": "e2"}).to_string(), "empty_body"),
         (json!({"type": "send", "body": "x".repeat(4001), "client_id": "e3"}).to_string(), "body_too_long"),
         (json!({"type": "send", "body": "hi", "client_id": "has space"}).to_string(), "bad_client_id"),
+        (json!({"type": "send", "body": "nul \u{0} inside", "client_id": "e4"}).to_string(), "bad_body"),
+        (r#"{"type": "send", "body": "escaped \u0000 nul", "client_id": "e5"}"#.into(), "bad_body"),
+        (r#"{"type": "send", "body": "lone \ud800 surrogate", "client_id": "e6"}"#.into(), "bad_json"),
     ];
     for (frame, code) in &cases {
         a.send_raw(frame).await?;

@@ -41,6 +41,47 @@ async fn a_resent_client_id_is_acked_with_the_original_seq_on_any_gateway() -> R
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_users_equal_client_id_is_a_new_message() -> Result<()> {
+    let stack = Stack::start(1).await?;
+    let ada = sign_up(&stack.url(0), "ada").await?;
+    let bob = sign_up(&stack.url(0), "bob").await?;
+    let mut ada_ws = Ws::join(&stack.url(0), "shared-ids", &ada.token, "").await?;
+    ada_ws.expect("history").await?;
+    let mut bob_ws = Ws::join(&stack.url(0), "shared-ids", &bob.token, "").await?;
+    bob_ws.expect("history").await?;
+    assert_eq!(ada_ws.say("from ada", "c-1").await?, 1);
+    bob_ws.send_json(&json!({"type": "send", "body": "from bob", "client_id": "c-1"})).await?;
+    let ack = bob_ws.expect("ack").await?;
+    assert_eq!((ack["seq"].as_u64(), ack["duplicate"].as_bool()), (Some(2), Some(false)), "{ack}");
+    stack.wait_persisted(2).await?;
+
+    // The markers restored by a hydration are per sender too.
+    stack.env.wipe_redis().await?;
+    let mut bob_again = Ws::join(&stack.url(0), "shared-ids", &bob.token, "").await?;
+    bob_again.expect("history").await?;
+    bob_again.send_json(&json!({"type": "send", "body": "from bob", "client_id": "c-1"})).await?;
+    let ack = bob_again.expect("ack").await?;
+    assert_eq!((ack["seq"].as_u64(), ack["duplicate"].as_bool()), (Some(2), Some(true)), "{ack}");
+    bob_again.send_json(&json!({"type": "send", "body": "bob again", "client_id": "c-9"})).await?;
+    assert_eq!(bob_again.expect("ack").await?["seq"].as_u64(), Some(3));
+    let mut ada_again = Ws::join(&stack.url(0), "shared-ids", &ada.token, "").await?;
+    ada_again.expect("history").await?;
+    ada_again.send_json(&json!({"type": "send", "body": "ada new", "client_id": "c-9"})).await?;
+    let ack = ada_again.expect("ack").await?;
+    assert_eq!((ack["seq"].as_u64(), ack["duplicate"].as_bool()), (Some(4), Some(false)), "{ack}");
+    stack.wait_persisted(4).await?;
+    let db = stack.env.db().await?;
+    let rows = db.query("SELECT user_name, body FROM messages ORDER BY seq", &[]).await?;
+    let rows: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        rows,
+        [("ada", "from ada"), ("bob", "from bob"), ("bob", "bob again"), ("ada", "ada new")]
+            .map(|(u, b)| (u.to_owned(), b.to_owned()))
+    );
+    stack.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnecting_with_since_gets_exactly_what_was_missed_from_redis_or_postgres() -> Result<()> {
     // A tiny hydrate window: after a Redis loss most history is only in PostgreSQL.
     let stack = Stack::start_with(StackOptions { gateways: 1, hydrator_args: &["--hydrate-window", "2"], ..Default::default() }).await?;
@@ -254,11 +295,19 @@ async fn a_growing_backlog_is_flushed_while_the_room_stays_busy() -> Result<()> 
 async fn a_task_that_keeps_failing_is_retried_then_dead_lettered() -> Result<()> {
     let stack = Stack::start(1).await?;
     let log = stack.env.room_log(100)?;
-    // A message whose sender does not exist: every chunk insert violates the foreign key.
+    // The archive fails every insert for a reason that is not the row's fault (not a data
+    // or constraint error, so nothing is quarantined): the task must be retried.
+    let db = stack.env.db().await?;
+    let uid: i64 = db.query_one("INSERT INTO users (username, password_hash) VALUES ('ada', 'x') RETURNING id", &[]).await?.get(0);
+    db.batch_execute(
+        "CREATE FUNCTION refuse_all() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'archive is read-only for this test'; END $$;
+         CREATE TRIGGER refuse_all BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION refuse_all();",
+    )
+    .await?;
     let room = huddle_domain::RoomName::parse("doomed")?;
     log.hydrate(&room, 0, 0, &[]).await?;
-    let ghost = huddle_domain::LogEntry { user_id: 999_999, user_name: "ghost".into(), body: "boo".into(), sent_at_ms: 0, client_id: String::new() };
-    log.append(&room, &ghost).await?;
+    let entry = huddle_domain::LogEntry { user_id: uid, user_name: "ada".into(), body: "boo".into(), sent_at_ms: 0, client_id: String::new() };
+    log.append(&room, &entry).await?;
     let mut persister = huddle_proto::v1::persister_client::PersisterClient::connect(format!("http://{}", stack.persister.grpc_addr())).await?;
     persister.flush_room(huddle_proto::v1::FlushRoomRequest { room: "doomed".into() }).await?;
 
@@ -278,6 +327,8 @@ async fn a_task_that_keeps_failing_is_retried_then_dead_lettered() -> Result<()>
     let status = persister.room_status(huddle_proto::v1::RoomStatusRequest { room: "doomed".into() }).await?.into_inner();
     assert_eq!((status.last_seq, status.persisted_seq, status.unpersisted), (1, 0, 1));
     assert!(status.dirty_for_ms > 0);
+    let quarantined: i64 = db.query_one("SELECT count(*) FROM quarantined_messages", &[]).await?.get(0);
+    assert_eq!(quarantined, 0, "a failure that is not the row's fault quarantines nothing");
     broker.close().await;
     stack.shutdown().await
 }

@@ -70,7 +70,7 @@ async fn trimming_keeps_the_window_and_never_drops_unpersisted_entries() -> Resu
 }
 
 fn stored(watermark: u64) -> huddle_archive::ChunkOutcome {
-    huddle_archive::ChunkOutcome::Stored { watermark }
+    huddle_archive::ChunkOutcome::Stored { watermark, quarantined: Vec::new() }
 }
 
 fn messages(range: std::ops::RangeInclusive<u64>, user_id: i64) -> Vec<StoredMessage> {
@@ -84,12 +84,12 @@ async fn chunks_are_idempotent_and_the_watermark_only_crosses_gap_free_runs() ->
     let uid = user(&env).await?;
     let room = RoomName::parse("chunks")?;
     // Out of order: 11..=20 first leaves the watermark at 0 (1..=10 missing).
-    assert_eq!(archive.store_chunk(&room, 0, &messages(11..=20, uid)).await?, stored(0));
-    assert_eq!(archive.store_chunk(&room, 0, &messages(21..=25, uid)).await?, stored(0));
+    assert_eq!(archive.store_chunk(&room, 0, &messages(11..=20, uid), &[]).await?, stored(0));
+    assert_eq!(archive.store_chunk(&room, 0, &messages(21..=25, uid), &[]).await?, stored(0));
     // The missing prefix arrives: the watermark jumps over all three chunks.
-    assert_eq!(archive.store_chunk(&room, 0, &messages(1..=10, uid)).await?, stored(25));
+    assert_eq!(archive.store_chunk(&room, 0, &messages(1..=10, uid), &[]).await?, stored(25));
     // Written twice: nothing changes.
-    assert_eq!(archive.store_chunk(&room, 0, &messages(5..=15, uid)).await?, stored(25));
+    assert_eq!(archive.store_chunk(&room, 0, &messages(5..=15, uid), &[]).await?, stored(25));
     let db = env.db().await?;
     let row = db.query_one("SELECT count(*), count(DISTINCT seq) FROM messages WHERE seq <= 25", &[]).await?;
     assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (25, 25));
@@ -100,7 +100,7 @@ async fn chunks_are_idempotent_and_the_watermark_only_crosses_gap_free_runs() ->
         let archive = archive.clone();
         let room = room.clone();
         let batch = messages(i * 10 + 1..=i * 10 + 10, uid);
-        tokio::spawn(async move { archive.store_chunk(&room, 0, &batch).await })
+        tokio::spawn(async move { archive.store_chunk(&room, 0, &batch, &[]).await })
     });
     for write in writes {
         write.await??;
@@ -112,8 +112,8 @@ async fn chunks_are_idempotent_and_the_watermark_only_crosses_gap_free_runs() ->
     let room = RoomName::parse("chunks")?;
     let tail = archive.reopen_room(&room, 10).await?;
     assert_eq!((tail.last_seq, tail.epoch, tail.recent.len()), (25, 1, 10));
-    assert_eq!(archive.store_chunk(&room, 0, &messages(26..=30, uid)).await?, huddle_archive::ChunkOutcome::StaleEpoch);
-    assert_eq!(archive.store_chunk(&room, 1, &messages(26..=30, uid)).await?, stored(30));
+    assert_eq!(archive.store_chunk(&room, 0, &messages(26..=30, uid), &[]).await?, huddle_archive::ChunkOutcome::StaleEpoch);
+    assert_eq!(archive.store_chunk(&room, 1, &messages(26..=30, uid), &[]).await?, stored(30));
 
     let page = archive.history_before(&RoomName::parse("chunks")?, 11, 3).await?;
     assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![8, 9, 10]);
@@ -153,4 +153,55 @@ async fn a_crowd_joining_a_cold_room_hydrates_it_once() -> Result<()> {
     }
     assert_eq!(loaded_by, 1, "exactly one caller loads the room from PostgreSQL");
     stack.shutdown().await
+}
+
+#[tokio::test]
+async fn every_row_postgres_refuses_is_quarantined_and_the_watermark_moves_past_it() -> Result<()> {
+    let env = TestEnv::new().await?;
+    let archive = archive(&env).await?;
+    let uid = user(&env).await?;
+    let room = RoomName::parse("poison")?;
+    let mut batch = messages(1..=12, uid);
+    batch[2].entry.body = "nul \0 in the body".into(); // seq 3: text cannot hold U+0000
+    batch[4].entry.user_name = "nul\0name".into(); // seq 5: same, another column
+    batch[7].entry.user_id = uid + 1000; // seq 8: no such user (foreign key)
+    batch[10].entry.sent_at_ms = i64::MAX; // seq 11: timestamp out of range
+    batch[11].entry.client_id = "\0".into(); // seq 12: NUL in the client_id
+    let unreadable = [huddle_archive::UnreadableEntry { seq: 13, raw: b"m\xff{not json".to_vec(), reason: "not JSON".into() }];
+
+    let huddle_archive::ChunkOutcome::Stored { watermark, quarantined } = archive.store_chunk(&room, 0, &batch, &unreadable).await? else {
+        panic!("chunk refused as stale");
+    };
+    assert_eq!(watermark, 13, "the watermark moves past every refused row");
+    let mut by_seq: Vec<(u64, String)> = quarantined.iter().map(|q| (q.seq, q.sqlstate.clone())).collect();
+    by_seq.sort();
+    assert_eq!(
+        by_seq,
+        [(3, "22021"), (5, "22021"), (8, "23503"), (11, "22008"), (12, "22021"), (13, "")].map(|(s, c)| (s, c.to_owned()))
+    );
+    // The reason is PostgreSQL's own message, not "db error".
+    let nul = quarantined.iter().find(|q| q.seq == 3).expect("seq 3 quarantined");
+    assert!(nul.reason.contains("22021") && nul.reason.contains("0x00"), "{}", nul.reason);
+
+    let db = env.db().await?;
+    let written: Vec<i64> = db.query("SELECT seq FROM messages ORDER BY seq", &[]).await?.iter().map(|r| r.get(0)).collect();
+    assert_eq!(written, vec![1, 2, 4, 6, 7, 9, 10]);
+    // The raw bytes are kept: the refused entry can be read back exactly.
+    let kept = archive.quarantined(&room).await?;
+    assert_eq!(kept.iter().map(|(seq, _, _)| *seq).collect::<Vec<_>>(), vec![3, 5, 8, 11, 12, 13]);
+    let raw_3: LogEntry = serde_json::from_slice(&kept[0].1)?;
+    assert_eq!(raw_3, batch[2].entry);
+    assert_eq!(kept[5].1, b"m\xff{not json".to_vec());
+
+    // Redelivered: nothing new is quarantined or written, the watermark stays.
+    assert_eq!(archive.store_chunk(&room, 0, &batch, &unreadable).await?, stored(13));
+    // Later messages of the room go on as usual.
+    assert_eq!(archive.store_chunk(&room, 0, &messages(14..=15, uid), &[]).await?, stored(15));
+    // A re-open after a Redis loss continues above quarantined seqs, never reusing them.
+    let room_q = RoomName::parse("poison-tail")?;
+    let mut tail = messages(1..=2, uid);
+    tail[1].entry.body = "\0".into();
+    archive.store_chunk(&room_q, 0, &tail, &[]).await?;
+    assert_eq!(archive.reopen_room(&room_q, 10).await?.last_seq, 2);
+    env.cleanup().await
 }

@@ -2,7 +2,7 @@
 -- KEYS[1] seq counter, KEYS[2] log stream, KEYS[3] persisted watermark, KEYS[4] epoch
 -- ARGV[1] archived last seq, ARGV[2] client_id marker TTL (s), ARGV[3] pub/sub channel,
 -- ARGV[4] the room's epoch in the archive, then triplets of
--- (seq, entry JSON, client_id) in ascending seq order. Restoring the client_id markers
+-- (seq, entry JSON, client_id marker "cid:<user id>:<client_id>" or "") in ascending seq order. Restoring the client_id markers
 -- keeps a resend of a recent message from becoming a duplicate after Redis was lost.
 -- Returns {initialised (0/1), seq counter}.
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -21,7 +21,7 @@ else
   for i = 5, #ARGV, 3 do
     redis.call('XADD', KEYS[2], ARGV[i] .. '-0', 'm', ARGV[i + 1])
     if ARGV[i + 2] ~= '' then
-      redis.call('SET', prefix .. 'cid:' .. ARGV[i + 2], ARGV[i], 'EX', ARGV[2])
+      redis.call('SET', prefix .. ARGV[i + 2], ARGV[i], 'EX', ARGV[2])
     end
   end
 end

@@ -1,0 +1,69 @@
+//! No single message can stop a room's persistence: entries PostgreSQL refuses (or that
+//! cannot even be decoded) are quarantined with their reason, and the room goes on.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use huddle_domain::{LogEntry, RoomName};
+use huddle_e2e::{eventually, sign_up, Stack, Ws};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_entry_is_quarantined_and_later_messages_are_persisted() -> Result<()> {
+    let stack = Stack::start(1).await?;
+    let base = stack.url(0);
+    let ada = sign_up(&base, "ada").await?;
+    let mut ws = Ws::join(&base, "poisoned", &ada.token, "").await?;
+    ws.expect("history").await?;
+    assert_eq!(ws.say("before", "p-1").await?, 1);
+
+    // Entries the gateway would refuse, written straight into the room's log the way a
+    // buggy or older writer could: each kind PostgreSQL refuses, and one that is not a
+    // log entry at all.
+    let log = stack.env.room_log(2000)?;
+    let room = RoomName::parse("poisoned")?;
+    let bad = |body: &str, user_id: i64, sent_at_ms: i64| LogEntry {
+        user_id,
+        user_name: "ada".into(),
+        body: body.into(),
+        sent_at_ms,
+        client_id: String::new(),
+    };
+    for entry in [bad("nul \0 body", ada.id, 1), bad("ghost", ada.id + 999, 1), bad("far future", ada.id, i64::MAX)] {
+        log.append(&room, &entry).await?;
+    }
+    let mut redis = redis::Client::open(huddle_e2e::redis_url())?.get_multiplexed_async_connection().await?;
+    let seq: u64 = redis::cmd("INCR").arg(log.keys().seq(&room)).query_async(&mut redis).await?;
+    let _: String = redis::cmd("XADD").arg(log.keys().log(&room)).arg(format!("{seq}-0")).arg("m").arg(&b"\xff\xfe not json"[..]).query_async(&mut redis).await?;
+    assert_eq!(seq, 5);
+    for i in 6..=8 {
+        assert_eq!(ws.say(&format!("after {i}"), &format!("p-{i}")).await?, i);
+    }
+
+    // The sweep flushes the room; the watermark passes the bad entries.
+    let db = stack.env.db().await?;
+    eventually(Duration::from_secs(20), || async {
+        let watermark: i64 = db.query_one("SELECT persisted_seq FROM rooms WHERE name = 'poisoned'", &[]).await?.get(0);
+        Ok((watermark == 8).then_some(()))
+    })
+    .await?;
+    let stored: Vec<i64> = db.query("SELECT seq FROM messages ORDER BY seq", &[]).await?.iter().map(|r| r.get(0)).collect();
+    assert_eq!(stored, vec![1, 6, 7, 8]);
+    let quarantined = db.query("SELECT seq, sqlstate, reason FROM quarantined_messages ORDER BY seq", &[]).await?;
+    let found: Vec<(i64, String)> = quarantined.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(found, [(2, "22021"), (3, "23503"), (4, "22008"), (5, "")].map(|(s, c)| (s, c.to_owned())));
+    for row in &quarantined {
+        let reason: String = row.get(2);
+        assert!(!reason.is_empty() && reason != "db error", "reason must name the cause: {reason}");
+    }
+    // Redis knows the room is clean again; nothing went to the dead-letter queue.
+    eventually(Duration::from_secs(10), || async {
+        let state = log.state(&room).await?;
+        Ok((state.persisted_seq == 8 && state.dirty_since_ms.is_none()).then_some(()))
+    })
+    .await?;
+    let broker = stack.env.broker().await?;
+    assert!(broker.dead_letters(10).await?.is_empty(), "no task was dead-lettered");
+    broker.close().await;
+    ws.leave().await?;
+    stack.shutdown().await
+}
