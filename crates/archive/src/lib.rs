@@ -87,8 +87,14 @@ pub struct Archive {
 impl Archive {
     /// Builds the pool (connections open lazily).
     pub fn connect(settings: &PostgresSettings) -> Result<Self> {
-        let config: tokio_postgres::Config =
+        let mut config: tokio_postgres::Config =
             settings.database_url.parse().map_err(|e: tokio_postgres::Error| ArchiveError::Config(e.to_string()))?;
+        let timeout = std::time::Duration::from_millis(settings.database_timeout_ms.max(1));
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(timeout);
+        }
+        // Migrations run under an advisory lock with their own session setting (below).
+        config.options(format!("-c statement_timeout={}", settings.database_timeout_ms));
         let manager = Manager::from_config(
             config,
             tokio_postgres::NoTls,
@@ -96,6 +102,10 @@ impl Archive {
         );
         let pool = Pool::builder(manager)
             .max_size(settings.database_pool_size)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(timeout))
+            .create_timeout(Some(timeout))
+            .recycle_timeout(Some(timeout))
             .build()
             .map_err(|e| ArchiveError::Config(e.to_string()))?;
         Ok(Self { pool })
@@ -109,9 +119,12 @@ impl Archive {
     /// Applies pending migrations.
     pub async fn migrate(&self) -> Result<()> {
         let mut client = self.pool.get().await?;
+        // Another replica may be migrating: wait for its lock as long as it takes.
+        client.batch_execute("SET statement_timeout = 0").await?;
         client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
         let report = embedded::migrations::runner().run_async(&mut **client).await;
         client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await?;
+        client.batch_execute("RESET statement_timeout").await?;
         let report = report?;
         for migration in report.applied_migrations() {
             tracing::info!(version = migration.version(), name = migration.name(), "applied migration");
@@ -295,11 +308,13 @@ impl Archive {
             )
             .await?
             .get(0);
+        // Read in the same transaction: holding this connection while waiting for a
+        // second one from the pool deadlocks once every connection is held that way.
+        let recent = page(&tx, room_id, last_seq + 1, window).await?;
         tx.commit().await?;
         if abandoned > 0 {
             tracing::warn!(%room, abandoned, "archive has seq gaps that Redis can no longer fill");
         }
-        let recent = self.page(room_id, last_seq + 1, window).await?;
         Ok(RoomTail { last_seq: last_seq as u64, recent, abandoned, epoch })
     }
 
@@ -312,39 +327,42 @@ impl Archive {
             .query_opt("SELECT id FROM rooms WHERE name = $1", &[&room.as_str()])
             .await?;
         match row {
-            Some(row) => self.page(row.get(0), before.min(i64::MAX as u64) as i64, limit).await,
+            Some(row) => page(&self.pool.get().await?, row.get(0), before.min(i64::MAX as u64) as i64, limit).await,
             None => Ok(Vec::new()),
         }
     }
+}
 
-    async fn page(&self, room_id: i64, before: i64, limit: usize) -> Result<Vec<StoredMessage>> {
-        let rows = self
-            .pool
-            .get()
-            .await?
-            .query(
-                "SELECT seq, user_id, user_name, body, client_id,
-                        round(extract(epoch FROM sent_at) * 1000)::bigint
-                 FROM messages WHERE room_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
-                &[&room_id, &before, &(limit as i64)],
-            )
-            .await?;
-        let mut messages: Vec<StoredMessage> = rows
-            .iter()
-            .map(|row| StoredMessage {
-                seq: row.get::<_, i64>(0) as u64,
-                entry: LogEntry {
-                    user_id: row.get(1),
-                    user_name: row.get(2),
-                    body: row.get(3),
-                    client_id: row.get(4),
-                    sent_at_ms: row.get(5),
-                },
-            })
-            .collect();
-        messages.reverse();
-        Ok(messages)
-    }
+/// Up to `limit` messages of a room with seq < `before`, the newest ones, oldest first.
+async fn page(
+    client: &impl deadpool_postgres::GenericClient,
+    room_id: i64,
+    before: i64,
+    limit: usize,
+) -> Result<Vec<StoredMessage>> {
+    let rows = client
+        .query(
+            "SELECT seq, user_id, user_name, body, client_id,
+                    round(extract(epoch FROM sent_at) * 1000)::bigint
+             FROM messages WHERE room_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
+            &[&room_id, &before, &(limit as i64)],
+        )
+        .await?;
+    let mut messages: Vec<StoredMessage> = rows
+        .iter()
+        .map(|row| StoredMessage {
+            seq: row.get::<_, i64>(0) as u64,
+            entry: LogEntry {
+                user_id: row.get(1),
+                user_name: row.get(2),
+                body: row.get(3),
+                client_id: row.get(4),
+                sent_at_ms: row.get(5),
+            },
+        })
+        .collect();
+    messages.reverse();
+    Ok(messages)
 }
 
 /// One batched insert; a conflict with a stored copy is not an error (idempotent).

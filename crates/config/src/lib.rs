@@ -15,6 +15,10 @@ pub struct PostgresSettings {
     /// Connections in the PostgreSQL pool.
     #[arg(long, env = "HUDDLE_DATABASE_POOL_SIZE", default_value_t = 16)]
     pub database_pool_size: usize,
+    /// Deadline of every PostgreSQL wait, in ms: for a pooled connection, for a new
+    /// connection, and for one statement (`statement_timeout`).
+    #[arg(long, env = "HUDDLE_DATABASE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub database_timeout_ms: u64,
 }
 
 /// Where the Redis hot log lives, and how it is laid out.
@@ -33,6 +37,9 @@ pub struct RedisSettings {
     /// watermark are never trimmed, whatever this says).
     #[arg(long, env = "HUDDLE_REDIS_WINDOW", default_value_t = 2000)]
     pub redis_window: u64,
+    /// Deadline of a Redis pool wait (for a pooled or a new connection), in ms.
+    #[arg(long, env = "HUDDLE_REDIS_TIMEOUT_MS", default_value_t = 5_000)]
+    pub redis_timeout_ms: u64,
 }
 
 /// Where RabbitMQ lives, and how the task queues are named.

@@ -222,7 +222,11 @@ impl RoomLog {
     /// Builds the connection pool (connections open lazily).
     pub fn connect(settings: &RedisSettings) -> Result<Self> {
         let mut config = Config::from_url(settings.redis_url.clone());
-        config.pool = Some(deadpool_redis::PoolConfig::new(settings.redis_pool_size));
+        let timeout = Some(std::time::Duration::from_millis(settings.redis_timeout_ms.max(1)));
+        config.pool = Some(deadpool_redis::PoolConfig {
+            timeouts: deadpool_redis::Timeouts { wait: timeout, create: timeout, recycle: timeout },
+            ..deadpool_redis::PoolConfig::new(settings.redis_pool_size)
+        });
         let pool = config.create_pool(Some(Runtime::Tokio1))?;
         Ok(Self { pool, keys: Keyspace::new(settings.key_prefix.clone()), window: settings.redis_window })
     }

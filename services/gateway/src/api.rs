@@ -92,7 +92,12 @@ impl ResponseError for ApiError {
         if let Self::Internal(detail) | Self::Unavailable(detail) = self {
             tracing::error!(code = self.code(), %detail, "request failed");
         }
-        HttpResponse::build(self.status_code())
+        let mut response = HttpResponse::build(self.status_code());
+        if let Self::Unavailable(_) = self {
+            // Overload and outages are passing: tell clients when to come back.
+            response.insert_header((actix_web::http::header::RETRY_AFTER, "1"));
+        }
+        response
             .json(ErrorEnvelope { error: ErrorDetail { code: self.code(), message: self.to_string() } })
     }
 }

@@ -62,11 +62,13 @@ pub struct Hub {
     subscriptions: tokio::sync::Mutex<Subscriptions>,
     next_id: AtomicU64,
     queue_capacity: usize,
+    /// Deadline of a subscribe or unsubscribe round-trip.
+    deadline: Duration,
 }
 
 impl Hub {
     /// Opens the pub/sub connection and starts dispatching.
-    pub async fn start(redis_url: &str, keys: Keyspace, queue_capacity: usize) -> redis::RedisResult<Arc<Self>> {
+    pub async fn start(redis_url: &str, keys: Keyspace, queue_capacity: usize, deadline: Duration) -> redis::RedisResult<Arc<Self>> {
         let client = redis::Client::open(redis_url)?;
         let (sink, stream) = client.get_async_pubsub().await?.split();
         let hub = Arc::new(Self {
@@ -76,25 +78,32 @@ impl Hub {
             subscriptions: tokio::sync::Mutex::new(Subscriptions { sink, rooms: HashSet::new() }),
             next_id: AtomicU64::new(1),
             queue_capacity: queue_capacity.max(1),
+            deadline,
         });
         tokio::spawn(Arc::clone(&hub).dispatch(stream));
         Ok(hub)
     }
 
     /// Adds a socket to `room`; once this returns, every message published to the room
-    /// reaches the membership's queue.
+    /// reaches the membership's queue. Fails after the deadline rather than waiting on
+    /// a stuck pub/sub connection.
     pub async fn join(&self, room: &RoomName) -> redis::RedisResult<Membership> {
         let (tx, rx) = mpsc::channel(self.queue_capacity);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.lock_members().entry(room.clone()).or_default().insert(id, tx);
-        let mut subscriptions = self.subscriptions.lock().await;
-        if !subscriptions.rooms.contains(room) {
-            if let Err(error) = subscriptions.sink.subscribe(self.keys.channel(room)).await {
-                drop(subscriptions);
-                self.remove(room, id);
-                return Err(error);
+        let subscribed = tokio::time::timeout(self.deadline, async {
+            let mut subscriptions = self.subscriptions.lock().await;
+            if !subscriptions.rooms.contains(room) {
+                subscriptions.sink.subscribe(self.keys.channel(room)).await?;
+                subscriptions.rooms.insert(room.clone());
             }
-            subscriptions.rooms.insert(room.clone());
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|_| Err(redis::RedisError::from((redis::ErrorKind::Io, "pub/sub subscribe timed out"))));
+        if let Err(error) = subscribed {
+            self.remove(room, id);
+            return Err(error);
         }
         Ok(Membership { id, rx })
     }
@@ -102,12 +111,19 @@ impl Hub {
     /// Removes a socket; the room's channel is unsubscribed when no local socket is left.
     pub async fn leave(&self, room: &RoomName, id: u64) {
         self.remove(room, id);
-        let mut subscriptions = self.subscriptions.lock().await;
-        let empty = !self.lock_members().contains_key(room);
-        if empty && subscriptions.rooms.remove(room) {
-            if let Err(error) = subscriptions.sink.unsubscribe(self.keys.channel(room)).await {
-                tracing::warn!(%room, %error, "unsubscribe failed");
+        let unsubscribed = tokio::time::timeout(self.deadline, async {
+            let mut subscriptions = self.subscriptions.lock().await;
+            let empty = !self.lock_members().contains_key(room);
+            if empty && subscriptions.rooms.remove(room) {
+                subscriptions.sink.unsubscribe(self.keys.channel(room)).await?;
             }
+            redis::RedisResult::Ok(())
+        })
+        .await;
+        match unsubscribed {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%room, %error, "unsubscribe failed"),
+            Err(_) => tracing::warn!(%room, "unsubscribe timed out; the channel stays subscribed until pub/sub reconnects"),
         }
     }
 

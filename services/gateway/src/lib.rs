@@ -59,6 +59,10 @@ pub struct Settings {
     /// Origins allowed to open WebSockets besides the gateway's own (comma-separated; `*` for any).
     #[arg(long, env = "HUDDLE_ALLOWED_ORIGINS", value_delimiter = ',', default_value = "")]
     pub allowed_origins: Vec<String>,
+    /// Deadline of a join (room hydration, history), of each hydrator call and of a
+    /// send's append, in ms; past it the client gets 503 (join) or `unavailable` (send).
+    #[arg(long, env = "HUDDLE_JOIN_TIMEOUT_MS", default_value_t = 5_000)]
+    pub join_timeout_ms: u64,
     /// Messages sent in the `history` frame on join.
     #[arg(long, env = "HUDDLE_JOIN_HISTORY", default_value_t = 100)]
     pub join_history: usize,
@@ -152,13 +156,26 @@ pub async fn start(settings: Settings) -> Result<RunningGateway, StartError> {
     let hydrator_channel = tonic::transport::Endpoint::from_shared(settings.hydrator_url.clone())
         .map_err(|e| StartError::HydratorUrl(e.to_string()))?
         .connect_timeout(std::time::Duration::from_secs(3))
+        .timeout(std::time::Duration::from_millis(settings.join_timeout_ms.max(1)))
         .connect_lazy();
-    let hub = hub::Hub::start(&settings.redis.redis_url, log.keys().clone(), settings.socket_queue).await?;
+    let hub = hub::Hub::start(
+        &settings.redis.redis_url,
+        log.keys().clone(),
+        settings.socket_queue,
+        std::time::Duration::from_millis(settings.join_timeout_ms.max(1)),
+    )
+    .await?;
     let (shutdown_tx, shutdown) = watch::channel(false);
     let (flush_stop, flush_stopped) = watch::channel(false);
     let (flushes, flush_publisher) = flush::spawn(broker, flush_stopped);
     let state = web::Data::new(AppState {
-        rooms: rooms::RoomService::new(log.clone(), HydratorClient::new(hydrator_channel), flushes, settings.flush_backlog),
+        rooms: rooms::RoomService::new(
+            log.clone(),
+            HydratorClient::new(hydrator_channel),
+            flushes,
+            settings.flush_backlog,
+            std::time::Duration::from_millis(settings.join_timeout_ms.max(1)),
+        ),
         signer: auth::TokenSigner::new(&settings.session_secret),
         settings: settings.clone(),
         log: log.clone(),

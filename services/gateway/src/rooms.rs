@@ -5,6 +5,8 @@ use huddle_domain::{LogEntry, RoomName, StoredMessage};
 use huddle_proto::v1::hydrator_client::HydratorClient;
 use huddle_proto::v1::{ChatMessage, GetHistoryRequest, HydrateRoomRequest};
 use huddle_roomlog::{AppendOutcome, Presence, PresenceChange, RoomLog, RoomPresence};
+use std::time::Duration;
+
 use tonic::transport::Channel;
 
 use crate::api::ApiError;
@@ -31,26 +33,39 @@ pub struct RoomService {
     hydrator: HydratorClient<Channel>,
     flushes: FlushRequester,
     flush_backlog: u64,
+    deadline: Duration,
 }
 
 impl RoomService {
     /// `flush_backlog`: queue a flush each time a room's unpersisted count reaches a
-    /// multiple of this.
-    pub fn new(log: RoomLog, hydrator: HydratorClient<Channel>, flushes: FlushRequester, flush_backlog: u64) -> Self {
-        Self { log, hydrator, flushes, flush_backlog: flush_backlog.max(1) }
+    /// multiple of this. `deadline`: the longest a room may take to become ready.
+    pub fn new(
+        log: RoomLog,
+        hydrator: HydratorClient<Channel>,
+        flushes: FlushRequester,
+        flush_backlog: u64,
+        deadline: Duration,
+    ) -> Self {
+        Self { log, hydrator, flushes, flush_backlog: flush_backlog.max(1), deadline }
     }
 
     /// Makes sure Redis holds the room's counter, hydrating it from the archive if not.
+    /// Answers within the deadline, or refuses with `unavailable` (503, Retry-After).
     pub async fn ensure_ready(&self, room: &RoomName) -> Result<(), ApiError> {
-        if self.log.is_initialised(room).await.map_err(ApiError::unavailable)? {
-            return Ok(());
-        }
-        self.hydrator
-            .clone()
-            .hydrate_room(HydrateRoomRequest { room: room.to_string() })
+        let ready = async {
+            if self.log.is_initialised(room).await.map_err(ApiError::unavailable)? {
+                return Ok(());
+            }
+            self.hydrator
+                .clone()
+                .hydrate_room(HydrateRoomRequest { room: room.to_string() })
+                .await
+                .map_err(|status| ApiError::unavailable(format!("hydrator: {}", status.message())))?;
+            Ok(())
+        };
+        tokio::time::timeout(self.deadline, ready)
             .await
-            .map_err(|status| ApiError::unavailable(format!("hydrator: {}", status.message())))?;
-        Ok(())
+            .map_err(|_| ApiError::unavailable(format!("room {room} was not ready within {:?}", self.deadline)))?
     }
 
     /// Appends a message. If Redis lost the room since the join, it is hydrated again

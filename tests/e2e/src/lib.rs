@@ -109,6 +109,7 @@ impl TestEnv {
             redis_pool_size: 4,
             key_prefix: self.key_prefix.clone(),
             redis_window: window,
+            redis_timeout_ms: 5_000,
         })?)
     }
 

@@ -234,6 +234,7 @@ async fn after_a_redis_loss_recently_active_rooms_are_rewarmed_through_hydrate_t
     let archive = huddle_archive::Archive::connect(&huddle_config::PostgresSettings {
         database_url: stack.env.database_url.clone(),
         database_pool_size: 2,
+        database_timeout_ms: 10_000,
     })?;
     let broker = stack.env.broker().await?;
     let queued = huddle_hydrator::queue_rewarm(&archive, &broker, std::time::Duration::from_secs(3600)).await?;

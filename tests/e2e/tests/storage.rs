@@ -14,7 +14,7 @@ fn entry(user_id: i64, body: &str, client_id: &str) -> LogEntry {
 }
 
 async fn archive(env: &TestEnv) -> Result<Archive> {
-    let archive = Archive::connect(&PostgresSettings { database_url: env.database_url.clone(), database_pool_size: 4 })?;
+    let archive = Archive::connect(&PostgresSettings { database_url: env.database_url.clone(), database_pool_size: 4, database_timeout_ms: 10_000 })?;
     archive.migrate().await?;
     Ok(archive)
 }
