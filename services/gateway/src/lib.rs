@@ -9,6 +9,7 @@
 //! * Flush triggers: a room's last member leaving, or its backlog reaching a threshold,
 //!   queues a FlushRoom task for the persister.
 
+mod abort;
 pub mod api;
 pub mod auth;
 mod flush;
@@ -69,6 +70,10 @@ pub struct Settings {
     /// Queue a flush each time a room's unpersisted backlog reaches a multiple of this.
     #[arg(long, env = "HUDDLE_FLUSH_BACKLOG", default_value_t = 1000)]
     pub flush_backlog: u64,
+    /// Longest a frame may wait for a socket that does not read, in ms; then the
+    /// connection is reset (a client that stopped reading is never kept).
+    #[arg(long, env = "HUDDLE_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub write_timeout_ms: u64,
     /// Outgoing frames queued per socket before it is closed as a slow consumer (4008).
     #[arg(long, env = "HUDDLE_SOCKET_QUEUE", default_value_t = 1024)]
     pub socket_queue: usize,
@@ -84,6 +89,13 @@ pub struct Settings {
     pub redis: RedisSettings,
     #[command(flatten)]
     pub broker: BrokerSettings,
+}
+
+impl Settings {
+    /// The write deadline of a socket frame.
+    pub fn write_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.write_timeout_ms.max(1))
+    }
 }
 
 /// Shared state of every request and socket.
@@ -205,6 +217,7 @@ pub async fn start(settings: Settings) -> Result<RunningGateway, StartError> {
             .route("/", web::get().to(index))
             .default_service(web::to(api::not_found))
     })
+    .on_connect(abort::ConnectionAbort::on_connect)
     .disable_signals()
     .shutdown_timeout(10)
     .listen(listener)?;

@@ -41,3 +41,12 @@ pub static FLUSH_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!("huddle_gateway_flush_requests_total", "FlushRoom tasks queued", &["reason"])
         .expect("metric registers once")
 });
+
+/// Connections reset because a frame could not be written within the write timeout.
+pub static STUCK_RESETS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "huddle_gateway_stuck_connection_resets_total",
+        "Connections reset because the client stopped reading (a frame waited past the write timeout)"
+    )
+    .expect("metric registers once")
+});

@@ -387,6 +387,33 @@ impl Ws {
         }
     }
 
+    /// Sends a raw frame as built (e.g. a text frame that is not valid UTF-8).
+    pub async fn send_frame(&mut self, frame: tokio_tungstenite::tungstenite::protocol::frame::Frame) -> Result<()> {
+        self.stream.send(Message::Frame(frame)).await?;
+        Ok(())
+    }
+
+    /// Starts the closing handshake with `code`; returns the code of the server's
+    /// answering Close and how long until the connection ended (10 s at most).
+    pub async fn close_with(mut self, code: u16) -> Result<(Option<u16>, Duration)> {
+        use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
+        let started = tokio::time::Instant::now();
+        self.stream.send(Message::Close(Some(CloseFrame { code: CloseCode::from(code), reason: "bye".into() }))).await?;
+        let mut answer = None;
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(frame) = self.stream.next().await {
+                match frame {
+                    Ok(Message::Close(frame)) => answer = frame.map(|f| u16::from(f.code)),
+                    Ok(_) => continue,
+                    Err(_) => break,
+                }
+            }
+        })
+        .await
+        .context("the connection did not end within 10 s of the client's Close")?;
+        Ok((answer, started.elapsed()))
+    }
+
     /// Closes the socket cleanly.
     pub async fn leave(mut self) -> Result<()> {
         self.stream.close(None).await?;

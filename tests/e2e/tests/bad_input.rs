@@ -165,3 +165,36 @@ async fn accounts_register_login_me_logout() -> Result<()> {
     assert_eq!((missing.status().as_u16(), missing.json::<Value>().await?["error"]["code"].clone()), (404, json!("not_found")));
     stack.shutdown().await
 }
+
+/// RFC 6455: a Close is answered with a Close (the client's own code), and the server
+/// ends the TCP connection at once; bad frames close with the documented codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_closing_handshake_is_answered_at_once_and_bad_frames_get_their_close_codes() -> Result<()> {
+    use tokio_tungstenite::tungstenite::protocol::frame::{coding::{Data, OpCode}, Frame};
+    let stack = Stack::start(1).await?;
+    let base = stack.url(0);
+    let ada = sign_up(&base, "ada").await?;
+    let started = std::time::Instant::now();
+    for code in [1000u16, 1001, 4000, 3999] {
+        for _ in 0..10 {
+            let mut ws = Ws::join(&base, "closing", &ada.token, "").await?;
+            ws.expect("history").await?;
+            let (answer, took) = ws.close_with(code).await?;
+            assert_eq!(answer, Some(code), "the server echoes the client's close code");
+            assert!(took < std::time::Duration::from_millis(500), "closing handshake took {took:?}");
+        }
+    }
+    eprintln!("40 join/close cycles in {:?}", started.elapsed());
+
+    // A code that may not be sent on the wire is a protocol error: 1002.
+    let ws = Ws::join(&base, "closing", &ada.token, "").await?;
+    let (answer, _) = ws.close_with(1005).await?;
+    assert_eq!(answer, Some(1002));
+
+    // A text frame that is not UTF-8: 1007.
+    let mut ws = Ws::join(&base, "closing", &ada.token, "").await?;
+    ws.expect("history").await?;
+    ws.send_frame(Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true)).await?;
+    assert_eq!(ws.close_code().await?, Some(1007));
+    stack.shutdown().await
+}
