@@ -10,7 +10,8 @@ list of case ids, written by scripts/autobahn) makes cases that never ran count 
 
 AUTOBAHN_ALLOW: comma-separated case-id prefixes ("9.1.3", "9.1", "9.*") whose failures are
 still listed but do not fail the run. A prefix matches whole components: "5.1" covers 5.1
-and 5.1.x, not 5.10.
+and 5.1.x, not 5.10. AUTOBAHN_ALLOW_CLOSE_CODE (e.g. 1009) narrows that: an allowed case is
+excused only if the server closed it with this code.
 
 Exit status: 0 nothing unacceptable, 1 some case failed or did not run, 2 unreadable input.
 """
@@ -64,6 +65,7 @@ def main(argv):
         return 2
     outdir = os.path.dirname(os.path.abspath(index_path))
     allow = [p.strip() for p in os.environ.get("AUTOBAHN_ALLOW", "").split(",") if p.strip()]
+    allow_code = os.environ.get("AUTOBAHN_ALLOW_CLOSE_CODE", "").strip()
 
     status = 0
     if not index:
@@ -85,7 +87,8 @@ def main(argv):
 
         bad = [c for c in ids if results[c]["behavior"] not in ACCEPTABLE
                or results[c]["behaviorClose"] not in ACCEPTABLE]
-        failing = [c for c in bad if not allowed(c, allow)]
+        failing = [c for c in bad if not allowed(c, allow)
+                   or (allow_code and str(results[c].get("remoteCloseCode")) != allow_code)]
         if bad:
             print(f"\nUnacceptable cases: {len(bad)} ({len(failing)} failing, "
                   f"{len(bad) - len(failing)} allowed by AUTOBAHN_ALLOW)")

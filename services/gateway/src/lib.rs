@@ -17,6 +17,7 @@ pub mod hub;
 mod metrics;
 pub mod protocol;
 pub mod rooms;
+mod socket;
 mod ws;
 
 use std::net::{SocketAddr, TcpListener};
@@ -70,6 +71,12 @@ pub struct Settings {
     /// Queue a flush each time a room's unpersisted backlog reaches a multiple of this.
     #[arg(long, env = "HUDDLE_FLUSH_BACKLOG", default_value_t = 1000)]
     pub flush_backlog: u64,
+    /// Password hashes (argon2id, ~19 MiB each) computed at once.
+    #[arg(long, env = "HUDDLE_HASH_CONCURRENCY", default_value_t = 2)]
+    pub hash_concurrency: usize,
+    /// Sign-ups and logins waiting for a hashing slot; beyond that they get 503 `overloaded`.
+    #[arg(long, env = "HUDDLE_HASH_QUEUE", default_value_t = 32)]
+    pub hash_queue: usize,
     /// Longest a frame may wait for a socket that does not read, in ms; then the
     /// connection is reset (a client that stopped reading is never kept).
     #[arg(long, env = "HUDDLE_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
@@ -83,6 +90,10 @@ pub struct Settings {
     /// Burst of sends allowed per connection.
     #[arg(long, env = "HUDDLE_SEND_BURST", default_value_t = 50.0)]
     pub send_burst: f64,
+    /// Serve `/ws/echo`, an unauthenticated echo socket on the rooms' transport, for
+    /// WebSocket conformance tests (scripts/autobahn). Never in production.
+    #[arg(long, env = "HUDDLE_WS_ECHO", default_value_t = false, hide = true)]
+    pub ws_echo: bool,
     #[command(flatten)]
     pub postgres: PostgresSettings,
     #[command(flatten)]
@@ -106,6 +117,7 @@ pub struct AppState {
     pub rooms: rooms::RoomService,
     pub hub: Arc<hub::Hub>,
     pub signer: auth::TokenSigner,
+    pub passwords: auth::PasswordHashing,
     /// Turns true when the gateway shuts down: sockets close with 1012.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -189,6 +201,7 @@ pub async fn start(settings: Settings) -> Result<RunningGateway, StartError> {
             std::time::Duration::from_millis(settings.join_timeout_ms.max(1)),
         ),
         signer: auth::TokenSigner::new(&settings.session_secret),
+        passwords: auth::PasswordHashing::new(settings.hash_concurrency, settings.hash_queue),
         settings: settings.clone(),
         log: log.clone(),
         archive: archive.clone(),
@@ -205,9 +218,15 @@ pub async fn start(settings: Settings) -> Result<RunningGateway, StartError> {
 
     let listener = TcpListener::bind(settings.addr)?;
     let addr = listener.local_addr()?;
+    let ws_echo = settings.ws_echo;
+    if ws_echo {
+        tracing::warn!("serving /ws/echo: a conformance-test route; never enable it in production");
+    }
     let mut server = HttpServer::new(move || {
         let readiness = readiness.clone();
-        App::new()
+        let app = App::new();
+        let app = if ws_echo { app.route("/ws/echo", web::get().to(socket::echo)) } else { app };
+        app
             .app_data(state.clone())
             .app_data(api::json_config())
             .app_data(api::query_config())

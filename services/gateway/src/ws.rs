@@ -5,30 +5,25 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Session};
+use actix_ws::{AggregatedMessageStream, CloseCode};
 use futures_util::StreamExt;
 use tracing::Instrument;
 use serde::Deserialize;
 use huddle_domain::{validate_client_id, LogEntry, MessageBody, RoomName};
 
-use crate::abort::ConnectionAbort;
 use crate::api::ApiError;
 use crate::auth::{AuthUser, Claims};
 use crate::hub::{Membership, Outbound};
-use crate::metrics::{CLIENT_ERRORS, CONNECTIONS, STUCK_RESETS};
+use crate::metrics::{CLIENT_ERRORS, CONNECTIONS};
 use crate::rooms::Accepted;
 use huddle_roomlog::{Presence, PresenceChange};
 use crate::protocol::{self, ClientFrame, HistoryMode, PresenceEvent, CLOSE_SERVICE_RESTART, CLOSE_SLOW_CONSUMER};
+use crate::socket::{close, Exit, Inbound, SocketWriter};
 use crate::AppState;
 
-/// Largest frame a client may send; bigger ones close the socket with 1009.
-const MAX_FRAME_BYTES: usize = 64 * 1024;
 /// Server pings this often; a client silent for `CLIENT_TIMEOUT` is dropped.
 const HEARTBEAT: Duration = Duration::from_secs(20);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long the closing handshake may take (our Close queued and the connection gone)
-/// before the connection is reset instead.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Most messages a reconnect with `since` recovers; further behind, the client gets the
 /// latest history instead (and can tell by its `mode`).
@@ -56,11 +51,9 @@ pub async fn upgrade(
     let room = RoomName::parse(&room)?;
     check_origin(&req, &state.settings.allowed_origins)?;
     state.rooms.ensure_ready(&room).await?;
-    let (response, session, stream) = actix_ws::handle(&req, body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let stream = stream.max_frame_size(MAX_FRAME_BYTES).aggregate_continuations().max_continuation_size(MAX_FRAME_BYTES);
-    let abort = req.conn_data::<ConnectionAbort>().map(ConnectionAbort::downgrade).unwrap_or_default();
+    let (response, writer, stream) = crate::socket::open(&req, body, state.settings.write_timeout())?;
     let span = tracing::info_span!("socket", %room, user_id = user.0.uid);
-    actix_web::rt::spawn(run(state.into_inner(), user.0, room, query.since, session, stream, abort).instrument(span));
+    actix_web::rt::spawn(run(state.into_inner(), user.0, room, query.since, writer, stream).instrument(span));
     Ok(response)
 }
 
@@ -108,29 +101,10 @@ struct Connection {
     state: Arc<AppState>,
     user: Claims,
     room: RoomName,
-    session: Session,
+    socket: SocketWriter,
     /// Highest seq sent to this client: live messages at or below it are duplicates.
     last_seq: u64,
     rate: RateLimit,
-    /// Longest a frame may wait to be taken by the socket before the client counts as stuck.
-    write_timeout: Duration,
-    abort: crate::abort::AbortHandle,
-}
-
-/// Why the connection loop ended.
-enum Exit {
-    /// The connection is gone (the peer vanished, or the close handshake is done).
-    ClientClosed,
-    /// The client sent a Close frame: answer it with one (RFC 6455 §5.5.1).
-    ClientClose(Option<CloseReason>),
-    /// The server closes the connection for this reason.
-    Close(CloseReason),
-    /// A frame could not be written within the write timeout: the client does not read.
-    Stuck,
-}
-
-fn close(code: CloseCode, description: &str) -> Exit {
-    Exit::Close(CloseReason { code, description: Some(description.to_owned()) })
 }
 
 async fn run(
@@ -138,17 +112,14 @@ async fn run(
     user: Claims,
     room: RoomName,
     since: Option<u64>,
-    session: Session,
-    mut stream: actix_ws::AggregatedMessageStream,
-    abort: crate::abort::AbortHandle,
+    socket: SocketWriter,
+    mut stream: AggregatedMessageStream,
 ) {
-    let write_timeout = state.settings.write_timeout();
     let mut membership = match state.hub.join(&room).await {
         Ok(membership) => membership,
         Err(error) => {
             tracing::error!(%room, %error, "cannot subscribe to room");
-            let reason = CloseReason { code: CloseCode::Error, description: Some("unavailable".into()) };
-            close_connection(session, &mut stream, Some(reason), &abort).await;
+            socket.finish(&mut stream, close(CloseCode::Error, "unavailable")).await;
             return;
         }
     };
@@ -161,11 +132,9 @@ async fn run(
         state: Arc::clone(&state),
         user,
         room: room.clone(),
-        session,
+        socket,
         last_seq: 0,
         rate,
-        write_timeout,
-        abort,
     };
 
     let exit = match conn.send_initial_history(since).await {
@@ -175,74 +144,16 @@ async fn run(
         },
         Err(exit) => exit,
     };
-    match exit {
-        Exit::ClientClosed => conn.abort.abort_later(),
-        Exit::ClientClose(reason) => close_connection(conn.session.clone(), &mut stream, Some(answer_to(reason)), &conn.abort).await,
-        Exit::Close(reason) => close_connection(conn.session.clone(), &mut stream, Some(reason), &conn.abort).await,
-        Exit::Stuck => {
-            STUCK_RESETS.inc();
-            tracing::info!(%room, timeout_ms = write_timeout.as_millis() as u64, "client stopped reading; connection reset");
-            conn.abort.abort();
-        }
-    }
+    conn.socket.finish(&mut stream, exit).await;
     tracing::debug!(%room, "socket left");
     state.hub.leave(&room, membership.id).await;
     state.rooms.presence(&room, PresenceChange::Leave, &me).await;
     CONNECTIONS.dec();
 }
 
-/// The close code answering a client's Close: its own code (RFC 6455 §5.5.1), or 1000
-/// when it sent none. (Close frames with codes not allowed on the wire never get here:
-/// the frame decoder refuses them as a protocol error.)
-fn answer_to(reason: Option<CloseReason>) -> CloseReason {
-    CloseReason { code: reason.map_or(CloseCode::Normal, |r| r.code), description: None }
-}
-
-/// The closing handshake: queue our Close, then wait for the connection to end. A peer
-/// that cannot take the Close, or does not finish within [`CLOSE_GRACE`], is reset.
-async fn close_connection(
-    session: Session,
-    stream: &mut actix_ws::AggregatedMessageStream,
-    reason: Option<CloseReason>,
-    abort: &crate::abort::AbortHandle,
-) {
-    let handshake = async {
-        if session.close(reason).await.is_err() {
-            return;
-        }
-        // Frames after our Close are ignored; the stream ends when the connection does.
-        while stream.next().await.is_some() {}
-    };
-    if tokio::time::timeout(CLOSE_GRACE, handshake).await.is_err() {
-        abort.abort();
-    } else {
-        // The stream ended when actix finished the response body, i.e. after it wrote
-        // our Close (on this same worker thread): the connection can end now.
-        abort.finish();
-    }
-}
-
 impl Connection {
-    /// Hands one frame to the socket, within the write timeout.
     async fn send_text(&mut self, text: String) -> Result<(), Exit> {
-        match tokio::time::timeout(self.write_timeout, self.session.text(text)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_closed)) => Err(Exit::ClientClosed),
-            Err(_elapsed) => Err(Exit::Stuck),
-        }
-    }
-
-
-
-    /// A ping (or the pong answering one), within the write timeout.
-    async fn within_write_timeout(&mut self, ping: bool, payload: &[u8]) -> Result<(), Exit> {
-        let session = &mut self.session;
-        let sent = async move { if ping { session.ping(payload).await } else { session.pong(payload).await } };
-        match tokio::time::timeout(self.write_timeout, sent).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_closed)) => Err(Exit::ClientClosed),
-            Err(_elapsed) => Err(Exit::Stuck),
-        }
+        self.socket.text(text).await
     }
 
     async fn send_error(&mut self, frame: String, code: &str) -> Result<(), Exit> {
@@ -276,7 +187,7 @@ impl Connection {
         self.send_text(protocol::history_frame(&self.room, HistoryMode::Latest, &latest, has_more)).await
     }
 
-    async fn serve(&mut self, stream: &mut actix_ws::AggregatedMessageStream, membership: &mut Membership, me: &Presence) -> Exit {
+    async fn serve(&mut self, stream: &mut AggregatedMessageStream, membership: &mut Membership, me: &Presence) -> Exit {
         let mut shutdown = self.state.shutdown.clone();
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         let mut last_heard = Instant::now();
@@ -284,20 +195,14 @@ impl Connection {
             let step = tokio::select! {
                 frame = stream.next() => {
                     last_heard = Instant::now();
-                    match frame {
-                        Some(Ok(AggregatedMessage::Text(text))) => self.on_text(&text).await,
-                        Some(Ok(AggregatedMessage::Binary(_))) => {
+                    match Inbound::from_stream(frame) {
+                        Inbound::Text(text) => self.on_text(&text).await,
+                        Inbound::Binary(_) => {
                             self.send_error(protocol::error_frame("binary_unsupported", "send JSON text frames"), "binary_unsupported").await
                         }
-                        Some(Ok(AggregatedMessage::Ping(bytes))) => self.within_write_timeout(false, &bytes).await,
-                        Some(Ok(AggregatedMessage::Pong(_))) => Ok(()),
-                        Some(Ok(AggregatedMessage::Close(reason))) => Err(Exit::ClientClose(reason)),
-                        None => Err(Exit::ClientClosed),
-                        Some(Err(actix_ws::ProtocolError::Overflow)) => Err(close(CloseCode::Size, "frame too large")),
-                        Some(Err(actix_ws::ProtocolError::Io(error))) if error.kind() == std::io::ErrorKind::InvalidData => {
-                            Err(close(CloseCode::Invalid, "text frame is not valid UTF-8"))
-                        }
-                        Some(Err(error)) => Err(close(CloseCode::Protocol, &error.to_string())),
+                        Inbound::Ping(bytes) => self.socket.pong(&bytes).await,
+                        Inbound::Pong => Ok(()),
+                        Inbound::End(exit) => Err(exit),
                     }
                 }
                 outbound = membership.rx.recv() => match outbound {
@@ -309,7 +214,7 @@ impl Connection {
                         Err(close(CloseCode::Policy, "heartbeat timeout"))
                     } else {
                         self.state.rooms.presence(&self.room, PresenceChange::Refresh, me).await;
-                        self.within_write_timeout(true, b"").await
+                        self.socket.ping(b"").await
                     }
                 }
                 _ = shutdown.wait_for(|stop| *stop) => {

@@ -196,5 +196,21 @@ async fn the_closing_handshake_is_answered_at_once_and_bad_frames_get_their_clos
     ws.expect("history").await?;
     ws.send_frame(Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true)).await?;
     assert_eq!(ws.close_code().await?, Some(1007));
+
+    // Broken framing (a reserved bit set) fails the connection with 1002 and ends it,
+    // and costs the gateway nothing afterwards: more of them than it has workers, then
+    // a join is still answered at once.
+    for _ in 0..4 {
+        let mut ws = Ws::join(&base, "closing", &ada.token, "").await?;
+        ws.expect("history").await?;
+        let mut frame = Frame::message(b"{}".to_vec(), OpCode::Data(Data::Text), true);
+        frame.header_mut().rsv1 = true;
+        ws.send_frame(frame).await?;
+        assert_eq!(ws.close_code().await?, Some(1002));
+    }
+    let joined = std::time::Instant::now();
+    let mut ws = Ws::join(&base, "closing", &ada.token, "").await?;
+    ws.expect("history").await?;
+    assert!(joined.elapsed() < std::time::Duration::from_secs(1), "join after failed connections took {:?}", joined.elapsed());
     stack.shutdown().await
 }
