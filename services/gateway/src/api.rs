@@ -7,7 +7,7 @@ use actix_web::{web, HttpResponse, ResponseError};
 use huddle_domain::{validate_password, RoomName, StoredMessage, Username, ValidationError};
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{hash_password, now_secs, verify_password, AuthUser, Claims, SESSION_COOKIE};
+use crate::auth::{now_secs, AuthUser, Claims, SESSION_COOKIE};
 use crate::protocol::MessageView;
 use crate::AppState;
 
@@ -32,6 +32,8 @@ pub enum ApiError {
     NotFound,
     #[error("temporarily unavailable: {0}")]
     Unavailable(String),
+    #[error("{0}")]
+    Overloaded(&'static str),
     #[error("internal error")]
     Internal(String),
 }
@@ -59,6 +61,7 @@ impl ApiError {
             Self::UsernameTaken => "username_taken",
             Self::NotFound => "not_found",
             Self::Unavailable(_) => "unavailable",
+            Self::Overloaded(_) => "overloaded",
             Self::Internal(_) => "internal",
         }
     }
@@ -83,7 +86,7 @@ impl ResponseError for ApiError {
             Self::OriginNotAllowed => StatusCode::FORBIDDEN,
             Self::UsernameTaken => StatusCode::CONFLICT,
             Self::NotFound => StatusCode::NOT_FOUND,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -93,7 +96,7 @@ impl ResponseError for ApiError {
             tracing::error!(code = self.code(), %detail, "request failed");
         }
         let mut response = HttpResponse::build(self.status_code());
-        if let Self::Unavailable(_) = self {
+        if let Self::Unavailable(_) | Self::Overloaded(_) = self {
             // Overload and outages are passing: tell clients when to come back.
             response.insert_header((actix_web::http::header::RETRY_AFTER, "1"));
         }
@@ -132,7 +135,7 @@ async fn register(state: web::Data<AppState>, body: web::Json<Credentials>) -> R
     let Credentials { username, password } = body.into_inner();
     let username = Username::parse(&username)?;
     validate_password(&password)?;
-    let hash = hash_password(password).await?;
+    let hash = state.passwords.hash(password).await?;
     let client = state.archive.pool().get().await.map_err(ApiError::unavailable)?;
     let row = client
         .query_opt(
@@ -157,11 +160,11 @@ async fn login(state: web::Data<AppState>, body: web::Json<Credentials>) -> Resu
     drop(client);
     let Some(row) = row else {
         // Same work as a wrong password, so response time does not reveal which names exist.
-        verify_password(password, dummy_password_hash().await?).await?;
+        state.passwords.verify(password, state.passwords.dummy_hash().await?).await?;
         return Err(ApiError::BadCredentials);
     };
     let (id, name, stored): (i64, String, String) = (row.get(0), row.get(1), row.get(2));
-    if !verify_password(password, stored).await? {
+    if !state.passwords.verify(password, stored).await? {
         return Err(ApiError::BadCredentials);
     }
     let claims = Claims {
@@ -183,12 +186,6 @@ async fn login(state: web::Data<AppState>, body: web::Json<Credentials>) -> Resu
         "expires_at": huddle_domain::rfc3339_from_ms(claims.exp * 1000),
         "user": UserBody { id, username: &name },
     })))
-}
-
-/// A hash to verify unknown usernames against, made once per process.
-async fn dummy_password_hash() -> Result<String, ApiError> {
-    static DUMMY: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
-    DUMMY.get_or_try_init(|| hash_password(uuid::Uuid::new_v4().to_string())).await.cloned()
 }
 
 async fn logout(state: web::Data<AppState>, user: AuthUser) -> Result<HttpResponse, ApiError> {

@@ -4,7 +4,8 @@
 //! the shared secret, so any gateway replica verifies it without a lookup; logout adds
 //! the token id to a Redis set of revoked ids. (A JWT library would add RSA/EC code we
 //! do not use for one HS256 signature.) Passwords are argon2id PHC strings, hashed on
-//! the blocking pool because a hash deliberately takes tens of milliseconds.
+//! a few dedicated threads ([`PasswordHashing`]), because a hash deliberately takes tens of
+//! milliseconds and ~19 MiB.
 
 use actix_web::dev::Payload;
 use actix_web::{web, FromRequest, HttpRequest};
@@ -17,6 +18,8 @@ use futures_util::future::LocalBoxFuture;
 use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::api::ApiError;
 use crate::AppState;
@@ -97,23 +100,84 @@ pub fn now_secs() -> i64 {
     huddle_domain::now_ms() / 1000
 }
 
-/// Hashes a password with argon2id and a random salt (on the blocking pool).
-pub async fn hash_password(password: String) -> Result<String, ApiError> {
-    web::block(move || Argon2::default().hash_password(password.as_bytes()).map(|hash| hash.to_string()))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)
+/// Password hashing on a few dedicated threads: argon2id takes ~19 MiB and tens of
+/// milliseconds per hash, so hashing on a growing thread pool lets a burst of sign-ups or
+/// logins take the gateway's memory (and the allocator keeps a per-thread arena of it).
+/// `concurrency` threads hash; up to `queue` requests wait (at most [`HASH_WAIT`]); beyond
+/// that the request is refused with 503 `overloaded` and Retry-After.
+pub struct PasswordHashing {
+    jobs: std::sync::mpsc::SyncSender<HashJob>,
 }
 
-/// Checks a password against a stored PHC string (on the blocking pool).
-pub async fn verify_password(password: String, stored: String) -> Result<bool, ApiError> {
-    web::block(move || {
-        let parsed = PasswordHash::new(&stored).map_err(|e| e.to_string())?;
-        Ok::<bool, String>(Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
-    })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(ApiError::internal)
+/// One queued hash: runs unless its requester stopped waiting.
+struct HashJob {
+    queued: Instant,
+    work: Box<dyn FnOnce() + Send>,
+}
+
+/// Longest a request waits for a hashing thread.
+const HASH_WAIT: Duration = Duration::from_secs(5);
+
+impl PasswordHashing {
+    /// Starts `concurrency` hashing threads with room for `queue` waiting requests.
+    pub fn new(concurrency: usize, queue: usize) -> std::io::Result<Self> {
+        let (jobs, inbox) = std::sync::mpsc::sync_channel::<HashJob>(queue);
+        let inbox = Arc::new(Mutex::new(inbox));
+        for n in 0..concurrency.max(1) {
+            let inbox = Arc::clone(&inbox);
+            std::thread::Builder::new().name(format!("password-hash-{n}")).spawn(move || loop {
+                let job = match inbox.lock() {
+                    Ok(inbox) => inbox.recv(),
+                    Err(poisoned) => poisoned.into_inner().recv(),
+                };
+                let Ok(job) = job else { return };
+                if job.queued.elapsed() < HASH_WAIT {
+                    (job.work)();
+                }
+            })?;
+        }
+        Ok(Self { jobs })
+    }
+
+    async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+        let overloaded = || ApiError::Overloaded("too many sign-ups and logins at once; retry");
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job = HashJob {
+            queued: Instant::now(),
+            work: Box::new(move || {
+                let _ = done.send(work());
+            }),
+        };
+        self.jobs.try_send(job).map_err(|_| overloaded())?;
+        match tokio::time::timeout(HASH_WAIT, result).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(_)) | Err(_) => Err(overloaded()),
+        }
+    }
+
+    /// Hashes a new password into an argon2id PHC string.
+    pub async fn hash(&self, password: String) -> Result<String, ApiError> {
+        self.run(move || Argon2::default().hash_password(password.as_bytes()).map(|hash| hash.to_string()))
+            .await?
+            .map_err(ApiError::internal)
+    }
+
+    /// Checks a password against a stored PHC string.
+    pub async fn verify(&self, password: String, stored: String) -> Result<bool, ApiError> {
+        self.run(move || {
+            let parsed = PasswordHash::new(&stored).map_err(|e| e.to_string())?;
+            Ok::<bool, String>(Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+        })
+        .await?
+        .map_err(ApiError::internal)
+    }
+
+    /// A hash to verify unknown usernames against (made once per process), so a login
+    /// costs the same whether or not the name exists.
+    pub async fn dummy_hash(&self) -> Result<String, ApiError> {
+        static DUMMY: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+        DUMMY.get_or_try_init(|| self.hash(uuid::Uuid::new_v4().to_string())).await.cloned()
+    }
 }
 
 /// The signed-in user of a request: from the session cookie, an `Authorization: Bearer`

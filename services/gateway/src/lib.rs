@@ -201,7 +201,7 @@ pub async fn start(settings: Settings) -> Result<RunningGateway, StartError> {
             std::time::Duration::from_millis(settings.join_timeout_ms.max(1)),
         ),
         signer: auth::TokenSigner::new(&settings.session_secret),
-        passwords: auth::PasswordHashing::new(settings.hash_concurrency, settings.hash_queue),
+        passwords: auth::PasswordHashing::new(settings.hash_concurrency, settings.hash_queue)?,
         settings: settings.clone(),
         log: log.clone(),
         archive: archive.clone(),

@@ -5,6 +5,8 @@
 //! Missing servers are a test failure with a clear message, never a skip.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -508,3 +510,97 @@ impl TraceCollector {
         self.spans.lock().expect("collector lock").clone()
     }
 }
+
+// Real binaries as separate processes.
+
+/// A service binary built next to this test (`cargo build --bins` builds them).
+pub fn binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().and_then(|deps| deps.parent()).context("test binary has no target dir")?;
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!("{} is missing: run `cargo build --workspace --bins` first (scripts/test does)", path.display());
+    }
+    Ok(path)
+}
+
+/// A local address nothing listens on right now.
+pub fn free_addr() -> Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.to_string())
+}
+
+/// A child process that is killed if the test ends early.
+pub struct Service {
+    name: &'static str,
+    child: Child,
+}
+
+impl Service {
+    /// Starts binary `name` on `env`'s stores, configured by environment variables only;
+    /// `otlp` (if not empty) is where it exports traces.
+    pub fn spawn(name: &'static str, env: &TestEnv, otlp: &str, vars: &[(&str, String)]) -> Result<Self> {
+        let mut command = Command::new(binary(name)?);
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "warn")
+            .env("HUDDLE_DATABASE_URL", &env.database_url)
+            .env("HUDDLE_REDIS_URL", redis_url())
+            .env("HUDDLE_KEY_PREFIX", &env.key_prefix)
+            .env("HUDDLE_AMQP_URL", amqp_url())
+            .env("HUDDLE_QUEUE_PREFIX", &env.queue_prefix)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if !otlp.is_empty() {
+            command.env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp);
+        }
+        for (key, value) in vars {
+            command.env(key, value);
+        }
+        Ok(Self { name, child: command.spawn().with_context(|| format!("spawn {name}"))? })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then the exit status (graceful shutdown must exit 0).
+    pub fn terminate(mut self) -> Result<()> {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status()?;
+        if !status.success() {
+            bail!("could not signal {}", self.name);
+        }
+        for _ in 0..150 {
+            if let Some(status) = self.child.try_wait()? {
+                if !status.success() {
+                    bail!("{} exited with {status} after SIGTERM", self.name);
+                }
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("{} did not exit within 15 s of SIGTERM", self.name)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn wait_ready(name: &str, url: &str) -> Result<()> {
+    let client = http();
+    eventually(Duration::from_secs(30), || async {
+        Ok(match client.get(url).send().await {
+            Ok(response) if response.status() == 200 => Some(()),
+            _ => None,
+        })
+    })
+    .await
+    .with_context(|| format!("{name} never became ready at {url}"))
+}
+
