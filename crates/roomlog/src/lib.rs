@@ -167,6 +167,8 @@ pub struct RoomState {
     pub persisted_seq: u64,
     /// When the room became dirty (epoch ms), if it is in the dirty index.
     pub dirty_since_ms: Option<i64>,
+    /// Which archive re-open the Redis copy comes from (changes when Redis lost the room).
+    pub epoch: i64,
 }
 
 /// One socket's presence entry.
@@ -252,8 +254,8 @@ impl RoomLog {
         Ok(self.conn().await?.exists(self.keys.seq(room)).await?)
     }
 
-    /// Appends one message atomically: seq INCR, XADD, client_id marker, PUBLISH.
-    /// The first unpersisted message of a room also enters the dirty index.
+    /// Appends one message atomically: seq INCR, XADD, client_id marker, dirty-index
+    /// entry, PUBLISH.
     pub async fn append(&self, room: &RoomName, entry: &LogEntry) -> Result<AppendOutcome> {
         let json = serde_json::to_string(entry).map_err(|e| RoomLogError::CorruptEntry {
             id: String::new(),
@@ -266,9 +268,12 @@ impl RoomLog {
             .key(self.keys.log(room))
             .key(self.keys.persisted(room))
             .key(self.keys.client_id(room, entry.user_id, &entry.client_id))
+            .key(self.keys.dirty())
             .arg(self.keys.channel(room))
             .arg(json)
             .arg(ttl)
+            .arg(room.as_str())
+            .arg(huddle_domain::now_ms())
             .invoke_async(&mut conn)
             .await?;
         if seq < 0 {
@@ -277,10 +282,6 @@ impl RoomLog {
         let seq = seq as u64;
         if duplicate == 1 {
             return Ok(AppendOutcome::Duplicate { seq });
-        }
-        if unpersisted == 1 {
-            // Only the transition clean → dirty needs the index (see clear_dirty_if_clean).
-            self.mark_dirty_with(&mut conn, room).await?;
         }
         Ok(AppendOutcome::Appended { seq, unpersisted: unpersisted.max(0) as u64 })
     }
@@ -445,10 +446,11 @@ impl RoomLog {
     /// Where the room stands: counter, watermark, dirty mark.
     pub async fn state(&self, room: &RoomName) -> Result<RoomState> {
         let mut conn = self.conn().await?;
-        let (seq, persisted, dirty_since): (Option<u64>, Option<u64>, Option<f64>) = redis::pipe()
+        let (seq, persisted, dirty_since, epoch): (Option<u64>, Option<u64>, Option<f64>, Option<i64>) = redis::pipe()
             .get(self.keys.seq(room))
             .get(self.keys.persisted(room))
             .zscore(self.keys.dirty(), room.as_str())
+            .get(self.keys.epoch(room))
             .query_async(&mut conn)
             .await?;
         Ok(RoomState {
@@ -456,6 +458,7 @@ impl RoomLog {
             last_seq: seq.unwrap_or(0),
             persisted_seq: persisted.unwrap_or(0),
             dirty_since_ms: dirty_since.map(|s| s as i64),
+            epoch: epoch.unwrap_or(0),
         })
     }
 

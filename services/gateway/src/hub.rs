@@ -62,13 +62,24 @@ pub struct Hub {
     subscriptions: tokio::sync::Mutex<Subscriptions>,
     next_id: AtomicU64,
     queue_capacity: usize,
-    /// Deadline of a subscribe or unsubscribe round-trip.
+    /// Deadline of a subscribe, unsubscribe or keepalive round-trip.
     deadline: Duration,
+    /// Wakes the dispatcher to replace a pub/sub connection that stopped answering.
+    reconnect_now: tokio::sync::Notify,
 }
 
 impl Hub {
     /// Opens the pub/sub connection and starts dispatching.
-    pub async fn start(redis_url: &str, keys: Keyspace, queue_capacity: usize, deadline: Duration) -> redis::RedisResult<Arc<Self>> {
+    /// The connection is PINGed every `keepalive`: one that does not answer within
+    /// `deadline` (a half-open TCP connection delivers nothing and reports no error) is
+    /// replaced, and every local socket resyncs.
+    pub async fn start(
+        redis_url: &str,
+        keys: Keyspace,
+        queue_capacity: usize,
+        deadline: Duration,
+        keepalive: Duration,
+    ) -> redis::RedisResult<Arc<Self>> {
         let client = redis::Client::open(redis_url)?;
         let (sink, stream) = client.get_async_pubsub().await?.split();
         let hub = Arc::new(Self {
@@ -79,8 +90,10 @@ impl Hub {
             next_id: AtomicU64::new(1),
             queue_capacity: queue_capacity.max(1),
             deadline,
+            reconnect_now: tokio::sync::Notify::new(),
         });
         tokio::spawn(Arc::clone(&hub).dispatch(stream));
+        tokio::spawn(Arc::clone(&hub).keep_alive(keepalive));
         Ok(hub)
     }
 
@@ -183,14 +196,48 @@ impl Hub {
 
     async fn dispatch(self: Arc<Self>, mut stream: PubSubStream) {
         loop {
-            while let Some(message) = stream.next().await {
+            loop {
+                let message = tokio::select! {
+                    message = stream.next() => message,
+                    _ = self.reconnect_now.notified() => {
+                        tracing::warn!("redis pub/sub connection stopped answering PING; reconnecting");
+                        break;
+                    }
+                };
+                let Some(message) = message else {
+                    tracing::warn!("redis pub/sub connection lost; reconnecting");
+                    break;
+                };
                 match message.get_payload::<String>() {
                     Ok(payload) => self.dispatch_one(message.get_channel_name(), &payload),
                     Err(error) => tracing::warn!(%error, "bad pub/sub message"),
                 }
             }
-            tracing::warn!("redis pub/sub connection lost; reconnecting");
             stream = self.reconnect().await;
+        }
+    }
+
+    /// PINGs the pub/sub connection; one that does not answer in time is replaced.
+    async fn keep_alive(self: Arc<Self>, every: Duration) {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let answered = tokio::time::timeout(self.deadline, async {
+                self.subscriptions.lock().await.sink.ping::<redis::Value>().await
+            })
+            .await;
+            match answered {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "redis pub/sub PING failed");
+                    self.reconnect_now.notify_one();
+                }
+                Err(_) => {
+                    tracing::warn!(deadline_ms = self.deadline.as_millis() as u64, "redis pub/sub PING unanswered");
+                    self.reconnect_now.notify_one();
+                }
+            }
         }
     }
 

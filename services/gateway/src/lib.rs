@@ -71,6 +71,10 @@ pub struct Settings {
     /// Queue a flush each time a room's unpersisted backlog reaches a multiple of this.
     #[arg(long, env = "HUDDLE_FLUSH_BACKLOG", default_value_t = 1000)]
     pub flush_backlog: u64,
+    /// How often the Redis pub/sub connection is PINGed, in ms; one that does not answer
+    /// within the join timeout is replaced and every socket resyncs.
+    #[arg(long, env = "HUDDLE_PUBSUB_KEEPALIVE_MS", default_value_t = 5_000)]
+    pub pubsub_keepalive_ms: u64,
     /// Password hashes (argon2id, ~19 MiB each) computed at once.
     #[arg(long, env = "HUDDLE_HASH_CONCURRENCY", default_value_t = 2)]
     pub hash_concurrency: usize,
@@ -187,6 +191,7 @@ pub async fn start(settings: Settings) -> Result<RunningGateway, StartError> {
         log.keys().clone(),
         settings.socket_queue,
         std::time::Duration::from_millis(settings.join_timeout_ms.max(1)),
+        std::time::Duration::from_millis(settings.pubsub_keepalive_ms.max(1)),
     )
     .await?;
     let (shutdown_tx, shutdown) = watch::channel(false);

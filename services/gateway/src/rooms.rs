@@ -91,6 +91,11 @@ impl RoomService {
         }
     }
 
+    /// Where the room stands in Redis (counter, epoch).
+    pub async fn state(&self, room: &RoomName) -> Result<huddle_roomlog::RoomState, ApiError> {
+        self.log.state(room).await.map_err(ApiError::unavailable)
+    }
+
     /// The newest `limit` messages from Redis, oldest first.
     pub async fn latest(&self, room: &RoomName, limit: usize) -> Result<Vec<StoredMessage>, ApiError> {
         self.log.recent(room, limit).await.map_err(ApiError::unavailable)

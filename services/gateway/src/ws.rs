@@ -104,6 +104,9 @@ struct Connection {
     socket: SocketWriter,
     /// Highest seq sent to this client: live messages at or below it are duplicates.
     last_seq: u64,
+    /// The room's Redis epoch when this client's view was built: a different one means
+    /// Redis lost the room meanwhile and seqs may have been reused.
+    epoch: i64,
     rate: RateLimit,
 }
 
@@ -134,6 +137,7 @@ async fn run(
         room: room.clone(),
         socket,
         last_seq: 0,
+        epoch: 0,
         rate,
     };
 
@@ -167,6 +171,7 @@ impl Connection {
             tracing::error!(%error, "cannot read history");
             close(CloseCode::Error, "unavailable")
         };
+        self.epoch = self.state.rooms.state(&self.room).await.map_err(unavailable)?.epoch;
         if let Some(since) = since {
             if let Some(missed) = self.state.rooms.missed_since(&self.room, since, MAX_RECOVERY).await.map_err(unavailable)? {
                 self.last_seq = missed.last().map_or(since, |m| m.seq);
@@ -245,15 +250,20 @@ impl Connection {
         }
     }
 
-    /// Sends whatever the log holds above the last seq sent (after a pub/sub outage).
+    /// After a pub/sub outage: sends whatever the log holds above the last seq sent, or a
+    /// fresh `latest` history if Redis lost the room meanwhile (a reset published during
+    /// the outage was missed). A client whose view cannot be checked is closed with 1011
+    /// and reconnects with `since`.
     async fn resync(&mut self) -> Result<(), Exit> {
-        let missed = match self.state.rooms.since(&self.room, self.last_seq).await {
-            Ok(missed) => missed,
-            Err(error) => {
-                tracing::warn!(room = %self.room, %error, "resync failed");
-                return Ok(());
-            }
+        let unavailable = |error: ApiError| {
+            tracing::warn!(%error, "resync failed; closing so the client reconnects with since");
+            close(CloseCode::Error, "unavailable")
         };
+        let state = self.state.rooms.state(&self.room).await.map_err(unavailable)?;
+        if state.epoch != self.epoch || state.last_seq < self.last_seq {
+            return self.send_initial_history(None).await;
+        }
+        let missed = self.state.rooms.since(&self.room, self.last_seq).await.map_err(unavailable)?;
         for message in missed {
             if message.seq > self.last_seq {
                 self.last_seq = message.seq;

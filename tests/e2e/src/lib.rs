@@ -201,7 +201,7 @@ pub async fn start_persister(env: &TestEnv, extra: &[&str]) -> Result<huddle_per
     Ok(huddle_persister::start(parse("huddle-persister", args)).await?)
 }
 
-/// Starts a gateway of `env` talking to the hydrator at `hydrator`.
+/// Starts a gateway of `env` talking to the hydrator at `hydrator`; `extra` flags win.
 pub async fn start_gateway(env: &TestEnv, hydrator: SocketAddr, extra: &[&str]) -> Result<huddle_gateway::RunningGateway> {
     let mut args = vec![
         "--addr".into(),
@@ -213,9 +213,10 @@ pub async fn start_gateway(env: &TestEnv, hydrator: SocketAddr, extra: &[&str]) 
         "--session-secret".into(),
         format!("test-secret-{}", env.id),
     ];
-    args.extend(extra.iter().map(|s| s.to_string()));
     args.extend(env.store_args());
     args.extend(env.broker_args());
+    // Last, so a test can override the stores too (later flags win).
+    args.extend(extra.iter().map(|s| s.to_string()));
     Ok(huddle_gateway::start(parse("huddle-gateway", args)).await?)
 }
 
@@ -604,3 +605,71 @@ pub async fn wait_ready(name: &str, url: &str) -> Result<()> {
     .with_context(|| format!("{name} never became ready at {url}"))
 }
 
+
+/// A TCP proxy in front of Redis that can turn its open connections half-open: after
+/// [`FreezingProxy::freeze_open_connections`] they stay open but carry nothing, like a
+/// connection whose peer vanished without a FIN. New connections work normally.
+pub struct FreezingProxy {
+    pub addr: SocketAddr,
+    frozen_below: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    next_id: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl FreezingProxy {
+    /// Proxies a new local port to `upstream`.
+    pub async fn start(upstream: SocketAddr) -> Result<Self> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::Arc;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let frozen_below = Arc::new(AtomicU64::new(0));
+        let next_id = Arc::new(AtomicU64::new(1));
+        let (frozen, ids) = (Arc::clone(&frozen_below), Arc::clone(&next_id));
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let id = ids.fetch_add(1, Ordering::SeqCst);
+                let frozen = Arc::clone(&frozen);
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(upstream).await else { return };
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    let is_frozen = move || frozen.load(Ordering::SeqCst) > id;
+                    let up = pump(client_read, server_write, is_frozen.clone());
+                    let down = pump(server_read, client_write, is_frozen);
+                    tokio::join!(up, down);
+                });
+            }
+        });
+        Ok(Self { addr, frozen_below, next_id })
+    }
+
+    /// Every connection open now stops carrying bytes, for good, without closing.
+    pub fn freeze_open_connections(&self) {
+        use std::sync::atomic::Ordering;
+        self.frozen_below.store(self.next_id.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    is_frozen: impl Fn() -> bool,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if is_frozen() {
+            // Half-open: hold both sockets, forward nothing, never close.
+            let _held = (from, to);
+            std::future::pending::<()>().await;
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}

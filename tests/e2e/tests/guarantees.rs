@@ -333,3 +333,40 @@ async fn a_task_that_keeps_failing_is_retried_then_dead_lettered() -> Result<()>
     broker.close().await;
     stack.shutdown().await
 }
+
+/// A pub/sub connection that goes half-open (no FIN, no error, no bytes) is noticed by
+/// its keepalive, replaced, and every socket resyncs: messages sent meanwhile arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_open_pubsub_connection_is_replaced_and_sockets_resync() -> Result<()> {
+    let stack = Stack::start(1).await?;
+    let upstream: std::net::SocketAddr = huddle_e2e::redis_url().trim_start_matches("redis://").parse()?;
+    let proxy = huddle_e2e::FreezingProxy::start(upstream).await?;
+    let proxy_url = format!("redis://{}", proxy.addr);
+    let behind_proxy = huddle_e2e::start_gateway(
+        &stack.env,
+        stack.hydrator.grpc_addr(),
+        &["--redis-url", &proxy_url, "--pubsub-keepalive-ms", "300", "--join-timeout-ms", "1000"],
+    )
+    .await?;
+    let proxied = format!("http://{}", behind_proxy.addr());
+    let (ada, bob) = (sign_up(&stack.url(0), "ada").await?, sign_up(&stack.url(0), "bob").await?);
+    let mut listener = Ws::join(&proxied, "halfopen", &ada.token, "").await?;
+    listener.expect("history").await?;
+    let mut sender = Ws::join(&stack.url(0), "halfopen", &bob.token, "").await?;
+    sender.expect("history").await?;
+    sender.say("before", "h-1").await?;
+    assert_eq!(listener.expect("message").await?["seq"], 1);
+
+    proxy.freeze_open_connections();
+    sender.say("during", "h-2").await?;
+    sender.say("after", "h-3").await?;
+    let started = std::time::Instant::now();
+    assert_eq!(listener.expect("message").await?["seq"], 2, "missed while the connection was half-open");
+    assert_eq!(listener.expect("message").await?["seq"], 3);
+    eprintln!("half-open pub/sub noticed and resynced in {:?}", started.elapsed());
+    // Live delivery is back.
+    sender.say("live again", "h-4").await?;
+    assert_eq!(listener.expect("message").await?["seq"], 4);
+    behind_proxy.stop().await;
+    stack.shutdown().await
+}

@@ -1,6 +1,10 @@
 -- Appends one message to a room: the write path's single atomic round-trip.
--- KEYS[1] seq counter, KEYS[2] log stream, KEYS[3] persisted watermark, KEYS[4] client_id marker
--- ARGV[1] pub/sub channel, ARGV[2] entry JSON, ARGV[3] client_id marker TTL in seconds ("0": no client_id)
+-- KEYS[1] seq counter, KEYS[2] log stream, KEYS[3] persisted watermark, KEYS[4] client_id marker,
+-- KEYS[5] the dirty-room index (global: it shares no hash slot with the room's keys)
+-- ARGV[1] pub/sub channel, ARGV[2] entry JSON, ARGV[3] client_id marker TTL in seconds ("0": no client_id),
+-- ARGV[4] room name, ARGV[5] now (ms)
+-- The room enters the dirty index in the same atomic step as its first unpersisted
+-- message, so no crash can leave an unpersisted message that the sweep never sees.
 -- Returns {seq, duplicate (0/1), unpersisted}; seq = -1 when the room is not initialised.
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {-1, 0, 0}
@@ -19,4 +23,5 @@ if dedupe then
 end
 redis.call('PUBLISH', ARGV[1], seq .. ' ' .. ARGV[2])
 local persisted = tonumber(redis.call('GET', KEYS[3]) or '0')
+redis.call('ZADD', KEYS[5], 'NX', ARGV[5], ARGV[4])
 return {seq, 0, seq - persisted}
