@@ -7,7 +7,7 @@
 //! | `{p}room:{r}:seq` | string | last seq handed out; its presence means "initialised" |
 //! | `{p}room:{r}:log` | stream | entry id `<seq>-0`, field `m` = [`LogEntry`] JSON |
 //! | `{p}room:{r}:persisted` | string | watermark: every seq ≤ it is in PostgreSQL |
-//! | `{p}room:{r}:queued` | string | highest seq already split into chunk tasks (expires) |
+//! | `{p}room:{r}:claim` | hash | `upto`: highest seq already split into chunk tasks; `wm`, `since`: when the watermark last moved (expires) |
 //! | `{p}room:{r}:epoch` | string | which archive re-open this copy comes from (stale chunks are refused) |
 //! | `{p}room:{r}:online` | sorted set | `<socket>\|<user id>\|<name>` scored by expiry (presence) |
 //! | `{p}room:{r}:cid:<user id>:<id>` | string | seq of that sender's send with that client_id (expires) |
@@ -87,9 +87,9 @@ impl Keyspace {
     pub fn epoch(&self, room: &RoomName) -> String {
         self.room_key(room, "epoch")
     }
-    /// The room's queued-for-persistence marker.
-    pub fn queued(&self, room: &RoomName) -> String {
-        self.room_key(room, "queued")
+    /// The room's flush claim: what is already split into chunk tasks.
+    pub fn claim(&self, room: &RoomName) -> String {
+        self.room_key(room, "claim")
     }
     /// The room's presence set.
     pub fn online(&self, room: &RoomName) -> String {
@@ -157,6 +157,15 @@ pub struct Unreadable {
     /// The entry's field bytes as Redis holds them.
     pub raw: Vec<u8>,
     pub reason: String,
+}
+
+/// A range a flush claimed for chunking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlushClaim {
+    pub from: u64,
+    pub to: u64,
+    /// The range includes seqs an earlier claim held without progress (now retried).
+    pub reclaimed: bool,
 }
 
 /// A room's write-back state as Redis sees it.
@@ -415,16 +424,19 @@ impl RoomLog {
         Ok((seq >= 0).then_some((seq as u64, watermark as u64)))
     }
 
-    /// Claims the unpersisted range not yet queued by another flush, for `claim_ms`.
-    pub async fn claim_flush(&self, room: &RoomName, claim_ms: u64) -> Result<Option<(u64, u64)>> {
-        let (from, to): (i64, i64) = CLAIM_FLUSH
+    /// Claims the unpersisted range not yet queued by another flush, for `claim_ms`. A
+    /// claimed range whose watermark has not moved for `claim_ms` is claimed again
+    /// (its chunk tasks were lost or gave up).
+    pub async fn claim_flush(&self, room: &RoomName, claim_ms: u64) -> Result<Option<FlushClaim>> {
+        let (from, to, reclaimed): (i64, i64, i64) = CLAIM_FLUSH
             .key(self.keys.seq(room))
             .key(self.keys.persisted(room))
-            .key(self.keys.queued(room))
+            .key(self.keys.claim(room))
             .arg(claim_ms)
+            .arg(huddle_domain::now_ms())
             .invoke_async(&mut self.conn().await?)
             .await?;
-        Ok((from > 0).then_some((from as u64, to as u64)))
+        Ok((from > 0).then_some(FlushClaim { from: from as u64, to: to as u64, reclaimed: reclaimed == 1 }))
     }
 
     /// Drops a room from the dirty index if everything is persisted. Race-free against a

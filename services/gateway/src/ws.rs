@@ -211,6 +211,11 @@ impl Connection {
                     }
                 }
                 outbound = membership.rx.recv() => match outbound {
+                    // The hub dropped this socket for overflowing its queue: close now
+                    // rather than after writing the backlog to a client that lags.
+                    Some(_) if membership.rx.is_closed() => {
+                        Err(close(CloseCode::Other(CLOSE_SLOW_CONSUMER), "slow consumer: outgoing queue overflowed"))
+                    }
                     Some(outbound) => self.on_outbound(outbound).await,
                     None => Err(close(CloseCode::Other(CLOSE_SLOW_CONSUMER), "slow consumer: outgoing queue overflowed")),
                 },

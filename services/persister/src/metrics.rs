@@ -29,3 +29,12 @@ pub static MESSAGES_QUARANTINED: LazyLock<IntCounter> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+
+/// Claimed ranges queued again because their watermark did not move for a whole claim.
+pub static RANGES_RECLAIMED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "huddle_persister_ranges_reclaimed_total",
+        "Flush ranges queued again because the watermark did not move for a whole claim (lost or dead-lettered chunk tasks)"
+    )
+    .expect("metric registers once")
+});

@@ -49,9 +49,15 @@ impl PersistTasks {
     /// Master task: claim the unpersisted range and fan it out as chunk tasks.
     async fn flush(&self, task: &FlushRoomTask) -> Result<(), TaskError> {
         let room = parse_room(&task.room)?;
-        let Some((from, to)) = transient!(self.log.claim_flush(&room, self.flush_claim_ms).await)? else {
+        let Some(claim) = transient!(self.log.claim_flush(&room, self.flush_claim_ms).await)? else {
             return transient!(self.log.clear_dirty_if_clean(&room).await);
         };
+        let (from, to) = (claim.from, claim.to);
+        if claim.reclaimed {
+            metrics::RANGES_RECLAIMED.inc();
+            tracing::warn!(%room, from, to, claim_ms = self.flush_claim_ms,
+                "the watermark did not move for a whole claim: its chunk tasks were lost or dead-lettered; queuing the range again");
+        }
         let chunks: Vec<PersistChunkTask> = (from..=to)
             .step_by(self.chunk_size as usize)
             .map(|start| PersistChunkTask {

@@ -319,6 +319,18 @@ impl Ws {
         Ok(Self { stream, skipped: Default::default() })
     }
 
+    /// Like [`Ws::join`], over a TCP socket with a small receive buffer (`bytes`), so a
+    /// client that reads slowly falls behind after kilobytes rather than megabytes.
+    pub async fn join_with_receive_buffer(base: &str, room: &str, token: &str, bytes: u32) -> Result<Self> {
+        let addr: SocketAddr = base.trim_start_matches("http://").parse()?;
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_recv_buffer_size(bytes)?;
+        let tcp = socket.connect(addr).await?;
+        let url = format!("ws://{addr}/ws/rooms/{room}?token={token}");
+        let (stream, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp)).await?;
+        Ok(Self { stream, skipped: Default::default() })
+    }
+
     /// Sends a raw text frame.
     pub async fn send_raw(&mut self, text: &str) -> Result<()> {
         self.stream.send(Message::text(text)).await?;
@@ -415,6 +427,23 @@ impl Ws {
         .await
         .context("the connection did not end within 10 s of the client's Close")?;
         Ok((answer, started.elapsed()))
+    }
+
+    /// Reads one frame every `pause` until the server closes; returns its close code
+    /// (`None` for a reset or a close without code) and how many frames came before it.
+    pub async fn read_slowly_until_closed(mut self, pause: Duration) -> Result<(Option<u16>, usize)> {
+        let mut frames = 0;
+        loop {
+            tokio::time::sleep(pause).await;
+            let frame = tokio::time::timeout(Duration::from_secs(30), self.stream.next())
+                .await
+                .context("no frame and no close within 30 s")?;
+            match frame {
+                Some(Ok(Message::Close(frame))) => return Ok((frame.map(|f| u16::from(f.code)), frames)),
+                Some(Ok(_)) => frames += 1,
+                Some(Err(_)) | None => return Ok((None, frames)),
+            }
+        }
     }
 
     /// Closes the socket cleanly.
