@@ -205,3 +205,26 @@ async fn every_row_postgres_refuses_is_quarantined_and_the_watermark_moves_past_
     assert_eq!(archive.reopen_room(&room_q, 10).await?.last_seq, 2);
     env.cleanup().await
 }
+
+/// Two hydrators re-open the same room (the first one's lock expired mid-load): whichever
+/// initialises Redis, chunks of the room are still accepted afterwards.
+#[tokio::test]
+async fn racing_reopens_leave_redis_and_the_archive_on_one_epoch() -> Result<()> {
+    let env = TestEnv::new().await?;
+    let archive = archive(&env).await?;
+    let log = env.room_log(100)?;
+    let uid = user(&env).await?;
+    let room = RoomName::parse("raced")?;
+    let first = archive.reopen_room(&room, 10).await?;
+    let second = archive.reopen_room(&room, 10).await?;
+    assert!(second.epoch > first.epoch);
+    // The first re-open's Redis write lands first; the second finds the room there.
+    assert_eq!(log.hydrate(&room, first.last_seq, first.epoch, &first.recent).await?, (true, 0));
+    assert_eq!(log.hydrate(&room, second.last_seq, second.epoch, &second.recent).await?, (false, 0));
+    for i in 1..=3 {
+        log.append(&room, &entry(uid, &format!("m{i}"), "")).await?;
+    }
+    let chunk = log.chunk(&room, 1, 3).await?;
+    assert_eq!(archive.store_chunk(&room, chunk.epoch, &chunk.messages, &[]).await?, stored(3), "chunks are not refused as stale");
+    env.cleanup().await
+}

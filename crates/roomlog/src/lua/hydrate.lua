@@ -6,6 +6,12 @@
 -- keeps a resend of a recent message from becoming a duplicate after Redis was lost.
 -- Returns {initialised (0/1), seq counter}.
 if redis.call('EXISTS', KEYS[1]) == 1 then
+  -- Another hydrator initialised the room after this one re-opened the archive (a lock
+  -- that expired mid-load lets two re-open it): the archive's epoch is now this call's,
+  -- so the copy adopts it, or every chunk would be refused as stale, forever.
+  if tonumber(redis.call('GET', KEYS[4]) or '0') < tonumber(ARGV[4]) then
+    redis.call('SET', KEYS[4], ARGV[4])
+  end
   return {0, tonumber(redis.call('GET', KEYS[1]))}
 end
 local archived = tonumber(ARGV[1])
