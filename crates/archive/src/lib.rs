@@ -188,8 +188,16 @@ impl Archive {
             }
             let savepoint = tx.savepoint("chunk_part").await?;
             match insert_messages(&savepoint, room_id, batch).await {
-                Ok(()) => {
+                Ok(inserted) => {
                     savepoint.commit().await?;
+                    if inserted < batch.len() {
+                        for (message, reason) in reused_seqs(&tx, room_id, batch).await? {
+                            let raw = serde_json::to_vec(&message.entry).unwrap_or_default();
+                            if quarantine(&tx, room_id, message.seq, &raw, &reason, "").await? {
+                                quarantined.push(Quarantined { seq: message.seq, sqlstate: String::new(), reason });
+                            }
+                        }
+                    }
                     let newest = batch.iter().map(|m| m.entry.sent_at_ms).max();
                     newest_stored = newest_stored.max(newest);
                 }
@@ -348,29 +356,18 @@ async fn page(
             &[&room_id, &before, &(limit as i64)],
         )
         .await?;
-    let mut messages: Vec<StoredMessage> = rows
-        .iter()
-        .map(|row| StoredMessage {
-            seq: row.get::<_, i64>(0) as u64,
-            entry: LogEntry {
-                user_id: row.get(1),
-                user_name: row.get(2),
-                body: row.get(3),
-                client_id: row.get(4),
-                sent_at_ms: row.get(5),
-            },
-        })
-        .collect();
+    let mut messages: Vec<StoredMessage> = rows.iter().map(message_of_row).collect();
     messages.reverse();
     Ok(messages)
 }
 
 /// One batched insert; a conflict with a stored copy is not an error (idempotent).
+/// Returns how many rows were new.
 async fn insert_messages(
     tx: &deadpool_postgres::Transaction<'_>,
     room_id: i64,
     messages: &[StoredMessage],
-) -> std::result::Result<(), tokio_postgres::Error> {
+) -> std::result::Result<usize, tokio_postgres::Error> {
     let seqs: Vec<i64> = messages.iter().map(|m| m.seq as i64).collect();
     let user_ids: Vec<i64> = messages.iter().map(|m| m.entry.user_id).collect();
     let names: Vec<&str> = messages.iter().map(|m| m.entry.user_name.as_str()).collect();
@@ -385,8 +382,64 @@ async fn insert_messages(
          ON CONFLICT (room_id, seq) DO NOTHING",
         &[&room_id, &seqs, &user_ids, &names, &bodies, &client_ids, &sent_at],
     )
-    .await?;
-    Ok(())
+    .await
+    .map(|inserted| inserted as usize)
+}
+
+/// The messages of `batch` whose seq the archive already holds with *another* message:
+/// Redis handed that seq out twice (it lost its state without the room being re-opened,
+/// e.g. a rollback to an older snapshot). `ON CONFLICT DO NOTHING` would drop them
+/// silently; the caller quarantines them instead. A redelivered chunk (same message)
+/// is not reported.
+async fn reused_seqs(
+    tx: &deadpool_postgres::Transaction<'_>,
+    room_id: i64,
+    batch: &[StoredMessage],
+) -> Result<Vec<(StoredMessage, String)>> {
+    let seqs: Vec<i64> = batch.iter().map(|m| m.seq as i64).collect();
+    let stored = page_of_seqs(tx, room_id, &seqs).await?;
+    Ok(batch
+        .iter()
+        .filter_map(|message| {
+            let existing = stored.iter().find(|s| s.seq == message.seq)?;
+            let same = existing.entry.user_id == message.entry.user_id
+                && existing.entry.body == message.entry.body
+                && existing.entry.client_id == message.entry.client_id
+                && (existing.entry.sent_at_ms - message.entry.sent_at_ms).abs() <= 1;
+            (!same).then(|| {
+                let reason = format!(
+                    "seq {} already holds another message (user {}, sent {} ms): Redis handed the seq out twice",
+                    message.seq, existing.entry.user_id, existing.entry.sent_at_ms
+                );
+                (message.clone(), reason)
+            })
+        })
+        .collect())
+}
+
+/// The stored messages of a room with these seqs.
+async fn page_of_seqs(tx: &deadpool_postgres::Transaction<'_>, room_id: i64, seqs: &[i64]) -> Result<Vec<StoredMessage>> {
+    let rows = tx
+        .query(
+            "SELECT seq, user_id, user_name, body, client_id, round(extract(epoch FROM sent_at) * 1000)::bigint
+             FROM messages WHERE room_id = $1 AND seq = ANY($2)",
+            &[&room_id, &seqs],
+        )
+        .await?;
+    Ok(rows.iter().map(message_of_row).collect())
+}
+
+fn message_of_row(row: &tokio_postgres::Row) -> StoredMessage {
+    StoredMessage {
+        seq: row.get::<_, i64>(0) as u64,
+        entry: LogEntry {
+            user_id: row.get(1),
+            user_name: row.get(2),
+            body: row.get(3),
+            client_id: row.get(4),
+            sent_at_ms: row.get(5),
+        },
+    }
 }
 
 /// Whether PostgreSQL refused a row for what it holds (a data exception, class 22, or an

@@ -228,3 +228,28 @@ async fn racing_reopens_leave_redis_and_the_archive_on_one_epoch() -> Result<()>
     assert_eq!(archive.store_chunk(&room, chunk.epoch, &chunk.messages, &[]).await?, stored(3), "chunks are not refused as stale");
     env.cleanup().await
 }
+
+/// Redis handing out a seq twice (a rollback the gateways could not see) must not drop
+/// the second message silently: it is quarantined with the reason, and a redelivered
+/// chunk (the same messages again) is not mistaken for it.
+#[tokio::test]
+async fn a_seq_handed_out_twice_quarantines_the_second_message_instead_of_dropping_it() -> Result<()> {
+    let env = TestEnv::new().await?;
+    let archive = archive(&env).await?;
+    let uid = user(&env).await?;
+    let room = RoomName::parse("rolled-back")?;
+    assert_eq!(archive.store_chunk(&room, 0, &messages(1..=3, uid), &[]).await?, stored(3));
+    assert_eq!(archive.store_chunk(&room, 0, &messages(1..=3, uid), &[]).await?, stored(3), "redelivery");
+    let mut reused = messages(3..=4, uid);
+    reused[0].entry.body = "a newer message that got seq 3 again".into();
+    let huddle_archive::ChunkOutcome::Stored { watermark, quarantined } = archive.store_chunk(&room, 0, &reused, &[]).await? else {
+        panic!("refused as stale");
+    };
+    assert_eq!(watermark, 4);
+    assert_eq!(quarantined.iter().map(|q| q.seq).collect::<Vec<_>>(), vec![3]);
+    assert!(quarantined[0].reason.contains("twice"), "{}", quarantined[0].reason);
+    let kept = archive.quarantined(&room).await?;
+    let entry: LogEntry = serde_json::from_slice(&kept[0].1)?;
+    assert_eq!(entry.body, "a newer message that got seq 3 again");
+    env.cleanup().await
+}
