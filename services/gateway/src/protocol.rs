@@ -138,10 +138,13 @@ struct HistoryBody<'a> {
     mode: HistoryMode,
     messages: Vec<MessageView<'a>>,
     has_more: bool,
+    epoch: i64,
 }
 
-/// `history` frame: `messages` oldest first.
-pub fn history_frame(room: &RoomName, mode: HistoryMode, messages: &[StoredMessage], has_more: bool) -> String {
+/// `history` frame: `messages` oldest first. `epoch` names the room's current seq
+/// lineage: a client reconnecting with `since` passes it back, so a view from before a
+/// Redis loss (whose seqs may be reused) gets a `latest` history instead.
+pub fn history_frame(room: &RoomName, mode: HistoryMode, messages: &[StoredMessage], has_more: bool, epoch: i64) -> String {
     tagged(
         "history",
         HistoryBody {
@@ -149,6 +152,7 @@ pub fn history_frame(room: &RoomName, mode: HistoryMode, messages: &[StoredMessa
             mode,
             messages: messages.iter().map(|m| MessageView::new(room, m)).collect(),
             has_more,
+            epoch,
         },
     )
 }

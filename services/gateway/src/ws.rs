@@ -36,6 +36,9 @@ const RECOVERY_FRAME: usize = 500;
 pub struct JoinQuery {
     /// The last seq the client has: the server sends exactly what came after it.
     pub since: Option<u64>,
+    /// The `epoch` of the history the client's view comes from; if the room's epoch
+    /// changed since (Redis lost it), `since` is ignored and the latest history is sent.
+    pub epoch: Option<i64>,
 }
 
 /// `GET /ws/rooms/{room}`: checks room, session and Origin, hydrates the room if Redis
@@ -53,7 +56,8 @@ pub async fn upgrade(
     state.rooms.ensure_ready(&room).await?;
     let (response, writer, stream) = crate::socket::open(&req, body, state.settings.write_timeout())?;
     let span = tracing::info_span!("socket", %room, user_id = user.0.uid);
-    actix_web::rt::spawn(run(state.into_inner(), user.0, room, query.since, writer, stream).instrument(span));
+    let view = query.since.map(|since| ClientView { since, epoch: query.epoch });
+    actix_web::rt::spawn(run(state.into_inner(), user.0, room, view, writer, stream).instrument(span));
     Ok(response)
 }
 
@@ -69,6 +73,13 @@ fn check_origin(req: &HttpRequest, allowed: &[String]) -> Result<(), ApiError> {
     } else {
         Err(ApiError::OriginNotAllowed)
     }
+}
+
+/// Where a reconnecting client's view stands.
+#[derive(Debug, Clone, Copy)]
+struct ClientView {
+    since: u64,
+    epoch: Option<i64>,
 }
 
 /// Per-connection send rate limit (token bucket).
@@ -114,7 +125,7 @@ async fn run(
     state: Arc<AppState>,
     user: Claims,
     room: RoomName,
-    since: Option<u64>,
+    view: Option<ClientView>,
     socket: SocketWriter,
     mut stream: AggregatedMessageStream,
 ) {
@@ -141,7 +152,7 @@ async fn run(
         rate,
     };
 
-    let exit = match conn.send_initial_history(since).await {
+    let exit = match conn.send_initial_history(view).await {
         Ok(()) => match conn.send_text(protocol::presence_frame(&room, PresenceEvent::Snapshot, None, &online.unwrap_or_default())).await {
             Ok(()) => conn.serve(&mut stream, &mut membership, &me).await,
             Err(exit) => exit,
@@ -165,23 +176,26 @@ impl Connection {
         self.send_text(frame).await
     }
 
-    /// The first frames: what the client missed since `since`, or the latest history.
-    async fn send_initial_history(&mut self, since: Option<u64>) -> Result<(), Exit> {
+    /// The first frames: what the client missed since its view, or the latest history
+    /// (no view, a view from another epoch, or too far behind).
+    async fn send_initial_history(&mut self, view: Option<ClientView>) -> Result<(), Exit> {
         let unavailable = |error: ApiError| {
             tracing::error!(%error, "cannot read history");
             close(CloseCode::Error, "unavailable")
         };
         self.epoch = self.state.rooms.state(&self.room).await.map_err(unavailable)?.epoch;
+        let current = self.epoch;
+        let since = view.filter(|view| view.epoch.is_none_or(|epoch| epoch == current)).map(|view| view.since);
         if let Some(since) = since {
             if let Some(missed) = self.state.rooms.missed_since(&self.room, since, MAX_RECOVERY).await.map_err(unavailable)? {
                 self.last_seq = missed.last().map_or(since, |m| m.seq);
                 let mut frames = missed.chunks(RECOVERY_FRAME).peekable();
                 if frames.peek().is_none() {
-                    return self.send_text(protocol::history_frame(&self.room, HistoryMode::Since, &[], since > 1)).await;
+                    return self.send_text(protocol::history_frame(&self.room, HistoryMode::Since, &[], since > 1, self.epoch)).await;
                 }
                 for frame in frames {
                     let has_more = frame.first().is_some_and(|m| m.seq > 1);
-                    self.send_text(protocol::history_frame(&self.room, HistoryMode::Since, frame, has_more)).await?;
+                    self.send_text(protocol::history_frame(&self.room, HistoryMode::Since, frame, has_more, self.epoch)).await?;
                 }
                 return Ok(());
             }
@@ -189,7 +203,7 @@ impl Connection {
         let latest = self.state.rooms.latest(&self.room, self.state.settings.join_history).await.map_err(unavailable)?;
         self.last_seq = latest.last().map_or(0, |m| m.seq);
         let has_more = latest.first().is_some_and(|m| m.seq > 1);
-        self.send_text(protocol::history_frame(&self.room, HistoryMode::Latest, &latest, has_more)).await
+        self.send_text(protocol::history_frame(&self.room, HistoryMode::Latest, &latest, has_more, self.epoch)).await
     }
 
     async fn serve(&mut self, stream: &mut AggregatedMessageStream, membership: &mut Membership, me: &Presence) -> Exit {
@@ -251,7 +265,14 @@ impl Connection {
             // Redis lost the room and seq restarts below what this client saw: the
             // client gets a fresh `latest` history to replace its view.
             Outbound::Reset { seq } if seq < self.last_seq => self.send_initial_history(None).await,
-            Outbound::Reset { .. } => Ok(()),
+            // The client's view is intact (it saw nothing above the new counter), but the
+            // room is on a new epoch now: a later resync must not mistake it for a loss.
+            Outbound::Reset { .. } => {
+                if let Ok(state) = self.state.rooms.state(&self.room).await {
+                    self.epoch = state.epoch;
+                }
+                Ok(())
+            }
         }
     }
 
@@ -302,7 +323,7 @@ impl Connection {
             ClientFrame::History { before_seq, limit } => {
                 match self.state.rooms.history_page(&self.room, before_seq, limit).await {
                     Ok((messages, has_more)) => {
-                        self.send_text(protocol::history_frame(&self.room, HistoryMode::Page, &messages, has_more)).await
+                        self.send_text(protocol::history_frame(&self.room, HistoryMode::Page, &messages, has_more, self.epoch)).await
                     }
                     Err(error) => self.send_error(protocol::error_frame(error.code(), &error.to_string()), error.code()).await,
                 }

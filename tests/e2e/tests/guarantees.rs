@@ -433,3 +433,47 @@ async fn a_dead_lettered_range_is_retried_while_the_room_stays_busy() -> Result<
     ws.leave().await?;
     stack.shutdown().await
 }
+
+/// A reconnect with `since` from before a Redis loss must not be answered from the new
+/// lineage (whose seqs reuse the lost ones): with its `epoch` it gets a `latest` history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_since_from_before_a_redis_loss_gets_the_latest_history() -> Result<()> {
+    let stack = Stack::start_with(StackOptions {
+        gateways: 1,
+        persister_args: &["--sweep-interval-ms", "600000"],
+        ..Default::default()
+    })
+    .await?;
+    let base = stack.url(0);
+    let (ada, bob) = (sign_up(&base, "ada").await?, sign_up(&base, "bob").await?);
+    let mut a = Ws::join(&base, "lineage", &ada.token, "").await?;
+    let epoch = a.expect("history").await?["epoch"].as_i64().expect("history frames carry the epoch");
+    for i in 1..=3 {
+        a.say(&format!("a{i}"), &format!("a{i}")).await?;
+    }
+    let mut persister = huddle_proto::v1::persister_client::PersisterClient::connect(format!("http://{}", stack.persister.grpc_addr())).await?;
+    persister.flush_room(huddle_proto::v1::FlushRoomRequest { room: "lineage".into() }).await?;
+    stack.wait_persisted(3).await?;
+    // Seqs 4 and 5 are acked but never persisted; then Redis loses everything.
+    a.say("a4", "a4").await?;
+    a.say("a5", "a5").await?;
+    stack.env.wipe_redis().await?;
+    let mut b = Ws::join(&base, "lineage", &bob.token, "").await?;
+    let fresh = b.expect("history").await?;
+    assert_ne!(fresh["epoch"].as_i64(), Some(epoch));
+    for i in 4..=6 {
+        assert_eq!(b.say(&format!("b{i}"), &format!("b{i}")).await?, i, "the lost seqs are reused");
+    }
+
+    let mut back = Ws::join(&base, "lineage", &ada.token, &format!("since=5&epoch={epoch}")).await?;
+    let view = back.expect("history").await?;
+    assert_eq!(view["mode"], "latest", "{view}");
+    assert_eq!(seqs(&view), (1..=6).collect::<Vec<_>>());
+    assert_eq!(view["messages"][3]["body"], "b4");
+    // With the current epoch, `since` works as before.
+    let current = view["epoch"].as_i64().expect("epoch");
+    let mut again = Ws::join(&base, "lineage", &ada.token, &format!("since=5&epoch={current}")).await?;
+    let view = again.expect("history").await?;
+    assert_eq!((view["mode"].as_str(), seqs(&view)), (Some("since"), vec![6]));
+    stack.shutdown().await
+}
