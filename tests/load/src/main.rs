@@ -113,14 +113,38 @@ fn merge(reports: Vec<ClientReport>) -> ClientReport {
     total
 }
 
+/// Registers (or finds) `name` and logs in. A 503 (overload or an outage) is retried
+/// after its `Retry-After`, for up to five minutes, as docs/PROTOCOL.md asks clients to.
 async fn sign_up(base: &str, name: &str) -> Result<String> {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
     let credentials = serde_json::json!({ "username": name, "password": "load-password" });
-    let registered = http.post(format!("{base}/api/register")).json(&credentials).send().await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let post = |path: &'static str| {
+        let (http, credentials) = (http.clone(), credentials.clone());
+        async move {
+            loop {
+                let response = http.post(format!("{base}{path}")).json(&credentials).send().await?;
+                if response.status() != 503 || std::time::Instant::now() > deadline {
+                    return anyhow::Ok(response);
+                }
+                let retry_after = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok()?.parse().ok())
+                    .unwrap_or(1);
+                tokio::time::sleep(Duration::from_secs(retry_after)).await;
+            }
+        }
+    };
+    let registered = post("/api/register").await?;
     if registered.status() != 201 && registered.status() != 409 {
         bail!("register {name}: {}", registered.status());
     }
-    let login: serde_json::Value = http.post(format!("{base}/api/login")).json(&credentials).send().await?.json().await?;
+    let login = post("/api/login").await?;
+    if login.status() != 200 {
+        bail!("login {name}: {}", login.status());
+    }
+    let login: serde_json::Value = login.json().await?;
     Ok(login["token"].as_str().context("login returned no token")?.to_owned())
 }
 
