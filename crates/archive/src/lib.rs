@@ -144,7 +144,7 @@ impl Archive {
         let row = client
             .query_one(
                 "WITH created AS (INSERT INTO rooms (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING id)
-                 SELECT id FROM created UNION ALL SELECT id FROM rooms WHERE name = $1 LIMIT 1",
+                 SELECT id FROM created UNION SELECT id FROM rooms WHERE name = $1 LIMIT 1",
                 &[&room.as_str()],
             )
             .await?;
@@ -222,13 +222,14 @@ impl Archive {
 
         // The first run of consecutive seqs above the watermark has seq - row_number
         // equal to the watermark; its top is the new watermark. Quarantined seqs count
-        // as present: they will never arrive in `messages`.
+        // as present: they will never arrive in `messages`. (UNION, not UNION ALL: a seq
+        // handed out twice is in both tables, and must count once.)
         let prefix_top: Option<i64> = tx
             .query_one(
                 "SELECT max(seq) FROM (
                      SELECT seq, seq - row_number() OVER (ORDER BY seq) AS run FROM (
                          SELECT seq FROM messages WHERE room_id = $1 AND seq > $2
-                         UNION ALL
+                         UNION
                          SELECT seq FROM quarantined_messages WHERE room_id = $1 AND seq > $2
                      ) present
                  ) runs WHERE run = $2",
@@ -301,7 +302,7 @@ impl Archive {
             .query_one(
                 "SELECT coalesce(max(seq), 0), count(*) FILTER (WHERE seq > $2) FROM (
                      SELECT seq FROM messages WHERE room_id = $1
-                     UNION ALL
+                     UNION
                      SELECT seq FROM quarantined_messages WHERE room_id = $1
                  ) present",
                 &[&room_id, &watermark],

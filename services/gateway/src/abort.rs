@@ -8,6 +8,9 @@
 //! side makes actix's pending write fail, so it drops the connection; the zero linger
 //! makes the kernel reset it instead of keeping the unsent data.
 //!
+//! Each connection thus uses two file descriptors: size `ulimit -n` for twice the
+//! connections a gateway should hold.
+//!
 //! The duplicate lives exactly as long as actix's connection (the connection data is
 //! dropped with it), so an abort never touches a socket that was already closed, and a
 //! closed connection is never kept open by its duplicate.
@@ -19,6 +22,15 @@ use std::time::Duration;
 /// How long after a normal close a connection actix still holds is reset anyway
 /// (actix may be stuck flushing the last frames to a peer that stopped reading).
 const LINGER_AFTER_CLOSE: Duration = Duration::from_secs(2);
+
+/// Bytes queued on the socket that the peer has not acknowledged yet (`SIOCOUTQ`).
+fn unsent_bytes(fd: &OwnedFd) -> Option<usize> {
+    use std::os::fd::AsRawFd;
+    let mut unsent: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (= SIOCOUTQ) writes one int; `fd` is an open socket we own.
+    let result = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut unsent) };
+    (result == 0).then_some(unsent.max(0) as usize)
+}
 
 /// The connection data that owns the duplicate descriptor.
 #[derive(Debug)]
@@ -61,14 +73,28 @@ impl AbortHandle {
     }
 
     /// Ends the connection gracefully once the closing handshake is done: FIN after
-    /// whatever actix already wrote. (RFC 6455 §7.1.1: the server closes the TCP
-    /// connection first; actix would otherwise wait for the client to do it.)
-    pub fn finish(&self) {
-        let Some(fd) = self.0.upgrade() else { return };
-        if let Err(error) = socket2::SockRef::from(&*fd).shutdown(std::net::Shutdown::Write) {
-            tracing::debug!(%error, "shutdown after the closing handshake");
+    /// whatever actix wrote. (RFC 6455 §7.1.1: the server closes the TCP connection
+    /// first; actix would otherwise wait for the client to do it.) Waits, up to `within`,
+    /// until the kernel has sent everything queued on the socket — actix writes until
+    /// the socket is full, so an empty send queue means our Close is out — and resets
+    /// the connection if that does not happen in time.
+    pub async fn finish(&self, within: Duration) {
+        let started = std::time::Instant::now();
+        loop {
+            let Some(fd) = self.0.upgrade() else { return };
+            if unsent_bytes(&fd).is_none_or(|unsent| unsent == 0) {
+                if let Err(error) = socket2::SockRef::from(&*fd).shutdown(std::net::Shutdown::Write) {
+                    tracing::debug!(%error, "shutdown after the closing handshake");
+                }
+                drop(fd);
+                return self.abort_later();
+            }
+            drop(fd);
+            if started.elapsed() >= within {
+                return self.abort();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        self.abort_later();
     }
 
     /// Resets the connection shortly, unless actix has let go of it by then.

@@ -66,6 +66,10 @@ pub struct Hub {
     deadline: Duration,
     /// Wakes the dispatcher to replace a pub/sub connection that stopped answering.
     reconnect_now: tokio::sync::Notify,
+    /// Which pub/sub connection is current (bumped by each reconnect), and which one last
+    /// failed its keepalive: a wake-up about an already replaced connection is ignored.
+    generation: AtomicU64,
+    failed_generation: AtomicU64,
 }
 
 impl Hub {
@@ -91,6 +95,8 @@ impl Hub {
             queue_capacity: queue_capacity.max(1),
             deadline,
             reconnect_now: tokio::sync::Notify::new(),
+            generation: AtomicU64::new(1),
+            failed_generation: AtomicU64::new(0),
         });
         tokio::spawn(Arc::clone(&hub).dispatch(stream));
         tokio::spawn(Arc::clone(&hub).keep_alive(keepalive));
@@ -200,6 +206,9 @@ impl Hub {
                 let message = tokio::select! {
                     message = stream.next() => message,
                     _ = self.reconnect_now.notified() => {
+                        if self.failed_generation.load(Ordering::Acquire) != self.generation.load(Ordering::Acquire) {
+                            continue;
+                        }
                         tracing::warn!("redis pub/sub connection stopped answering PING; reconnecting");
                         break;
                     }
@@ -223,6 +232,7 @@ impl Hub {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
+            let generation = self.generation.load(Ordering::Acquire);
             let answered = tokio::time::timeout(self.deadline, async {
                 self.subscriptions.lock().await.sink.ping::<redis::Value>().await
             })
@@ -231,10 +241,12 @@ impl Hub {
                 Ok(Ok(_)) => {}
                 Ok(Err(error)) => {
                     tracing::warn!(%error, "redis pub/sub PING failed");
+                    self.failed_generation.store(generation, Ordering::Release);
                     self.reconnect_now.notify_one();
                 }
                 Err(_) => {
                     tracing::warn!(deadline_ms = self.deadline.as_millis() as u64, "redis pub/sub PING unanswered");
+                    self.failed_generation.store(generation, Ordering::Release);
                     self.reconnect_now.notify_one();
                 }
             }
@@ -248,12 +260,15 @@ impl Hub {
         loop {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(5));
-            let Ok(pubsub) = self.client.get_async_pubsub().await else { continue };
+            // A new connection can be as silent as the old one: every step has the deadline.
+            let Ok(Ok(pubsub)) = tokio::time::timeout(self.deadline, self.client.get_async_pubsub()).await else {
+                continue;
+            };
             let (mut sink, stream) = pubsub.split();
             let mut subscriptions = self.subscriptions.lock().await;
             let mut failed = false;
             for room in &subscriptions.rooms {
-                if sink.subscribe(self.keys.channel(room)).await.is_err() {
+                if !matches!(tokio::time::timeout(self.deadline, sink.subscribe(self.keys.channel(room))).await, Ok(Ok(()))) {
                     failed = true;
                     break;
                 }
@@ -262,6 +277,8 @@ impl Hub {
                 continue;
             }
             subscriptions.sink = sink;
+            // A keepalive failure of the replaced connection must not tear this one down.
+            self.generation.fetch_add(1, Ordering::AcqRel);
             let rooms: Vec<RoomName> = self.lock_members().keys().cloned().collect();
             for room in rooms {
                 self.deliver(&room, Outbound::Resync);

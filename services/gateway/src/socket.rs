@@ -184,12 +184,12 @@ impl SocketWriter {
         match tokio::time::timeout(CLOSE_GRACE, handshake).await {
             Err(_elapsed) => self.abort.abort(),
             Ok(Handshake::Gone) => self.abort.abort_later(),
-            // The stream ended when actix finished the response body, i.e. after it
-            // wrote our Close (on this same worker thread): the TCP connection ends now.
-            Ok(Handshake::Done) => self.abort.finish(),
+            // The stream ended when actix finished the response body: once our Close
+            // has left the socket, the TCP connection ends.
+            Ok(Handshake::Done) => self.abort.finish(CLOSE_GRACE).await,
             Ok(Handshake::Unobservable) => {
                 tokio::time::sleep(FAIL_FLUSH).await;
-                self.abort.finish();
+                self.abort.finish(CLOSE_GRACE).await;
             }
         }
     }

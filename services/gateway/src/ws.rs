@@ -266,12 +266,16 @@ impl Connection {
             // client gets a fresh `latest` history to replace its view.
             Outbound::Reset { seq } if seq < self.last_seq => self.send_initial_history(None).await,
             // The client's view is intact (it saw nothing above the new counter), but the
-            // room is on a new epoch now: a later resync must not mistake it for a loss.
+            // room is on a new epoch: an empty `since` history hands the client the new
+            // epoch for its next reconnect.
             Outbound::Reset { .. } => {
-                if let Ok(state) = self.state.rooms.state(&self.room).await {
-                    self.epoch = state.epoch;
+                let Ok(state) = self.state.rooms.state(&self.room).await else { return Ok(()) };
+                if state.epoch == self.epoch {
+                    return Ok(());
                 }
-                Ok(())
+                self.epoch = state.epoch;
+                let frame = protocol::history_frame(&self.room, HistoryMode::Since, &[], self.last_seq > 1, self.epoch);
+                self.send_text(frame).await
             }
         }
     }
@@ -289,7 +293,11 @@ impl Connection {
         if state.epoch != self.epoch || state.last_seq < self.last_seq {
             return self.send_initial_history(None).await;
         }
-        let missed = self.state.rooms.since(&self.room, self.last_seq).await.map_err(unavailable)?;
+        // Redis may have trimmed part of what was missed (persisted meanwhile): the archive
+        // fills in below it; too far behind, the client gets the latest history.
+        let Some(missed) = self.state.rooms.missed_since(&self.room, self.last_seq, MAX_RECOVERY).await.map_err(unavailable)? else {
+            return self.send_initial_history(None).await;
+        };
         for message in missed {
             if message.seq > self.last_seq {
                 self.last_seq = message.seq;

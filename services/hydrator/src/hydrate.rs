@@ -50,6 +50,22 @@ impl HydrateService {
                 return Ok(HydrateRoomResponse { last_seq: state.last_seq, loaded: 0, already_warm: true });
             }
             if let Some(guard) = self.log.try_lock(self.log.keys().hydrate_lock(room), lock_ttl_ms).await.map_err(internal)? {
+                // The previous holder may have finished between our check and our lock:
+                // re-opening a room Redis already holds would only move its epoch on.
+                let state = match self.log.state(room).await {
+                    Ok(state) => state,
+                    Err(error) => {
+                        let _ = self.log.unlock(guard).await;
+                        return Err(internal(error));
+                    }
+                };
+                if state.in_redis {
+                    if let Err(error) = self.log.unlock(guard).await {
+                        tracing::warn!(%room, %error, "could not release hydrate lock; it will expire");
+                    }
+                    HYDRATIONS.with_label_values(&["waited"]).inc();
+                    return Ok(HydrateRoomResponse { last_seq: state.last_seq, loaded: 0, already_warm: true });
+                }
                 let result = self.load(room).await;
                 if let Err(error) = self.log.unlock(guard).await {
                     tracing::warn!(%room, %error, "could not release hydrate lock; it will expire");

@@ -251,5 +251,15 @@ async fn a_seq_handed_out_twice_quarantines_the_second_message_instead_of_droppi
     let kept = archive.quarantined(&room).await?;
     let entry: LogEntry = serde_json::from_slice(&kept[0].1)?;
     assert_eq!(entry.body, "a newer message that got seq 3 again");
+
+    // Out of order: the reused seq arrives while the watermark is still below it; the
+    // seq then stands in both tables and must count once for the watermark.
+    let room = RoomName::parse("rolled-back-early")?;
+    assert_eq!(archive.store_chunk(&room, 0, &messages(3..=4, uid), &[]).await?, stored(0));
+    let huddle_archive::ChunkOutcome::Stored { watermark, .. } = archive.store_chunk(&room, 0, &reused[..1], &[]).await? else {
+        panic!("refused as stale");
+    };
+    assert_eq!(watermark, 0);
+    assert_eq!(archive.store_chunk(&room, 0, &messages(1..=2, uid), &[]).await?, stored(4));
     env.cleanup().await
 }

@@ -16,8 +16,8 @@ local now = tonumber(ARGV[2])
 local claim = redis.call('HMGET', KEYS[3], 'upto', 'wm', 'since')
 local upto = tonumber(claim[1] or '0')
 local since = tonumber(claim[3] or ARGV[2])
-if tonumber(claim[2] or '-1') ~= watermark then
-  since = now -- the watermark moved: the claimed range is making progress
+if tonumber(claim[2] or '-1') ~= watermark or upto <= watermark then
+  since = now -- the watermark moved (progress), or nothing is claimed above it yet
 end
 local reclaimed = 0
 if upto > watermark and now - since >= tonumber(ARGV[1]) then
