@@ -159,10 +159,12 @@ async fn run(
         },
         Err(exit) => exit,
     };
-    conn.socket.finish(&mut stream, exit).await;
+    // Leave the room before ending the connection: a graceful shutdown waits for the
+    // connection, not for this task, so cleanup after it could be cut short.
     tracing::debug!(%room, "socket left");
     state.hub.leave(&room, membership.id).await;
     state.rooms.presence(&room, PresenceChange::Leave, &me).await;
+    conn.socket.finish(&mut stream, exit).await;
     CONNECTIONS.dec();
 }
 
