@@ -204,6 +204,27 @@ mod tests {
     }
 
     #[test]
+    fn names_read_back_as_given() {
+        let room = RoomName::parse("team-42").unwrap();
+        assert_eq!((room.as_str(), room.to_string().as_str()), ("team-42", "team-42"));
+        assert_eq!(Username::parse("Ada.L").unwrap().as_str(), "Ada.L");
+    }
+
+    #[test]
+    fn passwords_are_8_to_128_characters() {
+        assert_eq!(validate_password("1234567"), Err(ValidationError::BadPassword));
+        assert!(validate_password("12345678").is_ok());
+        assert!(validate_password(&"é".repeat(128)).is_ok(), "characters, not bytes");
+        assert_eq!(validate_password(&"x".repeat(129)), Err(ValidationError::BadPassword));
+    }
+
+    #[test]
+    fn now_is_the_wall_clock_in_milliseconds() {
+        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+        assert!((now_ms() - wall).abs() < 5_000, "now_ms {} vs wall clock {wall}", now_ms());
+    }
+
+    #[test]
     fn usernames() {
         assert!(Username::parse("Ada.L_1").is_ok());
         assert!(Username::parse("ab").is_err());
