@@ -237,19 +237,14 @@ impl Hub {
                 self.subscriptions.lock().await.sink.ping::<redis::Value>().await
             })
             .await;
-            match answered {
-                Ok(Ok(_)) => {}
-                Ok(Err(error)) => {
-                    tracing::warn!(%error, "redis pub/sub PING failed");
-                    self.failed_generation.store(generation, Ordering::Release);
-                    self.reconnect_now.notify_one();
-                }
-                Err(_) => {
-                    tracing::warn!(deadline_ms = self.deadline.as_millis() as u64, "redis pub/sub PING unanswered");
-                    self.failed_generation.store(generation, Ordering::Release);
-                    self.reconnect_now.notify_one();
-                }
-            }
+            let failure = match answered {
+                Ok(Ok(_)) => continue,
+                Ok(Err(error)) => format!("PING failed: {error}"),
+                Err(_) => format!("PING unanswered within {} ms", self.deadline.as_millis()),
+            };
+            tracing::warn!(%failure, "redis pub/sub connection is not answering");
+            self.failed_generation.store(generation, Ordering::Release);
+            self.reconnect_now.notify_one();
         }
     }
 

@@ -168,6 +168,12 @@ async fn run(
     CONNECTIONS.dec();
 }
 
+/// The room cannot be read: the client is closed with 1011 and reconnects with `since`.
+fn unavailable(what: &str, error: ApiError) -> Exit {
+    tracing::warn!(%error, "{what}; closing with 1011 so the client reconnects");
+    close(CloseCode::Error, "unavailable")
+}
+
 impl Connection {
     async fn send_text(&mut self, text: String) -> Result<(), Exit> {
         self.socket.text(text).await
@@ -181,10 +187,7 @@ impl Connection {
     /// The first frames: what the client missed since its view, or the latest history
     /// (no view, a view from another epoch, or too far behind).
     async fn send_initial_history(&mut self, view: Option<ClientView>) -> Result<(), Exit> {
-        let unavailable = |error: ApiError| {
-            tracing::error!(%error, "cannot read history");
-            close(CloseCode::Error, "unavailable")
-        };
+        let unavailable = |error| unavailable("cannot read history", error);
         self.epoch = self.state.rooms.state(&self.room).await.map_err(unavailable)?.epoch;
         let current = self.epoch;
         let since = view.filter(|view| view.epoch.is_none_or(|epoch| epoch == current)).map(|view| view.since);
@@ -287,10 +290,7 @@ impl Connection {
     /// the outage was missed). A client whose view cannot be checked is closed with 1011
     /// and reconnects with `since`.
     async fn resync(&mut self) -> Result<(), Exit> {
-        let unavailable = |error: ApiError| {
-            tracing::warn!(%error, "resync failed; closing so the client reconnects with since");
-            close(CloseCode::Error, "unavailable")
-        };
+        let unavailable = |error| unavailable("resync failed", error);
         let state = self.state.rooms.state(&self.room).await.map_err(unavailable)?;
         if state.epoch != self.epoch || state.last_seq < self.last_seq {
             return self.send_initial_history(None).await;

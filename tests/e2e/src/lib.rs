@@ -139,6 +139,25 @@ impl TestEnv {
         }
     }
 
+    /// Makes the archive fail every message insert for a reason that is not the row's
+    /// fault (a trigger raising `P0001`): chunk tasks are retried, nothing is quarantined.
+    pub async fn make_archive_refuse_inserts(&self) -> Result<()> {
+        self.db()
+            .await?
+            .batch_execute(
+                "CREATE FUNCTION refuse_all() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'archive is read-only for this test'; END $$;
+                 CREATE TRIGGER refuse_all BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION refuse_all();",
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Undoes [`TestEnv::make_archive_refuse_inserts`].
+    pub async fn let_archive_accept_inserts(&self) -> Result<()> {
+        self.db().await?.batch_execute("DROP TRIGGER refuse_all ON messages").await?;
+        Ok(())
+    }
+
     /// A client of this test's database.
     pub async fn db(&self) -> Result<tokio_postgres::Client> {
         let (client, connection) = tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls).await?;
@@ -256,6 +275,14 @@ impl Stack {
         })
         .await
         .with_context(|| format!("PostgreSQL never held {count} messages"))
+    }
+
+    /// Asks the persister to flush `room` now (Persister.FlushRoom over gRPC).
+    pub async fn flush_room(&self, room: &str) -> Result<()> {
+        let url = format!("http://{}", self.persister.grpc_addr());
+        let mut persister = huddle_proto::v1::persister_client::PersisterClient::connect(url).await?;
+        persister.flush_room(huddle_proto::v1::FlushRoomRequest { room: room.into() }).await?;
+        Ok(())
     }
 
     /// Base URL of gateway `i`.
@@ -452,6 +479,17 @@ impl Ws {
         while let Some(Ok(_)) = self.stream.next().await {}
         Ok(())
     }
+}
+
+/// The value of an unlabelled Prometheus metric served at `base`/metrics.
+pub async fn metric(base: &str, name: &str) -> Result<f64> {
+    let text = http().get(format!("{base}/metrics")).send().await?.text().await?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .with_context(|| format!("no metric {name} at {base}/metrics"))?
+        .trim()
+        .parse()
+        .with_context(|| format!("metric {name} is not a number"))
 }
 
 /// Seqs of the `messages` array of a history frame or page.

@@ -31,14 +31,7 @@ async fn silent_socket(addr: std::net::SocketAddr, room: &str, token: &str) -> R
 }
 
 async fn open_connections(base: &str) -> Result<i64> {
-    let metrics = huddle_e2e::http().get(format!("{base}/metrics")).send().await?.text().await?;
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix("huddle_gateway_connections "))
-        .context("no connection gauge")?
-        .trim()
-        .parse()
-        .context("gauge value")
+    Ok(huddle_e2e::metric(base, "huddle_gateway_connections").await? as i64)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
