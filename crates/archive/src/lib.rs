@@ -50,6 +50,29 @@ pub struct RoomTail {
     pub epoch: i64,
 }
 
+/// What the hydrator needs to re-check a room Redis holds against the archive (after
+/// Redis restarted, possibly from an older state).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomRecheck {
+    /// Highest seq in the archive (stored or quarantined).
+    pub last_seq: u64,
+    /// The archive's watermark afterwards.
+    pub watermark: u64,
+    /// Stored messages above the seq Redis holds, oldest first: Redis lost them.
+    pub above: Vec<StoredMessage>,
+    /// Seqs above the seq Redis holds that the archive never received (acked messages
+    /// Redis lost before they were persisted), now recorded in quarantine as lost.
+    pub lost: u64,
+    /// The room's new epoch: chunks read from the Redis process before are refused.
+    pub epoch: i64,
+}
+
+/// The most archived messages a re-check restores to Redis at once.
+pub const RECHECK_RESTORE_LIMIT: usize = 100_000;
+
+/// Reason recorded for a seq that Redis handed out and lost before it was persisted.
+pub const LOST_IN_ROLLBACK: &str = "lost: Redis went back to an older state before this message was persisted";
+
 /// A log entry the persister could not even decode; it is quarantined as it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnreadableEntry {
@@ -220,24 +243,7 @@ impl Archive {
             }
         }
 
-        // The first run of consecutive seqs above the watermark has seq - row_number
-        // equal to the watermark; its top is the new watermark. Quarantined seqs count
-        // as present: they will never arrive in `messages`. (UNION, not UNION ALL: a seq
-        // handed out twice is in both tables, and must count once.)
-        let prefix_top: Option<i64> = tx
-            .query_one(
-                "SELECT max(seq) FROM (
-                     SELECT seq, seq - row_number() OVER (ORDER BY seq) AS run FROM (
-                         SELECT seq FROM messages WHERE room_id = $1 AND seq > $2
-                         UNION
-                         SELECT seq FROM quarantined_messages WHERE room_id = $1 AND seq > $2
-                     ) present
-                 ) runs WHERE run = $2",
-                &[&room_id, &watermark],
-            )
-            .await?
-            .get(0);
-        let new_watermark = prefix_top.unwrap_or(watermark).max(watermark);
+        let new_watermark = gap_free_top(&tx, room_id, watermark).await?;
         tx.execute(
             "UPDATE rooms SET persisted_seq = $2,
                     last_message_at = GREATEST(last_message_at, to_timestamp($3::bigint / 1000.0))
@@ -325,6 +331,63 @@ impl Archive {
             tracing::warn!(%room, abandoned, "archive has seq gaps that Redis can no longer fill");
         }
         Ok(RoomTail { last_seq: last_seq as u64, recent, abandoned, epoch })
+    }
+
+    /// Re-checks a room that Redis holds, at `redis_seq`, against the archive, for a Redis
+    /// process the room was not checked on before (it may have restarted from an older
+    /// state: a snapshot, an AOF that lost its last second, a lagging replica).
+    /// Returns the archived messages above `redis_seq` (Redis must hold them again before
+    /// it hands out another seq), records seqs above `redis_seq` that never arrived as
+    /// lost, so the watermark can pass them, and moves the epoch on, so chunks read from
+    /// the earlier Redis process are refused.
+    pub async fn recheck_room(&self, room: &RoomName, redis_seq: u64) -> Result<RoomRecheck> {
+        let room_id = self.ensure_room(room).await?;
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let (watermark, _) = lock_room(&tx, room_id).await?;
+        let redis_seq = redis_seq.min(i64::MAX as u64) as i64;
+        let last_seq: i64 = tx
+            .query_one(
+                "SELECT coalesce(max(seq), 0) FROM (
+                     SELECT seq FROM messages WHERE room_id = $1
+                     UNION ALL
+                     SELECT seq FROM quarantined_messages WHERE room_id = $1
+                 ) present",
+                &[&room_id],
+            )
+            .await?
+            .get(0);
+        let lost = tx
+            .execute(
+                "INSERT INTO quarantined_messages (room_id, seq, raw, reason)
+                 SELECT $1, s, ''::bytea, $4 FROM generate_series($2::bigint + 1, $3::bigint) AS s
+                 WHERE NOT EXISTS (SELECT 1 FROM messages WHERE room_id = $1 AND seq = s)
+                 ON CONFLICT (room_id, seq) DO NOTHING",
+                &[&room_id, &redis_seq, &last_seq, &LOST_IN_ROLLBACK],
+            )
+            .await?;
+        let new_watermark = gap_free_top(&tx, room_id, watermark).await?;
+        let epoch: i64 = tx
+            .query_one(
+                "UPDATE rooms SET persisted_seq = $2, epoch = epoch + 1 WHERE id = $1 RETURNING epoch",
+                &[&room_id, &new_watermark],
+            )
+            .await?
+            .get(0);
+        let rows = tx
+            .query(
+                "SELECT seq, user_id, user_name, body, client_id,
+                        round(extract(epoch FROM sent_at) * 1000)::bigint
+                 FROM messages WHERE room_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                &[&room_id, &redis_seq, &(RECHECK_RESTORE_LIMIT as i64)],
+            )
+            .await?;
+        tx.commit().await?;
+        let above: Vec<StoredMessage> = rows.iter().map(message_of_row).collect();
+        if above.len() == RECHECK_RESTORE_LIMIT {
+            tracing::warn!(%room, restored = above.len(), "Redis is far behind the archive; restoring only the oldest part of what it lost");
+        }
+        Ok(RoomRecheck { last_seq: last_seq as u64, watermark: new_watermark as u64, above, lost, epoch })
     }
 
     /// Up to `limit` messages with seq < `before`, the newest ones, oldest first.
@@ -494,6 +557,29 @@ fn describe_pool(error: &deadpool_postgres::PoolError) -> String {
         deadpool_postgres::PoolError::Backend(error) => describe(error),
         other => other.to_string(),
     }
+}
+
+/// The top of the gap-free run of present seqs (stored or quarantined) that starts right
+/// above `watermark`: what the watermark may move to.
+async fn gap_free_top(tx: &deadpool_postgres::Transaction<'_>, room_id: i64, watermark: i64) -> Result<i64> {
+    // The first run of consecutive seqs above the watermark has seq - row_number equal
+    // to the watermark. Quarantined seqs count as present: they will never arrive as
+    // messages. (UNION, not UNION ALL: a seq handed out twice is in both tables, and
+    // must count once.)
+    let top: Option<i64> = tx
+        .query_one(
+            "SELECT max(seq) FROM (
+                 SELECT seq, seq - row_number() OVER (ORDER BY seq) AS run FROM (
+                     SELECT seq FROM messages WHERE room_id = $1 AND seq > $2
+                     UNION
+                     SELECT seq FROM quarantined_messages WHERE room_id = $1 AND seq > $2
+                 ) present
+             ) runs WHERE run = $2",
+            &[&room_id, &watermark],
+        )
+        .await?
+        .get(0);
+    Ok(top.unwrap_or(watermark).max(watermark))
 }
 
 /// Locks the room's row for the transaction (serialising the room's archive writers)

@@ -9,6 +9,7 @@
 //! | `{p}room:{r}:persisted` | string | watermark: every seq ≤ it is in PostgreSQL |
 //! | `{p}room:{r}:claim` | hash | `upto`: highest seq already split into chunk tasks; `wm`, `since`: when the watermark last moved (expires) |
 //! | `{p}room:{r}:epoch` | string | which archive re-open this copy comes from (stale chunks are refused) |
+//! | `{p}room:{r}:checked_on` | string | `run_id` of the Redis process this copy was last checked against the archive on |
 //! | `{p}room:{r}:online` | sorted set | `<socket>\|<user id>\|<name>` scored by expiry (presence) |
 //! | `{p}room:{r}:cid:<user id>:<id>` | string | seq of that sender's send with that client_id (expires) |
 //!
@@ -17,10 +18,18 @@
 //! and `"R <seq>"` when a hydration re-initialises the room's counter at `seq`.
 //!
 //! Every multi-step change is one Lua script, so it is atomic and one round-trip.
+//!
+//! A room takes writes only on the Redis process it was hydrated or re-checked on
+//! (`checked_on`): after Redis restarts, possibly from an older state, the first write
+//! finds the room unchecked, and the hydrator compares it with the archive first (see
+//! [`RoomLog::recheck`]), so no seq the archive already holds is handed out again.
+
+mod connection;
+
+use connection::{Conn, ServerManager, ServerPool};
 
 use std::sync::LazyLock;
 
-use deadpool_redis::{Config, Pool, Runtime};
 use huddle_config::RedisSettings;
 use huddle_domain::{LogEntry, RoomName, StoredMessage};
 use redis::{AsyncCommands, Script};
@@ -30,6 +39,7 @@ pub const CLIENT_ID_TTL_SECS: u64 = 24 * 3600;
 
 static APPEND: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/append.lua")));
 static HYDRATE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/hydrate.lua")));
+static RECHECK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/recheck.lua")));
 static MARK_PERSISTED: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/mark_persisted.lua")));
 static CLAIM_FLUSH: LazyLock<Script> =
@@ -47,7 +57,7 @@ pub enum RoomLogError {
     #[error("redis pool: {0}")]
     Pool(#[from] deadpool_redis::PoolError),
     #[error("redis pool config: {0}")]
-    PoolConfig(#[from] deadpool_redis::CreatePoolError),
+    PoolConfig(#[from] deadpool::managed::BuildError),
     #[error("corrupt log entry {id:?}: {reason}")]
     CorruptEntry { id: String, reason: String },
 }
@@ -86,6 +96,10 @@ impl Keyspace {
     /// The room's epoch (which archive re-open the Redis copy comes from).
     pub fn epoch(&self, room: &RoomName) -> String {
         self.room_key(room, "epoch")
+    }
+    /// The `run_id` of the Redis process the room was last checked against the archive on.
+    pub fn checked_on(&self, room: &RoomName) -> String {
+        self.room_key(room, "checked_on")
     }
     /// The room's flush claim: what is already split into chunk tasks.
     pub fn claim(&self, room: &RoomName) -> String {
@@ -134,7 +148,8 @@ pub enum AppendOutcome {
     Appended { seq: u64, unpersisted: u64 },
     /// The client_id was already used in this room; `seq` is the original message's.
     Duplicate { seq: u64 },
-    /// Redis does not hold the room's counter: it must be hydrated first.
+    /// Redis does not hold the room's counter, or this Redis process has not been
+    /// checked against the archive for it yet: it must be hydrated first.
     NotReady,
 }
 
@@ -178,6 +193,18 @@ pub struct RoomState {
     pub dirty_since_ms: Option<i64>,
     /// Which archive re-open the Redis copy comes from (changes when Redis lost the room).
     pub epoch: i64,
+}
+
+/// Whether a room can take writes on the Redis process a connection talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// Redis does not hold the room: hydrate it from the archive.
+    Missing,
+    /// Redis holds the room at `last_seq`, but this Redis process was never checked
+    /// against the archive for it: it may have gone back to an older state.
+    Unchecked { last_seq: u64 },
+    /// Hydrated or re-checked on this Redis process.
+    Ready { last_seq: u64 },
 }
 
 /// One socket's presence entry.
@@ -224,7 +251,7 @@ pub struct LockGuard {
 /// The hot log, over a pooled Redis connection.
 #[derive(Clone)]
 pub struct RoomLog {
-    pool: Pool,
+    pool: ServerPool,
     keys: Keyspace,
     window: u64,
 }
@@ -232,13 +259,14 @@ pub struct RoomLog {
 impl RoomLog {
     /// Builds the connection pool (connections open lazily).
     pub fn connect(settings: &RedisSettings) -> Result<Self> {
-        let mut config = Config::from_url(settings.redis_url.clone());
         let timeout = Some(std::time::Duration::from_millis(settings.redis_timeout_ms.max(1)));
-        config.pool = Some(deadpool_redis::PoolConfig {
-            timeouts: deadpool_redis::Timeouts { wait: timeout, create: timeout, recycle: timeout },
-            ..deadpool_redis::PoolConfig::new(settings.redis_pool_size)
-        });
-        let pool = config.create_pool(Some(Runtime::Tokio1))?;
+        let pool = ServerPool::builder(ServerManager::new(&settings.redis_url)?)
+            .config(deadpool::managed::PoolConfig {
+                timeouts: deadpool::managed::Timeouts { wait: timeout, create: timeout, recycle: timeout },
+                ..deadpool::managed::PoolConfig::new(settings.redis_pool_size)
+            })
+            .runtime(deadpool::Runtime::Tokio1)
+            .build()?;
         Ok(Self { pool, keys: Keyspace::new(settings.key_prefix.clone()), window: settings.redis_window })
     }
 
@@ -247,8 +275,8 @@ impl RoomLog {
         &self.keys
     }
 
-    async fn conn(&self) -> Result<deadpool_redis::Connection> {
-        Ok(self.pool.get().await?)
+    async fn conn(&self) -> Result<Conn> {
+        Ok(Conn(self.pool.get().await?))
     }
 
     /// Round-trips a PING (readiness).
@@ -258,9 +286,19 @@ impl RoomLog {
         Ok(())
     }
 
-    /// Whether Redis holds the room's seq counter (writes are accepted only then).
-    pub async fn is_initialised(&self, room: &RoomName) -> Result<bool> {
-        Ok(self.conn().await?.exists(self.keys.seq(room)).await?)
+    /// Whether the room can take writes on the Redis process this call reaches.
+    pub async fn readiness(&self, room: &RoomName) -> Result<Readiness> {
+        let mut conn = self.conn().await?;
+        let (seq, checked_on): (Option<u64>, Option<String>) = redis::pipe()
+            .get(self.keys.seq(room))
+            .get(self.keys.checked_on(room))
+            .query_async(&mut conn)
+            .await?;
+        Ok(match seq {
+            None => Readiness::Missing,
+            Some(last_seq) if checked_on.as_deref() == Some(&*conn.run_id()) => Readiness::Ready { last_seq },
+            Some(last_seq) => Readiness::Unchecked { last_seq },
+        })
     }
 
     /// Appends one message atomically: seq INCR, XADD, client_id marker, dirty-index
@@ -278,11 +316,13 @@ impl RoomLog {
             .key(self.keys.persisted(room))
             .key(self.keys.client_id(room, entry.user_id, &entry.client_id))
             .key(self.keys.dirty())
+            .key(self.keys.checked_on(room))
             .arg(self.keys.channel(room))
             .arg(json)
             .arg(ttl)
             .arg(room.as_str())
             .arg(huddle_domain::now_ms())
+            .arg(&*conn.run_id())
             .invoke_async(&mut conn)
             .await?;
         if seq < 0 {
@@ -295,7 +335,7 @@ impl RoomLog {
         Ok(AppendOutcome::Appended { seq, unpersisted: unpersisted.max(0) as u64 })
     }
 
-    async fn mark_dirty_with(&self, conn: &mut deadpool_redis::Connection, room: &RoomName) -> Result<()> {
+    async fn mark_dirty_with(&self, conn: &mut Conn, room: &RoomName) -> Result<()> {
         let _: i64 = redis::cmd("ZADD")
             .arg(self.keys.dirty())
             .arg("NX")
@@ -384,30 +424,58 @@ impl RoomLog {
         epoch: i64,
         recent: &[StoredMessage],
     ) -> Result<(bool, u64)> {
+        let mut conn = self.conn().await?;
         let mut invocation = HYDRATE.prepare_invoke();
         invocation
             .key(self.keys.seq(room))
             .key(self.keys.log(room))
             .key(self.keys.persisted(room))
             .key(self.keys.epoch(room))
+            .key(self.keys.checked_on(room))
             .arg(archived_seq)
             .arg(CLIENT_ID_TTL_SECS)
             .arg(self.keys.channel(room))
-            .arg(epoch);
-        for message in recent {
-            let json = serde_json::to_string(&message.entry).map_err(|e| RoomLogError::CorruptEntry {
-                id: message.seq.to_string(),
-                reason: e.to_string(),
-            })?;
-            let marker = if message.entry.client_id.is_empty() {
-                String::new()
-            } else {
-                client_id_marker(message.entry.user_id, &message.entry.client_id)
-            };
-            invocation.arg(message.seq).arg(json).arg(marker);
-        }
-        let (initialised, seq): (i64, i64) = invocation.invoke_async(&mut self.conn().await?).await?;
+            .arg(epoch)
+            .arg(&*conn.run_id());
+        add_restored(&mut invocation, recent)?;
+        let (initialised, seq): (i64, i64) = invocation.invoke_async(&mut conn).await?;
         Ok((initialised == 1, seq.max(0) as u64))
+    }
+
+    /// Brings a room Redis holds back in line with the archive, on a Redis process it was
+    /// not checked on: restores `above` (archived messages above the counter Redis held,
+    /// `redis_seq`), moves the counter to at least `archived_seq` so no archived seq is
+    /// handed out again, the watermark to at least `archived_watermark` and the epoch to
+    /// `epoch`, marks the room checked on this process, and tells sockets that anything
+    /// they saw above `redis_seq` is gone. Returns the counter afterwards, or `None` if
+    /// Redis lost the room meanwhile (hydrate it instead).
+    pub async fn recheck(
+        &self,
+        room: &RoomName,
+        redis_seq: u64,
+        archived_seq: u64,
+        archived_watermark: u64,
+        epoch: i64,
+        above: &[StoredMessage],
+    ) -> Result<Option<u64>> {
+        let mut conn = self.conn().await?;
+        let mut invocation = RECHECK.prepare_invoke();
+        invocation
+            .key(self.keys.seq(room))
+            .key(self.keys.log(room))
+            .key(self.keys.persisted(room))
+            .key(self.keys.epoch(room))
+            .key(self.keys.checked_on(room))
+            .arg(&*conn.run_id())
+            .arg(redis_seq)
+            .arg(archived_seq)
+            .arg(archived_watermark)
+            .arg(epoch)
+            .arg(CLIENT_ID_TTL_SECS)
+            .arg(self.keys.channel(room));
+        add_restored(&mut invocation, above)?;
+        let seq: i64 = invocation.invoke_async(&mut conn).await?;
+        Ok((seq >= 0).then_some(seq as u64))
     }
 
     /// Moves the Redis watermark up to `persisted` (never down) and trims the log to its
@@ -571,6 +639,24 @@ impl RoomLog {
     }
 }
 
+/// Adds (seq, entry JSON, client_id marker or "") per archived message to a script call,
+/// so a resend of a restored message stays a duplicate.
+fn add_restored(invocation: &mut redis::ScriptInvocation<'_>, messages: &[StoredMessage]) -> Result<()> {
+    for message in messages {
+        let json = serde_json::to_string(&message.entry).map_err(|e| RoomLogError::CorruptEntry {
+            id: message.seq.to_string(),
+            reason: e.to_string(),
+        })?;
+        let marker = if message.entry.client_id.is_empty() {
+            String::new()
+        } else {
+            client_id_marker(message.entry.user_id, &message.entry.client_id)
+        };
+        invocation.arg(message.seq).arg(json).arg(marker);
+    }
+    Ok(())
+}
+
 /// The seq of a stream entry id (`<seq>-0`).
 fn seq_of_id(id: &str) -> Option<u64> {
     id.split('-').next()?.parse().ok()
@@ -597,7 +683,8 @@ fn parse_entries(raw: Vec<(String, Vec<String>)>) -> Result<Vec<StoredMessage>> 
         .collect()
 }
 
-/// Prefix of the notice the hydrate script publishes when it re-initialises a room.
+/// Prefix of the notice the hydrate and recheck scripts publish when sockets may have
+/// seen seqs the room no longer holds.
 pub const RESET_PREFIX: &str = "R ";
 
 /// Parses a pub/sub payload (`"<seq> <entry JSON>"`) published by the append script.

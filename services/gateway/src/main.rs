@@ -18,6 +18,7 @@ fn return_large_blocks_to_the_kernel() {}
 
 fn main() -> anyhow::Result<()> {
     return_large_blocks_to_the_kernel();
+    huddle_failpoints::setup();
     actix_web::rt::System::new().block_on(run())
 }
 

@@ -4,7 +4,7 @@
 use huddle_domain::{LogEntry, RoomName, StoredMessage};
 use huddle_proto::v1::hydrator_client::HydratorClient;
 use huddle_proto::v1::{ChatMessage, GetHistoryRequest, HydrateRoomRequest};
-use huddle_roomlog::{AppendOutcome, Presence, PresenceChange, RoomLog, RoomPresence};
+use huddle_roomlog::{AppendOutcome, Presence, PresenceChange, Readiness, RoomLog, RoomPresence};
 use std::time::Duration;
 
 use tonic::transport::Channel;
@@ -49,11 +49,12 @@ impl RoomService {
         Self { log, hydrator, flushes, flush_backlog: flush_backlog.max(1), deadline }
     }
 
-    /// Makes sure Redis holds the room's counter, hydrating it from the archive if not.
+    /// Makes sure Redis holds the room's counter, checked against the archive on this
+    /// Redis process, hydrating or re-checking it through the hydrator if not.
     /// Answers within the deadline, or refuses with `unavailable` (503, Retry-After).
     pub async fn ensure_ready(&self, room: &RoomName) -> Result<(), ApiError> {
         let ready = async {
-            if self.log.is_initialised(room).await.map_err(ApiError::unavailable)? {
+            if matches!(self.log.readiness(room).await.map_err(ApiError::unavailable)?, Readiness::Ready { .. }) {
                 return Ok(());
             }
             self.hydrator
@@ -78,6 +79,7 @@ impl RoomService {
             outcome = self.log.append(room, entry).await.map_err(ApiError::unavailable)?;
         }
         timer.observe_duration();
+        huddle_failpoints::crash_point!("gateway::appended");
         match outcome {
             AppendOutcome::Appended { seq, unpersisted } => {
                 MESSAGES_ACCEPTED.inc();

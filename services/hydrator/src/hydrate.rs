@@ -7,14 +7,14 @@ use huddle_archive::Archive;
 use huddle_domain::RoomName;
 use huddle_proto::v1::hydrator_server::Hydrator;
 use huddle_proto::v1::{GetHistoryRequest, GetHistoryResponse, HydrateRoomRequest, HydrateRoomResponse};
-use huddle_roomlog::RoomLog;
+use huddle_roomlog::{Readiness, RoomLog};
 use prometheus::{register_int_counter_vec, IntCounterVec};
 use tonic::{Request, Response, Status};
 
 static HYDRATIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "huddle_hydrations_total",
-        "HydrateRoom calls by outcome: loaded (this call restored the room), warm (Redis had it), waited (another caller restored it)",
+        "HydrateRoom calls by outcome: loaded (this call restored the room), rechecked (this call compared a room Redis held with the archive, on a Redis process new to it), warm (Redis had it), waited (another caller restored it)",
         &["outcome"]
     )
     .expect("metric registers once")
@@ -45,28 +45,27 @@ impl HydrateService {
         let deadline = Instant::now() + self.timeout;
         let lock_ttl_ms = self.timeout.as_millis() as u64;
         loop {
-            let state = self.log.state(room).await.map_err(internal)?;
-            if state.in_redis {
-                return Ok(HydrateRoomResponse { last_seq: state.last_seq, loaded: 0, already_warm: true });
+            if let Readiness::Ready { last_seq } = self.log.readiness(room).await.map_err(internal)? {
+                return Ok(HydrateRoomResponse { last_seq, loaded: 0, already_warm: true });
             }
             if let Some(guard) = self.log.try_lock(self.log.keys().hydrate_lock(room), lock_ttl_ms).await.map_err(internal)? {
                 // The previous holder may have finished between our check and our lock:
                 // re-opening a room Redis already holds would only move its epoch on.
-                let state = match self.log.state(room).await {
-                    Ok(state) => state,
+                let readiness = match self.log.readiness(room).await {
+                    Ok(readiness) => readiness,
                     Err(error) => {
                         let _ = self.log.unlock(guard).await;
                         return Err(internal(error));
                     }
                 };
-                if state.in_redis {
-                    if let Err(error) = self.log.unlock(guard).await {
-                        tracing::warn!(%room, %error, "could not release hydrate lock; it will expire");
+                let result = match readiness {
+                    Readiness::Ready { last_seq } => {
+                        HYDRATIONS.with_label_values(&["waited"]).inc();
+                        Ok(HydrateRoomResponse { last_seq, loaded: 0, already_warm: true })
                     }
-                    HYDRATIONS.with_label_values(&["waited"]).inc();
-                    return Ok(HydrateRoomResponse { last_seq: state.last_seq, loaded: 0, already_warm: true });
-                }
-                let result = self.load(room).await;
+                    Readiness::Unchecked { last_seq } => self.recheck(room, last_seq).await,
+                    Readiness::Missing => self.load(room).await,
+                };
                 if let Err(error) = self.log.unlock(guard).await {
                     tracing::warn!(%room, %error, "could not release hydrate lock; it will expire");
                 }
@@ -82,11 +81,38 @@ impl HydrateService {
 
     async fn load(&self, room: &RoomName) -> Result<HydrateRoomResponse, Status> {
         let tail = self.archive.reopen_room(room, self.window).await.map_err(internal)?;
+        huddle_failpoints::crash_point!("hydrator::archive_reopened");
         let (initialised, last_seq) = self.log.hydrate(room, tail.last_seq, tail.epoch, &tail.recent).await.map_err(internal)?;
         let loaded = if initialised { tail.recent.len() as u32 } else { 0 };
         HYDRATIONS.with_label_values(&[if initialised { "loaded" } else { "warm" }]).inc();
         tracing::info!(%room, last_seq, loaded, abandoned = tail.abandoned, "room hydrated");
         Ok(HydrateRoomResponse { last_seq, loaded, already_warm: !initialised })
+    }
+
+    /// Compares a room Redis holds at `redis_seq` with the archive, on a Redis process it
+    /// was not checked on: Redis may have restarted from an older state, and its counter
+    /// must not hand out a seq the archive already holds.
+    async fn recheck(&self, room: &RoomName, redis_seq: u64) -> Result<HydrateRoomResponse, Status> {
+        let archived = self.archive.recheck_room(room, redis_seq).await.map_err(internal)?;
+        huddle_failpoints::crash_point!("hydrator::archive_rechecked");
+        let Some(last_seq) = self
+            .log
+            .recheck(room, redis_seq, archived.last_seq, archived.watermark, archived.epoch, &archived.above)
+            .await
+            .map_err(internal)?
+        else {
+            // Redis lost the room between the two steps: restore it whole.
+            return self.load(room).await;
+        };
+        HYDRATIONS.with_label_values(&["rechecked"]).inc();
+        let restored = archived.above.len();
+        if restored > 0 || archived.lost > 0 {
+            tracing::warn!(%room, redis_seq, last_seq, restored, lost = archived.lost,
+                "Redis had gone back to an older state of the room; restored what the archive holds above it");
+        } else {
+            tracing::info!(%room, last_seq, "room re-checked against the archive on a new Redis process");
+        }
+        Ok(HydrateRoomResponse { last_seq, loaded: restored as u32, already_warm: false })
     }
 }
 

@@ -5,6 +5,7 @@ use huddle_hydrator::Command;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    huddle_failpoints::setup();
     let mut settings = huddle_hydrator::Settings::parse();
     let telemetry = huddle_telemetry::init("hydrator");
     if let Some(Command::Rewarm { active_within_mins }) = settings.command.take() {

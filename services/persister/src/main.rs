@@ -3,6 +3,7 @@ use huddle_persister::{Command, DeadLetterAction};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    huddle_failpoints::setup();
     let mut settings = huddle_persister::Settings::parse();
     if let Some(Command::DeadLetters { action }) = settings.command.take() {
         return dead_letters(&settings, action).await;

@@ -66,6 +66,7 @@ impl PersistTasks {
                 to_seq: (start + self.chunk_size - 1).min(to),
             })
             .collect();
+        huddle_failpoints::crash_point!("persister::flush_claimed");
         tracing::debug!(%room, from, to, chunks = chunks.len(), reason = %task.reason, "flush fanned out");
         transient!(self.broker.publish(TaskQueue::PersistChunk, &chunks).await)
     }
@@ -101,7 +102,9 @@ impl PersistTasks {
             }
         };
         metrics::MESSAGES_WRITTEN.inc_by(messages.len() as u64);
+        huddle_failpoints::crash_point!("persister::chunk_stored");
         transient!(self.log.mark_persisted(&room, watermark).await)?;
+        huddle_failpoints::crash_point!("persister::watermark_moved");
         transient!(self.log.clear_dirty_if_clean(&room).await)?;
         timer.observe_duration();
         tracing::debug!(%room, from = task.from_seq, to = task.to_seq, written = messages.len(), watermark, "chunk persisted");

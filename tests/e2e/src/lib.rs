@@ -39,6 +39,8 @@ pub fn amqp_url() -> String {
 /// One test's private slice of the shared servers.
 pub struct TestEnv {
     pub id: String,
+    /// The Redis this test's services use (the shared one unless the test brought its own).
+    pub redis_url: String,
     pub database_url: String,
     pub db_name: String,
     pub key_prefix: String,
@@ -48,6 +50,11 @@ pub struct TestEnv {
 impl TestEnv {
     /// Creates the test's database; fails clearly if a server is not reachable.
     pub async fn new() -> Result<Self> {
+        Self::with_redis(redis_url()).await
+    }
+
+    /// Like [`TestEnv::new`], on the Redis at `redis_url` (e.g. an [`OwnRedis`]).
+    pub async fn with_redis(redis_url: String) -> Result<Self> {
         let _ = huddle_telemetry::init("e2e-test");
         // The creation time in the names lets scripts/clean-test-leftovers.sh remove what
         // a crashed run left behind without touching a run still in progress.
@@ -59,17 +66,18 @@ impl TestEnv {
             .with_context(|| format!("PostgreSQL is not reachable at {} (start it: scripts/services.sh)", postgres_server()))?;
         tokio::spawn(connection);
         client.batch_execute(&format!("CREATE DATABASE {db_name}")).await?;
-        let redis = redis::Client::open(redis_url())?;
+        let redis = redis::Client::open(redis_url.as_str())?;
         let mut conn = redis
             .get_multiplexed_async_connection()
             .await
-            .with_context(|| format!("Redis is not reachable at {} (start it: scripts/services.sh)", redis_url()))?;
+            .with_context(|| format!("Redis is not reachable at {redis_url} (start it: scripts/services.sh)"))?;
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
         Ok(Self {
             database_url: format!("{}/{db_name}", postgres_server()),
             db_name,
             key_prefix: format!("ht{id}:"),
             queue_prefix: format!("ht{id}"),
+            redis_url,
             id,
         })
     }
@@ -82,7 +90,7 @@ impl TestEnv {
             "--database-pool-size".into(),
             "4".into(),
             "--redis-url".into(),
-            redis_url(),
+            self.redis_url.clone(),
             "--redis-pool-size".into(),
             "8".into(),
             "--key-prefix".into(),
@@ -107,7 +115,7 @@ impl TestEnv {
     /// The test's Redis hot log, keeping `window` persisted messages per room.
     pub fn room_log(&self, window: u64) -> Result<huddle_roomlog::RoomLog> {
         Ok(huddle_roomlog::RoomLog::connect(&huddle_config::RedisSettings {
-            redis_url: redis_url(),
+            redis_url: self.redis_url.clone(),
             redis_pool_size: 4,
             key_prefix: self.key_prefix.clone(),
             redis_window: window,
@@ -117,7 +125,7 @@ impl TestEnv {
 
     /// Deletes every Redis key of this test (what "Redis lost everything" means to it).
     pub async fn wipe_redis(&self) -> Result<u64> {
-        let mut conn = redis::Client::open(redis_url())?.get_multiplexed_async_connection().await?;
+        let mut conn = redis::Client::open(self.redis_url.as_str())?.get_multiplexed_async_connection().await?;
         let mut cursor = 0u64;
         let mut deleted = 0;
         loop {
@@ -256,7 +264,11 @@ impl Stack {
 
     /// A full stack with extra flags.
     pub async fn start_with(options: StackOptions<'_>) -> Result<Self> {
-        let env = TestEnv::new().await?;
+        Self::start_on(TestEnv::new().await?, options).await
+    }
+
+    /// A full stack on `env` (e.g. one with its own Redis).
+    pub async fn start_on(env: TestEnv, options: StackOptions<'_>) -> Result<Self> {
         let hydrator = start_hydrator(&env, options.hydrator_args).await?;
         let persister = start_persister(&env, options.persister_args).await.context("persister (is RabbitMQ running?)")?;
         let mut running = Vec::new();
@@ -592,6 +604,21 @@ pub fn binary(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Binary `name` built with crash points (`--features failpoints`), which scripts/test
+/// builds into the target dir's `failpoints/` directory beside the normal ones.
+pub fn failpoint_binary(name: &str) -> Result<PathBuf> {
+    let normal = binary(name)?;
+    let target = normal.parent().and_then(|profile| profile.parent()).context("binary has no target dir")?;
+    let path = target.join("failpoints").join("debug").join(name);
+    if !path.exists() {
+        bail!(
+            "{} is missing: scripts/test builds it (cargo build --target-dir <target>/failpoints --features {name}/failpoints)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
 /// A local address nothing listens on right now.
 pub fn free_addr() -> Result<String> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -608,13 +635,18 @@ impl Service {
     /// Starts binary `name` on `env`'s stores, configured by environment variables only;
     /// `otlp` (if not empty) is where it exports traces.
     pub fn spawn(name: &'static str, env: &TestEnv, otlp: &str, vars: &[(&str, String)]) -> Result<Self> {
-        let mut command = Command::new(binary(name)?);
+        Self::spawn_binary(binary(name)?, name, env, otlp, vars)
+    }
+
+    /// Like [`Service::spawn`], running the executable at `path`.
+    pub fn spawn_binary(path: PathBuf, name: &'static str, env: &TestEnv, otlp: &str, vars: &[(&str, String)]) -> Result<Self> {
+        let mut command = Command::new(path);
         command
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("RUST_LOG", "warn")
             .env("HUDDLE_DATABASE_URL", &env.database_url)
-            .env("HUDDLE_REDIS_URL", redis_url())
+            .env("HUDDLE_REDIS_URL", &env.redis_url)
             .env("HUDDLE_KEY_PREFIX", &env.key_prefix)
             .env("HUDDLE_AMQP_URL", amqp_url())
             .env("HUDDLE_QUEUE_PREFIX", &env.queue_prefix)
@@ -632,6 +664,11 @@ impl Service {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Whether the process has exited (e.g. crashed at a crash point).
+    pub fn has_exited(&mut self) -> Result<bool> {
+        Ok(self.child.try_wait()?.is_some())
     }
 
     /// SIGTERM, then the exit status (graceful shutdown must exit 0).
@@ -738,5 +775,77 @@ async fn pump(
         if to.write_all(&buf[..n]).await.is_err() {
             return;
         }
+    }
+}
+
+/// A Redis server of the test's own, for faults the shared one must never see (kill,
+/// restart, going back to an older snapshot). Killed when dropped.
+pub struct OwnRedis {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    /// Starts `redis-server` on a free port, keeping its files in a fresh directory and
+    /// writing them only when told to ([`OwnRedis::save`]).
+    pub fn start() -> Result<Self> {
+        let port: u16 = free_addr()?.rsplit(':').next().context("address has a port")?.parse()?;
+        let dir = std::env::temp_dir().join(format!("huddle-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let mut redis = Self { port, dir, child: None };
+        redis.restart()?;
+        Ok(redis)
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Writes a snapshot (`SAVE`): what a restart comes back with.
+    pub fn save(&self) -> Result<()> {
+        let status = Command::new("redis-cli").args(["-p", &self.port.to_string(), "SAVE"]).stdout(Stdio::null()).status()?;
+        if !status.success() {
+            bail!("redis-cli SAVE failed");
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs the server: whatever it did not save is gone.
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts the server again (on the same port and files) and waits until it answers.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill()?;
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .context("redis-server is not installed (scripts/services.sh installs it)")?;
+        self.child = Some(child);
+        for _ in 0..100 {
+            let pong = Command::new("redis-cli").args(["-p", &self.port.to_string(), "PING"]).output()?;
+            if pong.stdout.starts_with(b"PONG") {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("redis-server on port {} did not answer PING within 5 s", self.port)
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -1,12 +1,17 @@
 -- Appends one message to a room: the write path's single atomic round-trip.
 -- KEYS[1] seq counter, KEYS[2] log stream, KEYS[3] persisted watermark, KEYS[4] client_id marker,
--- KEYS[5] the dirty-room index (global: it shares no hash slot with the room's keys)
+-- KEYS[5] the dirty-room index (global: it shares no hash slot with the room's keys),
+-- KEYS[6] run_id of the Redis process the room was last checked on
 -- ARGV[1] pub/sub channel, ARGV[2] entry JSON, ARGV[3] client_id marker TTL in seconds ("0": no client_id),
--- ARGV[4] room name, ARGV[5] now (ms)
+-- ARGV[4] room name, ARGV[5] now (ms), ARGV[6] run_id of this Redis process (as the caller's connection read it)
 -- The room enters the dirty index in the same atomic step as its first unpersisted
 -- message, so no crash can leave an unpersisted message that the sweep never sees.
--- Returns {seq, duplicate (0/1), unpersisted}; seq = -1 when the room is not initialised.
-if redis.call('EXISTS', KEYS[1]) == 0 then
+-- A room not checked on this process may have gone back to an older state (Redis
+-- restarted from a snapshot or a lagging replica): its counter could hand out a seq the
+-- archive already holds, so it takes no write until the hydrator has re-checked it.
+-- Returns {seq, duplicate (0/1), unpersisted}; seq = -1 when the room is not initialised
+-- or not checked on this process.
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('GET', KEYS[6]) ~= ARGV[6] then
   return {-1, 0, 0}
 end
 local dedupe = ARGV[3] ~= '0'

@@ -1,7 +1,8 @@
 -- Initialises a room from the archive, unless Redis already holds it.
--- KEYS[1] seq counter, KEYS[2] log stream, KEYS[3] persisted watermark, KEYS[4] epoch
+-- KEYS[1] seq counter, KEYS[2] log stream, KEYS[3] persisted watermark, KEYS[4] epoch,
+-- KEYS[5] run_id the room was checked on
 -- ARGV[1] archived last seq, ARGV[2] client_id marker TTL (s), ARGV[3] pub/sub channel,
--- ARGV[4] the room's epoch in the archive, then triplets of
+-- ARGV[4] the room's epoch in the archive, ARGV[5] this Redis process's run_id, then triplets of
 -- (seq, entry JSON, client_id marker "cid:<user id>:<client_id>" or "") in ascending seq order. Restoring the client_id markers
 -- keeps a resend of a recent message from becoming a duplicate after Redis was lost.
 -- Returns {initialised (0/1), seq counter}.
@@ -24,7 +25,7 @@ if #tail > 0 then
   if last > seq then seq = last end
 else
   local prefix = string.sub(KEYS[1], 1, -4) -- "<p>room:{r}:" (KEYS[1] ends in "seq")
-  for i = 5, #ARGV, 3 do
+  for i = 6, #ARGV, 3 do
     redis.call('XADD', KEYS[2], ARGV[i] .. '-0', 'm', ARGV[i + 1])
     if ARGV[i + 2] ~= '' then
       redis.call('SET', prefix .. ARGV[i + 2], ARGV[i], 'EX', ARGV[2])
@@ -33,6 +34,7 @@ else
 end
 redis.call('SET', KEYS[3], archived)
 redis.call('SET', KEYS[4], ARGV[4])
+redis.call('SET', KEYS[5], ARGV[5])
 redis.call('SET', KEYS[1], seq)
 -- Sockets still open on the room may have seen seqs above this (acked messages that
 -- Redis lost): "R <seq>" tells every gateway to reload them from here.
