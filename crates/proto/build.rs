@@ -15,8 +15,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", file.display());
     }
     let descriptors = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("huddle_descriptor.bin");
-    tonic_prost_build::configure()
-        .file_descriptor_set_path(descriptors)
-        .compile_protos(&files, &[root])?;
+    tonic_prost_build::configure().file_descriptor_set_path(descriptors).compile_protos(&files, &[root])?;
     Ok(())
 }

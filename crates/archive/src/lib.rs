@@ -392,12 +392,7 @@ impl Archive {
 
     /// Up to `limit` messages with seq < `before`, the newest ones, oldest first.
     pub async fn history_before(&self, room: &RoomName, before: u64, limit: usize) -> Result<Vec<StoredMessage>> {
-        let row = self
-            .pool
-            .get()
-            .await?
-            .query_opt("SELECT id FROM rooms WHERE name = $1", &[&room.as_str()])
-            .await?;
+        let row = self.pool.get().await?.query_opt("SELECT id FROM rooms WHERE name = $1", &[&room.as_str()]).await?;
         match row {
             Some(row) => page(&self.pool.get().await?, row.get(0), before.min(i64::MAX as u64) as i64, limit).await,
             None => Ok(Vec::new()),
@@ -482,7 +477,11 @@ async fn reused_seqs(
 }
 
 /// The stored messages of a room with these seqs.
-async fn page_of_seqs(tx: &deadpool_postgres::Transaction<'_>, room_id: i64, seqs: &[i64]) -> Result<Vec<StoredMessage>> {
+async fn page_of_seqs(
+    tx: &deadpool_postgres::Transaction<'_>,
+    room_id: i64,
+    seqs: &[i64],
+) -> Result<Vec<StoredMessage>> {
     let rows = tx
         .query(
             "SELECT seq, user_id, user_name, body, client_id, round(extract(epoch FROM sent_at) * 1000)::bigint
@@ -585,8 +584,7 @@ async fn gap_free_top(tx: &deadpool_postgres::Transaction<'_>, room_id: i64, wat
 /// Locks the room's row for the transaction (serialising the room's archive writers)
 /// and returns its watermark and epoch.
 async fn lock_room(tx: &deadpool_postgres::Transaction<'_>, room_id: i64) -> Result<(i64, i64)> {
-    let row = tx
-        .query_one("SELECT persisted_seq, epoch FROM rooms WHERE id = $1 FOR NO KEY UPDATE", &[&room_id])
-        .await?;
+    let row =
+        tx.query_one("SELECT persisted_seq, epoch FROM rooms WHERE id = $1 FOR NO KEY UPDATE", &[&room_id]).await?;
     Ok((row.get(0), row.get(1)))
 }

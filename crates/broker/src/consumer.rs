@@ -88,7 +88,13 @@ pub async fn consume<H: TaskHandler>(
     tracing::info!(queue = %queue_name, "consumer stopped");
 }
 
-async fn settle<H: TaskHandler>(handler: &H, queue: TaskQueue, queue_name: &str, delivery: Delivery, retry_base: Duration) {
+async fn settle<H: TaskHandler>(
+    handler: &H,
+    queue: TaskQueue,
+    queue_name: &str,
+    delivery: Delivery,
+    retry_base: Duration,
+) {
     let span = tracing::info_span!("task", queue = queue_name, redelivered = delivery.redelivered);
     huddle_telemetry::continue_trace(&span, trace_headers(&delivery));
     let outcome = match handler.handle(queue, &delivery.data).instrument(span).await {

@@ -20,8 +20,8 @@ use std::sync::Arc;
 
 use huddle_config::BrokerSettings;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
@@ -116,7 +116,13 @@ impl Topology {
         let dead = self.dead_letter_queue();
         channel.queue_declare(dead.as_str().into(), durable, quorum(&[])).await?;
         channel
-            .queue_bind(dead.as_str().into(), dlx.as_str().into(), "".into(), QueueBindOptions::default(), FieldTable::default())
+            .queue_bind(
+                dead.as_str().into(),
+                dlx.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
             .await?;
         for queue in TaskQueue::ALL {
             let args = quorum(&[
@@ -248,7 +254,8 @@ impl Broker {
         let mut dead = Vec::new();
         let queue = self.topology.dead_letter_queue();
         while dead.len() < limit {
-            let Some(message) = channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false }).await? else {
+            let Some(message) = channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false }).await?
+            else {
                 break;
             };
             dead.push(DeadTask::from_delivery(&message.delivery));
@@ -265,13 +272,20 @@ impl Broker {
         let queue = self.topology.dead_letter_queue();
         let mut moved = 0;
         while moved < limit {
-            let Some(message) = channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false }).await? else {
+            let Some(message) = channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false }).await?
+            else {
                 break;
             };
             let task = DeadTask::from_delivery(&message.delivery);
             let properties = message.delivery.properties.clone();
             let confirm = publisher
-                .basic_publish("".into(), task.queue.as_str().into(), BasicPublishOptions::default(), &message.delivery.data, properties)
+                .basic_publish(
+                    "".into(),
+                    task.queue.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &message.delivery.data,
+                    properties,
+                )
                 .await?;
             if !confirm.await?.is_ack() {
                 return Err(BrokerError::Nacked { queue: task.queue });
@@ -287,16 +301,10 @@ impl Broker {
     pub async fn delete_topology(&self) -> Result<()> {
         let (_, channel) = self.connection().await?;
         for queue in TaskQueue::ALL {
-            channel
-                .queue_delete(self.topology.queue(queue).as_str().into(), QueueDeleteOptions::default())
-                .await?;
+            channel.queue_delete(self.topology.queue(queue).as_str().into(), QueueDeleteOptions::default()).await?;
         }
-        channel
-            .queue_delete(self.topology.dead_letter_queue().as_str().into(), QueueDeleteOptions::default())
-            .await?;
-        channel
-            .exchange_delete(self.topology.dead_letter_exchange().as_str().into(), Default::default())
-            .await?;
+        channel.queue_delete(self.topology.dead_letter_queue().as_str().into(), QueueDeleteOptions::default()).await?;
+        channel.exchange_delete(self.topology.dead_letter_exchange().as_str().into(), Default::default()).await?;
         Ok(())
     }
 
@@ -304,7 +312,8 @@ impl Broker {
     pub async fn close(&self) {
         if let Some(link) = self.link.lock().await.take() {
             // A connection whose I/O task is gone never answers; do not wait on it forever.
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), link.connection.close(200, "bye".into())).await;
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(2), link.connection.close(200, "bye".into())).await;
         }
     }
 }

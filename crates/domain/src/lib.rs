@@ -56,9 +56,7 @@ impl RoomName {
         let valid = !raw.is_empty()
             && raw.len() <= MAX_ROOM_LEN
             && raw.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-            && raw
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+            && raw.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
         if valid {
             Ok(Self(raw.to_owned()))
         } else {
@@ -86,9 +84,7 @@ impl Username {
     /// Parses 3-32 characters of ASCII letters, digits, `_`, `-` and `.`.
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
         let valid = (3..=32).contains(&raw.len())
-            && raw
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+            && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
         if valid {
             Ok(Self(raw.to_owned()))
         } else {
@@ -139,10 +135,8 @@ impl MessageBody {
 
 /// A client's idempotency key for a send: up to 64 characters of `[A-Za-z0-9_:.-]`.
 pub fn validate_client_id(raw: &str) -> Result<(), ValidationError> {
-    let valid = raw.len() <= 64
-        && raw
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b':' | b'.'));
+    let valid =
+        raw.len() <= 64 && raw.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b':' | b'.'));
     if valid {
         Ok(())
     } else {
@@ -175,9 +169,7 @@ pub struct StoredMessage {
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
 }
 
@@ -235,10 +227,7 @@ mod tests {
     #[test]
     fn bodies_are_capped_and_not_blank() {
         assert_eq!(MessageBody::parse(" \n\t".into()), Err(ValidationError::EmptyBody));
-        assert_eq!(
-            MessageBody::parse("x".repeat(MAX_BODY_BYTES + 1)),
-            Err(ValidationError::BodyTooLong)
-        );
+        assert_eq!(MessageBody::parse("x".repeat(MAX_BODY_BYTES + 1)), Err(ValidationError::BodyTooLong));
         assert!(MessageBody::parse("x".repeat(MAX_BODY_BYTES)).is_ok());
         assert_eq!(MessageBody::parse(" hi ".into()).unwrap().into_inner(), " hi ");
         assert_eq!(MessageBody::parse("a\0b".into()), Err(ValidationError::NulInBody));

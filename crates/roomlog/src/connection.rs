@@ -65,7 +65,12 @@ impl ConnectionLike for Conn {
         self.0.conn.req_packed_command(cmd)
     }
 
-    fn req_packed_commands<'a>(&'a mut self, pipeline: &'a Pipeline, offset: usize, count: usize) -> RedisFuture<'a, Vec<Value>> {
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
         self.0.conn.req_packed_commands(pipeline, offset, count)
     }
 

@@ -40,10 +40,8 @@ pub const CLIENT_ID_TTL_SECS: u64 = 24 * 3600;
 static APPEND: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/append.lua")));
 static HYDRATE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/hydrate.lua")));
 static RECHECK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/recheck.lua")));
-static MARK_PERSISTED: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/mark_persisted.lua")));
-static CLAIM_FLUSH: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/claim_flush.lua")));
+static MARK_PERSISTED: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/mark_persisted.lua")));
+static CLAIM_FLUSH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/claim_flush.lua")));
 static PRESENCE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/presence.lua")));
 static RELEASE_LOCK: LazyLock<Script> = LazyLock::new(|| {
     Script::new("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0")
@@ -289,11 +287,8 @@ impl RoomLog {
     /// Whether the room can take writes on the Redis process this call reaches.
     pub async fn readiness(&self, room: &RoomName) -> Result<Readiness> {
         let mut conn = self.conn().await?;
-        let (seq, checked_on): (Option<u64>, Option<String>) = redis::pipe()
-            .get(self.keys.seq(room))
-            .get(self.keys.checked_on(room))
-            .query_async(&mut conn)
-            .await?;
+        let (seq, checked_on): (Option<u64>, Option<String>) =
+            redis::pipe().get(self.keys.seq(room)).get(self.keys.checked_on(room)).query_async(&mut conn).await?;
         Ok(match seq {
             None => Readiness::Missing,
             Some(last_seq) if checked_on.as_deref() == Some(&*conn.run_id()) => Readiness::Ready { last_seq },
@@ -304,10 +299,8 @@ impl RoomLog {
     /// Appends one message atomically: seq INCR, XADD, client_id marker, dirty-index
     /// entry, PUBLISH.
     pub async fn append(&self, room: &RoomName, entry: &LogEntry) -> Result<AppendOutcome> {
-        let json = serde_json::to_string(entry).map_err(|e| RoomLogError::CorruptEntry {
-            id: String::new(),
-            reason: e.to_string(),
-        })?;
+        let json = serde_json::to_string(entry)
+            .map_err(|e| RoomLogError::CorruptEntry { id: String::new(), reason: e.to_string() })?;
         let ttl = if entry.client_id.is_empty() { 0 } else { CLIENT_ID_TTL_SECS };
         let mut conn = self.conn().await?;
         let (seq, duplicate, unpersisted): (i64, i64, i64) = APPEND
@@ -394,7 +387,8 @@ impl RoomLog {
             .arg(format!("{to}-0"))
             .query_async(&mut self.conn().await?)
             .await?;
-        let mut chunk = Chunk { epoch: epoch.unwrap_or(0), messages: Vec::with_capacity(raw.len()), unreadable: Vec::new() };
+        let mut chunk =
+            Chunk { epoch: epoch.unwrap_or(0), messages: Vec::with_capacity(raw.len()), unreadable: Vec::new() };
         for (id, fields) in raw {
             let Some(seq) = seq_of_id(&id) else { continue };
             let value = fields.chunks(2).find(|pair| pair[0] == b"m").and_then(|pair| pair.get(1));
@@ -404,11 +398,7 @@ impl RoomLog {
             };
             match decoded {
                 Ok(entry) => chunk.messages.push(StoredMessage { seq, entry }),
-                Err(reason) => chunk.unreadable.push(Unreadable {
-                    seq,
-                    raw: fields.concat(),
-                    reason,
-                }),
+                Err(reason) => chunk.unreadable.push(Unreadable { seq, raw: fields.concat(), reason }),
             }
         }
         Ok(chunk)
@@ -544,11 +534,8 @@ impl RoomLog {
 
     /// Up to `limit` dirty rooms, longest-dirty first, with when they became dirty.
     pub async fn dirty_rooms(&self, limit: usize) -> Result<Vec<(RoomName, i64)>> {
-        let raw: Vec<(String, f64)> = self
-            .conn()
-            .await?
-            .zrange_withscores(self.keys.dirty(), 0, limit.saturating_sub(1) as isize)
-            .await?;
+        let raw: Vec<(String, f64)> =
+            self.conn().await?.zrange_withscores(self.keys.dirty(), 0, limit.saturating_sub(1) as isize).await?;
         Ok(raw
             .into_iter()
             .filter_map(|(name, score)| RoomName::parse(&name).ok().map(|room| (room, score as i64)))
@@ -557,7 +544,13 @@ impl RoomLog {
 
     /// Records a socket's presence in a room (`Join`/`Refresh`, valid for `ttl_ms`) or
     /// removes it (`Leave`); returns the room's presence afterwards.
-    pub async fn presence(&self, room: &RoomName, change: PresenceChange, socket: &Presence, ttl_ms: u64) -> Result<RoomPresence> {
+    pub async fn presence(
+        &self,
+        room: &RoomName,
+        change: PresenceChange,
+        socket: &Presence,
+        ttl_ms: u64,
+    ) -> Result<RoomPresence> {
         let now = huddle_domain::now_ms();
         let reply: Vec<String> = PRESENCE
             .key(self.keys.online(room))
@@ -609,11 +602,7 @@ impl RoomLog {
 
     /// Releases a lock if it is still ours.
     pub async fn unlock(&self, guard: LockGuard) -> Result<()> {
-        let _: i64 = RELEASE_LOCK
-            .key(guard.key)
-            .arg(guard.token)
-            .invoke_async(&mut self.conn().await?)
-            .await?;
+        let _: i64 = RELEASE_LOCK.key(guard.key).arg(guard.token).invoke_async(&mut self.conn().await?).await?;
         Ok(())
     }
 
@@ -625,11 +614,7 @@ impl RoomLog {
 
     /// Marks a session token id as revoked until `ttl_secs` from now.
     pub async fn revoke_token(&self, token_id: &str, ttl_secs: u64) -> Result<()> {
-        let _: () = self
-            .conn()
-            .await?
-            .set_ex(self.keys.revoked_token(token_id), 1, ttl_secs.max(1))
-            .await?;
+        let _: () = self.conn().await?.set_ex(self.keys.revoked_token(token_id), 1, ttl_secs.max(1)).await?;
         Ok(())
     }
 
@@ -643,10 +628,8 @@ impl RoomLog {
 /// so a resend of a restored message stays a duplicate.
 fn add_restored(invocation: &mut redis::ScriptInvocation<'_>, messages: &[StoredMessage]) -> Result<()> {
     for message in messages {
-        let json = serde_json::to_string(&message.entry).map_err(|e| RoomLogError::CorruptEntry {
-            id: message.seq.to_string(),
-            reason: e.to_string(),
-        })?;
+        let json = serde_json::to_string(&message.entry)
+            .map_err(|e| RoomLogError::CorruptEntry { id: message.seq.to_string(), reason: e.to_string() })?;
         let marker = if message.entry.client_id.is_empty() {
             String::new()
         } else {

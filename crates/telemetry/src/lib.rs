@@ -51,7 +51,8 @@ pub fn init(service: &'static str) -> TelemetryGuard {
 
     // Logs and exported spans are filtered separately: quiet logs must not silence traces.
     let log_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let span_filter = EnvFilter::try_from_env("HUDDLE_TRACE_FILTER").unwrap_or_else(|_| EnvFilter::new("info,lapin=warn,h2=warn,tower=warn"));
+    let span_filter = EnvFilter::try_from_env("HUDDLE_TRACE_FILTER")
+        .unwrap_or_else(|_| EnvFilter::new("info,lapin=warn,h2=warn,tower=warn"));
     let pretty = std::env::var("HUDDLE_LOG_FORMAT").as_deref() == Ok("pretty");
     let logs = if pretty {
         tracing_subscriber::fmt::layer().with_target(true).boxed()
@@ -164,17 +165,13 @@ fn status_body(status: &str, reason: Option<String>) -> std::collections::BTreeM
 }
 
 async fn metrics() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(metrics_text())
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(metrics_text())
 }
 
 /// Everything in the default Prometheus registry, in the text exposition format.
 pub fn metrics_text() -> String {
     let encoder = prometheus::TextEncoder::new();
-    encoder
-        .encode_to_string(&prometheus::gather())
-        .unwrap_or_else(|e| format!("# metrics encoding failed: {e}\n"))
+    encoder.encode_to_string(&prometheus::gather()).unwrap_or_else(|e| format!("# metrics encoding failed: {e}\n"))
 }
 
 /// A running ops endpoint server (see [`spawn_ops_server`]).
@@ -197,25 +194,21 @@ impl OpsServer {
 /// runtime, so worker services built on plain tokio need no actix system of their own.
 pub fn spawn_ops_server(listener: TcpListener, readiness: Readiness) -> std::io::Result<OpsServer> {
     let (handle_tx, handle_rx) = std::sync::mpsc::channel();
-    let thread = std::thread::Builder::new()
-        .name("ops-http".into())
-        .spawn(move || {
-            actix_web::rt::System::new().block_on(async move {
-                let server = HttpServer::new(move || {
-                    let readiness = readiness.clone();
-                    App::new().configure(move |cfg| configure_ops(cfg, readiness))
-                })
-                .workers(1)
-                .disable_signals()
-                .listen(listener)?
-                .run();
-                let _ = handle_tx.send(server.handle());
-                server.await
+    let thread = std::thread::Builder::new().name("ops-http".into()).spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            let server = HttpServer::new(move || {
+                let readiness = readiness.clone();
+                App::new().configure(move |cfg| configure_ops(cfg, readiness))
             })
-        })?;
-    let handle = handle_rx
-        .recv()
-        .map_err(|_| std::io::Error::other("ops server failed to start"))?;
+            .workers(1)
+            .disable_signals()
+            .listen(listener)?
+            .run();
+            let _ = handle_tx.send(server.handle());
+            server.await
+        })
+    })?;
+    let handle = handle_rx.recv().map_err(|_| std::io::Error::other("ops server failed to start"))?;
     Ok(OpsServer { handle, thread: Some(thread) })
 }
 

@@ -100,8 +100,7 @@ impl ResponseError for ApiError {
             // Overload and outages are passing: tell clients when to come back.
             response.insert_header((actix_web::http::header::RETRY_AFTER, "1"));
         }
-        response
-            .json(ErrorEnvelope { error: ErrorDetail { code: self.code(), message: self.to_string() } })
+        response.json(ErrorEnvelope { error: ErrorDetail { code: self.code(), message: self.to_string() } })
     }
 }
 
@@ -202,10 +201,8 @@ async fn me(user: AuthUser) -> HttpResponse {
 
 async fn rooms(state: web::Data<AppState>, _user: AuthUser) -> Result<HttpResponse, ApiError> {
     let client = state.archive.pool().get().await.map_err(ApiError::unavailable)?;
-    let rows = client
-        .query("SELECT name FROM rooms ORDER BY name LIMIT 500", &[])
-        .await
-        .map_err(ApiError::unavailable)?;
+    let rows =
+        client.query("SELECT name FROM rooms ORDER BY name LIMIT 500", &[]).await.map_err(ApiError::unavailable)?;
     let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
     Ok(HttpResponse::Ok().json(serde_json::json!({ "rooms": names })))
 }
@@ -241,9 +238,7 @@ pub fn page_body(room: &RoomName, messages: &[StoredMessage], has_more: bool) ->
 
 /// Turns actix's extractor errors (bad JSON body, bad query) into JSON error bodies.
 pub fn json_config() -> web::JsonConfig {
-    web::JsonConfig::default()
-        .limit(16 * 1024)
-        .error_handler(|error, _| ApiError::BadRequest(error.to_string()).into())
+    web::JsonConfig::default().limit(16 * 1024).error_handler(|error, _| ApiError::BadRequest(error.to_string()).into())
 }
 
 /// See [`json_config`].

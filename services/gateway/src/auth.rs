@@ -236,7 +236,11 @@ mod tests {
         assert_eq!(signer.verify(&token, 50), Ok(claims(100)));
         assert_eq!(signer.verify(&token, 100), Err(TokenError::Expired));
         assert_eq!(TokenSigner::new("other").verify(&token, 50), Err(TokenError::BadSignature));
-        let forged = format!("{}.{}", URL_SAFE_NO_PAD.encode(br#"{"uid":2,"name":"x","exp":999,"jti":"j"}"#), token.split_once('.').unwrap().1);
+        let forged = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(br#"{"uid":2,"name":"x","exp":999,"jti":"j"}"#),
+            token.split_once('.').unwrap().1
+        );
         assert_eq!(signer.verify(&forged, 50), Err(TokenError::BadSignature));
         assert_eq!(signer.verify("garbage", 50), Err(TokenError::Malformed));
     }

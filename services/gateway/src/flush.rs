@@ -32,7 +32,8 @@ pub struct FlushRequester {
 impl FlushRequester {
     /// Asks for `room` to be flushed; never waits.
     pub fn request(&self, room: &RoomName, reason: &'static str) {
-        let task = FlushRoomTask { room: room.to_string(), reason: reason.into(), requested_at_ms: huddle_domain::now_ms() };
+        let task =
+            FlushRoomTask { room: room.to_string(), reason: reason.into(), requested_at_ms: huddle_domain::now_ms() };
         if self.tx.try_send(Request { task, trace: huddle_telemetry::trace_headers() }).is_err() {
             tracing::warn!(%room, reason, "flush request dropped; the sweep will cover it");
         }

@@ -142,7 +142,9 @@ impl Hub {
         match unsubscribed {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::warn!(%room, %error, "unsubscribe failed"),
-            Err(_) => tracing::warn!(%room, "unsubscribe timed out; the channel stays subscribed until pub/sub reconnects"),
+            Err(_) => {
+                tracing::warn!(%room, "unsubscribe timed out; the channel stays subscribed until pub/sub reconnects")
+            }
         }
     }
 
@@ -263,7 +265,10 @@ impl Hub {
             let mut subscriptions = self.subscriptions.lock().await;
             let mut failed = false;
             for room in &subscriptions.rooms {
-                if !matches!(tokio::time::timeout(self.deadline, sink.subscribe(self.keys.channel(room))).await, Ok(Ok(()))) {
+                if !matches!(
+                    tokio::time::timeout(self.deadline, sink.subscribe(self.keys.channel(room))).await,
+                    Ok(Ok(()))
+                ) {
                     failed = true;
                     break;
                 }

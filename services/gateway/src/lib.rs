@@ -38,7 +38,12 @@ const DEV_SECRET: &str = "huddle-dev-secret-change-me";
 
 /// Gateway settings (flags or `HUDDLE_*` environment variables).
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "huddle-gateway", version, about = "Huddle gateway: WebSocket rooms, REST API, web client", args_override_self = true)]
+#[command(
+    name = "huddle-gateway",
+    version,
+    about = "Huddle gateway: WebSocket rooms, REST API, web client",
+    args_override_self = true
+)]
 pub struct Settings {
     /// Address to serve HTTP and WebSocket on.
     #[arg(long, env = "HUDDLE_GATEWAY_ADDR", default_value = "127.0.0.1:8080")]
@@ -231,8 +236,7 @@ pub async fn start(settings: Settings) -> Result<RunningGateway, StartError> {
         let readiness = readiness.clone();
         let app = App::new();
         let app = if ws_echo { app.route("/ws/echo", web::get().to(socket::echo)) } else { app };
-        app
-            .app_data(state.clone())
+        app.app_data(state.clone())
             .app_data(api::json_config())
             .app_data(api::query_config())
             .configure(|cfg| huddle_telemetry::configure_ops(cfg, readiness))

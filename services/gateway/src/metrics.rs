@@ -2,7 +2,10 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge, Histogram, IntCounter, IntCounterVec, IntGauge};
+use prometheus::{
+    register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge, Histogram, IntCounter,
+    IntCounterVec, IntGauge,
+};
 
 /// Open WebSocket connections.
 pub static CONNECTIONS: LazyLock<IntGauge> = LazyLock::new(|| {
@@ -11,7 +14,8 @@ pub static CONNECTIONS: LazyLock<IntGauge> = LazyLock::new(|| {
 
 /// Messages accepted (appended to Redis) by this gateway.
 pub static MESSAGES_ACCEPTED: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("huddle_gateway_messages_accepted_total", "Messages appended to Redis").expect("metric registers once")
+    register_int_counter!("huddle_gateway_messages_accepted_total", "Messages appended to Redis")
+        .expect("metric registers once")
 });
 
 /// Append round-trip time, seconds.

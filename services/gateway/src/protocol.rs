@@ -144,7 +144,13 @@ struct HistoryBody<'a> {
 /// `history` frame: `messages` oldest first. `epoch` names the room's current seq
 /// lineage: a client reconnecting with `since` passes it back, so a view from before a
 /// Redis loss (whose seqs may be reused) gets a `latest` history instead.
-pub fn history_frame(room: &RoomName, mode: HistoryMode, messages: &[StoredMessage], has_more: bool, epoch: i64) -> String {
+pub fn history_frame(
+    room: &RoomName,
+    mode: HistoryMode,
+    messages: &[StoredMessage],
+    has_more: bool,
+    epoch: i64,
+) -> String {
     tagged(
         "history",
         HistoryBody {
@@ -220,7 +226,12 @@ struct PresenceBody<'a> {
 }
 
 /// `presence` frame: the event, whom it is about, and everyone online now.
-pub fn presence_frame(room: &RoomName, event: PresenceEvent, user: Option<(i64, &str)>, online: &[(i64, String)]) -> String {
+pub fn presence_frame(
+    room: &RoomName,
+    event: PresenceEvent,
+    user: Option<(i64, &str)>,
+    online: &[(i64, String)],
+) -> String {
     tagged(
         "presence",
         PresenceBody {

@@ -12,8 +12,8 @@ use tonic::transport::Channel;
 use crate::api::ApiError;
 use crate::flush::FlushRequester;
 use crate::hub::PRESENCE_PREFIX;
-use crate::protocol::{self, PresenceEvent};
 use crate::metrics::{APPEND_SECONDS, MESSAGES_ACCEPTED};
+use crate::protocol::{self, PresenceEvent};
 
 /// How long a socket's presence lasts unless refreshed (sockets refresh it on every
 /// heartbeat, so a crashed gateway's sockets drop out within this).
@@ -111,7 +111,12 @@ impl RoomService {
     /// Every message with seq > `after`, in order: from Redis, and from the archive
     /// (through the hydrator) for whatever Redis no longer holds. `None` when more than
     /// `max` messages were missed: the caller sends the latest history instead.
-    pub async fn missed_since(&self, room: &RoomName, after: u64, max: u64) -> Result<Option<Vec<StoredMessage>>, ApiError> {
+    pub async fn missed_since(
+        &self,
+        room: &RoomName,
+        after: u64,
+        max: u64,
+    ) -> Result<Option<Vec<StoredMessage>>, ApiError> {
         let last_seq = self.log.state(room).await.map_err(ApiError::unavailable)?.last_seq;
         // Below `after`: Redis lost seqs the client saw, and they are being reused.
         if last_seq < after || last_seq - after > max {
@@ -167,7 +172,8 @@ impl RoomService {
             _ => None,
         };
         if let Some(event) = event {
-            let frame = protocol::presence_frame(room, event, Some((socket.user_id, &socket.user_name)), &presence.online);
+            let frame =
+                protocol::presence_frame(room, event, Some((socket.user_id, &socket.user_name)), &presence.online);
             if let Err(error) = self.log.publish_ephemeral(room, &format!("{PRESENCE_PREFIX}{frame}")).await {
                 tracing::warn!(%room, %error, "presence not announced");
             }
@@ -180,7 +186,10 @@ impl RoomService {
 
     /// Publishes a typing notice to the room (not stored).
     pub async fn typing(&self, room: &RoomName, frame: &str) -> Result<(), ApiError> {
-        self.log.publish_ephemeral(room, &format!("{}{frame}", crate::hub::TYPING_PREFIX)).await.map_err(ApiError::unavailable)
+        self.log
+            .publish_ephemeral(room, &format!("{}{frame}", crate::hub::TYPING_PREFIX))
+            .await
+            .map_err(ApiError::unavailable)
     }
 }
 

@@ -105,18 +105,23 @@ pub struct SocketWriter {
 }
 
 /// Upgrades the request: the response to return, the writer, and the incoming frames.
-pub fn open(req: &HttpRequest, body: Payload, write_timeout: Duration) -> Result<(HttpResponse, SocketWriter, AggregatedMessageStream), ApiError> {
+pub fn open(
+    req: &HttpRequest,
+    body: Payload,
+    write_timeout: Duration,
+) -> Result<(HttpResponse, SocketWriter, AggregatedMessageStream), ApiError> {
     let (response, session, stream) = actix_ws::handle(req, body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let stream = stream
-        .max_frame_size(MAX_MESSAGE_BYTES)
-        .aggregate_continuations()
-        .max_continuation_size(MAX_MESSAGE_BYTES);
+    let stream =
+        stream.max_frame_size(MAX_MESSAGE_BYTES).aggregate_continuations().max_continuation_size(MAX_MESSAGE_BYTES);
     let abort = req.conn_data::<ConnectionAbort>().map(ConnectionAbort::downgrade).unwrap_or_default();
     Ok((response, SocketWriter { session, abort, write_timeout }, stream))
 }
 
 /// Maps a write to its outcome: done, the peer is gone, or the deadline passed.
-async fn within(deadline: Duration, write: impl std::future::Future<Output = Result<(), actix_ws::Closed>>) -> Result<(), Exit> {
+async fn within(
+    deadline: Duration,
+    write: impl std::future::Future<Output = Result<(), actix_ws::Closed>>,
+) -> Result<(), Exit> {
     match tokio::time::timeout(deadline, write).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_closed)) => Err(Exit::ClientClosed),
@@ -152,7 +157,10 @@ impl SocketWriter {
             Exit::ClientClosed => return self.abort.abort_later(),
             Exit::Stuck => {
                 STUCK_RESETS.inc();
-                tracing::info!(timeout_ms = self.write_timeout.as_millis() as u64, "client stopped reading; connection reset");
+                tracing::info!(
+                    timeout_ms = self.write_timeout.as_millis() as u64,
+                    "client stopped reading; connection reset"
+                );
                 return self.abort.abort();
             }
             // Echo the client's code, or 1000 when it sent none. (Codes not allowed on

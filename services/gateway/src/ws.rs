@@ -7,19 +7,19 @@ use std::time::{Duration, Instant};
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessageStream, CloseCode};
 use futures_util::StreamExt;
-use tracing::Instrument;
-use serde::Deserialize;
 use huddle_domain::{validate_client_id, LogEntry, MessageBody, RoomName};
+use serde::Deserialize;
+use tracing::Instrument;
 
 use crate::api::ApiError;
 use crate::auth::{AuthUser, Claims};
 use crate::hub::{Membership, Outbound};
 use crate::metrics::{CLIENT_ERRORS, CONNECTIONS};
-use crate::rooms::Accepted;
-use huddle_roomlog::{Presence, PresenceChange};
 use crate::protocol::{self, ClientFrame, HistoryMode, PresenceEvent, CLOSE_SERVICE_RESTART, CLOSE_SLOW_CONSUMER};
+use crate::rooms::Accepted;
 use crate::socket::{close, Exit, Inbound, SocketWriter};
 use crate::AppState;
+use huddle_roomlog::{Presence, PresenceChange};
 
 /// Server pings this often; a client silent for `CLIENT_TIMEOUT` is dropped.
 const HEARTBEAT: Duration = Duration::from_secs(20);
@@ -139,21 +139,18 @@ async fn run(
     };
     CONNECTIONS.inc();
     tracing::debug!(%room, user_id = user.uid, "socket joined");
-    let me = Presence { socket: uuid::Uuid::new_v4().simple().to_string(), user_id: user.uid, user_name: user.name.clone() };
+    let me =
+        Presence { socket: uuid::Uuid::new_v4().simple().to_string(), user_id: user.uid, user_name: user.name.clone() };
     let online = state.rooms.presence(&room, PresenceChange::Join, &me).await.map(|p| p.online);
     let rate = RateLimit::new(state.settings.send_rate, state.settings.send_burst);
-    let mut conn = Connection {
-        state: Arc::clone(&state),
-        user,
-        room: room.clone(),
-        socket,
-        last_seq: 0,
-        epoch: 0,
-        rate,
-    };
+    let mut conn =
+        Connection { state: Arc::clone(&state), user, room: room.clone(), socket, last_seq: 0, epoch: 0, rate };
 
     let exit = match conn.send_initial_history(view).await {
-        Ok(()) => match conn.send_text(protocol::presence_frame(&room, PresenceEvent::Snapshot, None, &online.unwrap_or_default())).await {
+        Ok(()) => match conn
+            .send_text(protocol::presence_frame(&room, PresenceEvent::Snapshot, None, &online.unwrap_or_default()))
+            .await
+        {
             Ok(()) => conn.serve(&mut stream, &mut membership, &me).await,
             Err(exit) => exit,
         },
@@ -192,26 +189,43 @@ impl Connection {
         let current = self.epoch;
         let since = view.filter(|view| view.epoch.is_none_or(|epoch| epoch == current)).map(|view| view.since);
         if let Some(since) = since {
-            if let Some(missed) = self.state.rooms.missed_since(&self.room, since, MAX_RECOVERY).await.map_err(unavailable)? {
+            if let Some(missed) =
+                self.state.rooms.missed_since(&self.room, since, MAX_RECOVERY).await.map_err(unavailable)?
+            {
                 self.last_seq = missed.last().map_or(since, |m| m.seq);
                 let mut frames = missed.chunks(RECOVERY_FRAME).peekable();
                 if frames.peek().is_none() {
-                    return self.send_text(protocol::history_frame(&self.room, HistoryMode::Since, &[], since > 1, self.epoch)).await;
+                    return self
+                        .send_text(protocol::history_frame(&self.room, HistoryMode::Since, &[], since > 1, self.epoch))
+                        .await;
                 }
                 for frame in frames {
                     let has_more = frame.first().is_some_and(|m| m.seq > 1);
-                    self.send_text(protocol::history_frame(&self.room, HistoryMode::Since, frame, has_more, self.epoch)).await?;
+                    self.send_text(protocol::history_frame(
+                        &self.room,
+                        HistoryMode::Since,
+                        frame,
+                        has_more,
+                        self.epoch,
+                    ))
+                    .await?;
                 }
                 return Ok(());
             }
         }
-        let latest = self.state.rooms.latest(&self.room, self.state.settings.join_history).await.map_err(unavailable)?;
+        let latest =
+            self.state.rooms.latest(&self.room, self.state.settings.join_history).await.map_err(unavailable)?;
         self.last_seq = latest.last().map_or(0, |m| m.seq);
         let has_more = latest.first().is_some_and(|m| m.seq > 1);
         self.send_text(protocol::history_frame(&self.room, HistoryMode::Latest, &latest, has_more, self.epoch)).await
     }
 
-    async fn serve(&mut self, stream: &mut AggregatedMessageStream, membership: &mut Membership, me: &Presence) -> Exit {
+    async fn serve(
+        &mut self,
+        stream: &mut AggregatedMessageStream,
+        membership: &mut Membership,
+        me: &Presence,
+    ) -> Exit {
         let mut shutdown = self.state.shutdown.clone();
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         let mut last_heard = Instant::now();
@@ -297,7 +311,9 @@ impl Connection {
         }
         // Redis may have trimmed part of what was missed (persisted meanwhile): the archive
         // fills in below it; too far behind, the client gets the latest history.
-        let Some(missed) = self.state.rooms.missed_since(&self.room, self.last_seq, MAX_RECOVERY).await.map_err(unavailable)? else {
+        let Some(missed) =
+            self.state.rooms.missed_since(&self.room, self.last_seq, MAX_RECOVERY).await.map_err(unavailable)?
+        else {
             return self.send_initial_history(None).await;
         };
         for message in missed {
@@ -333,9 +349,18 @@ impl Connection {
             ClientFrame::History { before_seq, limit } => {
                 match self.state.rooms.history_page(&self.room, before_seq, limit).await {
                     Ok((messages, has_more)) => {
-                        self.send_text(protocol::history_frame(&self.room, HistoryMode::Page, &messages, has_more, self.epoch)).await
+                        self.send_text(protocol::history_frame(
+                            &self.room,
+                            HistoryMode::Page,
+                            &messages,
+                            has_more,
+                            self.epoch,
+                        ))
+                        .await
                     }
-                    Err(error) => self.send_error(protocol::error_frame(error.code(), &error.to_string()), error.code()).await,
+                    Err(error) => {
+                        self.send_error(protocol::error_frame(error.code(), &error.to_string()), error.code()).await
+                    }
                 }
             }
             ClientFrame::Ping {} => self.send_text(protocol::pong_frame()).await,
@@ -345,12 +370,16 @@ impl Connection {
     #[tracing::instrument(name = "send", skip_all, fields(client_id = %client_id))]
     async fn on_send(&mut self, body: String, client_id: String) -> Result<(), Exit> {
         if let Err(error) = validate_client_id(&client_id) {
-            return self.send_error(protocol::send_error_frame(error.code(), &error.to_string(), ""), error.code()).await;
+            return self
+                .send_error(protocol::send_error_frame(error.code(), &error.to_string(), ""), error.code())
+                .await;
         }
         let body = match MessageBody::parse(body) {
             Ok(body) => body,
             Err(error) => {
-                return self.send_error(protocol::send_error_frame(error.code(), &error.to_string(), &client_id), error.code()).await;
+                return self
+                    .send_error(protocol::send_error_frame(error.code(), &error.to_string(), &client_id), error.code())
+                    .await;
             }
         };
         if !self.rate.allow() {
@@ -365,7 +394,9 @@ impl Connection {
             client_id,
         };
         match self.state.rooms.append(&self.room, &entry).await {
-            Ok(Accepted { seq, duplicate }) => self.send_text(protocol::ack_frame(&entry.client_id, seq, duplicate)).await,
+            Ok(Accepted { seq, duplicate }) => {
+                self.send_text(protocol::ack_frame(&entry.client_id, seq, duplicate)).await
+            }
             Err(error) => {
                 let frame = protocol::send_error_frame(error.code(), &error.to_string(), &entry.client_id);
                 self.send_error(frame, error.code()).await

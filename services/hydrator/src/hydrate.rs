@@ -48,7 +48,9 @@ impl HydrateService {
             if let Readiness::Ready { last_seq } = self.log.readiness(room).await.map_err(internal)? {
                 return Ok(HydrateRoomResponse { last_seq, loaded: 0, already_warm: true });
             }
-            if let Some(guard) = self.log.try_lock(self.log.keys().hydrate_lock(room), lock_ttl_ms).await.map_err(internal)? {
+            if let Some(guard) =
+                self.log.try_lock(self.log.keys().hydrate_lock(room), lock_ttl_ms).await.map_err(internal)?
+            {
                 // The previous holder may have finished between our check and our lock:
                 // re-opening a room Redis already holds would only move its epoch on.
                 let readiness = match self.log.readiness(room).await {
@@ -82,7 +84,8 @@ impl HydrateService {
     async fn load(&self, room: &RoomName) -> Result<HydrateRoomResponse, Status> {
         let tail = self.archive.reopen_room(room, self.window).await.map_err(internal)?;
         huddle_failpoints::crash_point!("hydrator::archive_reopened");
-        let (initialised, last_seq) = self.log.hydrate(room, tail.last_seq, tail.epoch, &tail.recent).await.map_err(internal)?;
+        let (initialised, last_seq) =
+            self.log.hydrate(room, tail.last_seq, tail.epoch, &tail.recent).await.map_err(internal)?;
         let loaded = if initialised { tail.recent.len() as u32 } else { 0 };
         HYDRATIONS.with_label_values(&[if initialised { "loaded" } else { "warm" }]).inc();
         tracing::info!(%room, last_seq, loaded, abandoned = tail.abandoned, "room hydrated");
@@ -127,7 +130,10 @@ pub(crate) fn internal(error: impl std::fmt::Display) -> Status {
 
 #[tonic::async_trait]
 impl Hydrator for HydrateService {
-    async fn hydrate_room(&self, request: Request<HydrateRoomRequest>) -> Result<Response<HydrateRoomResponse>, Status> {
+    async fn hydrate_room(
+        &self,
+        request: Request<HydrateRoomRequest>,
+    ) -> Result<Response<HydrateRoomResponse>, Status> {
         let room = parse_room(&request.get_ref().room)?;
         self.hydrate(&room).await.map(Response::new)
     }

@@ -29,7 +29,12 @@ pub use rewarm::queue_rewarm;
 
 /// Hydrator settings (flags or `HUDDLE_*` environment variables).
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "huddle-hydrator", version, about = "Huddle hydrator: restores rooms from PostgreSQL into Redis", args_override_self = true)]
+#[command(
+    name = "huddle-hydrator",
+    version,
+    about = "Huddle hydrator: restores rooms from PostgreSQL into Redis",
+    args_override_self = true
+)]
 pub struct Settings {
     /// Address of the gRPC server (Hydrator + grpc.health.v1).
     #[arg(long, env = "HUDDLE_HYDRATOR_GRPC_ADDR", default_value = "127.0.0.1:50051")]
@@ -141,12 +146,8 @@ pub async fn start(settings: Settings) -> Result<RunningHydrator, StartError> {
     };
     let ops = huddle_telemetry::spawn_ops_server(ops_listener, readiness)?;
 
-    let service = HydrateService::new(
-        log,
-        archive,
-        settings.hydrate_window,
-        Duration::from_millis(settings.hydrate_timeout_ms),
-    );
+    let service =
+        HydrateService::new(log, archive, settings.hydrate_window, Duration::from_millis(settings.hydrate_timeout_ms));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<HydratorServer<HydrateService>>().await;
     let (stop, stopped) = watch::channel(false);

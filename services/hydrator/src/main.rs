@@ -11,7 +11,8 @@ async fn main() -> anyhow::Result<()> {
     if let Some(Command::Rewarm { active_within_mins }) = settings.command.take() {
         let archive = huddle_archive::Archive::connect(&settings.postgres)?;
         let broker = huddle_broker::Broker::connect(&settings.broker).await?;
-        let queued = huddle_hydrator::queue_rewarm(&archive, &broker, Duration::from_secs(active_within_mins * 60)).await?;
+        let queued =
+            huddle_hydrator::queue_rewarm(&archive, &broker, Duration::from_secs(active_within_mins * 60)).await?;
         broker.close().await;
         println!("queued {queued} room(s) for re-warming");
         telemetry.shutdown().await;

@@ -27,7 +27,8 @@ fn unavailable(error: impl std::fmt::Display) -> Status {
 impl Persister for PersisterService {
     async fn flush_room(&self, request: Request<FlushRoomRequest>) -> Result<Response<FlushRoomResponse>, Status> {
         let room = room_of(&request.get_ref().room)?;
-        let task = FlushRoomTask { room: room.to_string(), reason: "manual".into(), requested_at_ms: huddle_domain::now_ms() };
+        let task =
+            FlushRoomTask { room: room.to_string(), reason: "manual".into(), requested_at_ms: huddle_domain::now_ms() };
         self.broker.publish(TaskQueue::Flush, &[task]).await.map_err(unavailable)?;
         Ok(Response::new(FlushRoomResponse { queued: true }))
     }

@@ -27,7 +27,12 @@ pub use tasks::PersistTasks;
 
 /// Persister settings (flags or `HUDDLE_*` environment variables).
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "huddle-persister", version, about = "Huddle persister: copies Redis room logs into PostgreSQL", args_override_self = true)]
+#[command(
+    name = "huddle-persister",
+    version,
+    about = "Huddle persister: copies Redis room logs into PostgreSQL",
+    args_override_self = true
+)]
 pub struct Settings {
     /// Address of the gRPC server (Persister + grpc.health.v1).
     #[arg(long, env = "HUDDLE_PERSISTER_GRPC_ADDR", default_value = "127.0.0.1:50052")]

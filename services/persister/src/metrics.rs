@@ -12,7 +12,8 @@ pub static MESSAGES_WRITTEN: LazyLock<IntCounter> = LazyLock::new(|| {
 
 /// Time to write one chunk, seconds.
 pub static CHUNK_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
-    register_histogram!("huddle_persister_chunk_seconds", "Time to persist one chunk task").expect("metric registers once")
+    register_histogram!("huddle_persister_chunk_seconds", "Time to persist one chunk task")
+        .expect("metric registers once")
 });
 
 /// FlushRoom tasks queued by the sweep.

@@ -61,9 +61,12 @@ impl TestEnv {
         let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
         let id = format!("{secs}_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let db_name = format!("huddle_test_{id}");
-        let (client, connection) = tokio_postgres::connect(&format!("{}/postgres", postgres_server()), tokio_postgres::NoTls)
-            .await
-            .with_context(|| format!("PostgreSQL is not reachable at {} (start it: scripts/services.sh)", postgres_server()))?;
+        let (client, connection) =
+            tokio_postgres::connect(&format!("{}/postgres", postgres_server()), tokio_postgres::NoTls)
+                .await
+                .with_context(|| {
+                    format!("PostgreSQL is not reachable at {} (start it: scripts/services.sh)", postgres_server())
+                })?;
         tokio::spawn(connection);
         client.batch_execute(&format!("CREATE DATABASE {db_name}")).await?;
         let redis = redis::Client::open(redis_url.as_str())?;
@@ -109,7 +112,11 @@ impl TestEnv {
     }
 
     fn broker_settings(&self) -> huddle_config::BrokerSettings {
-        huddle_config::BrokerSettings { amqp_url: amqp_url(), queue_prefix: self.queue_prefix.clone(), delivery_limit: 5 }
+        huddle_config::BrokerSettings {
+            amqp_url: amqp_url(),
+            queue_prefix: self.queue_prefix.clone(),
+            delivery_limit: 5,
+        }
     }
 
     /// The test's Redis hot log, keeping `window` persisted messages per room.
@@ -229,7 +236,11 @@ pub async fn start_persister(env: &TestEnv, extra: &[&str]) -> Result<huddle_per
 }
 
 /// Starts a gateway of `env` talking to the hydrator at `hydrator`; `extra` flags win.
-pub async fn start_gateway(env: &TestEnv, hydrator: SocketAddr, extra: &[&str]) -> Result<huddle_gateway::RunningGateway> {
+pub async fn start_gateway(
+    env: &TestEnv,
+    hydrator: SocketAddr,
+    extra: &[&str],
+) -> Result<huddle_gateway::RunningGateway> {
     let mut args = vec![
         "--addr".into(),
         "127.0.0.1:0".into(),
@@ -270,7 +281,8 @@ impl Stack {
     /// A full stack on `env` (e.g. one with its own Redis).
     pub async fn start_on(env: TestEnv, options: StackOptions<'_>) -> Result<Self> {
         let hydrator = start_hydrator(&env, options.hydrator_args).await?;
-        let persister = start_persister(&env, options.persister_args).await.context("persister (is RabbitMQ running?)")?;
+        let persister =
+            start_persister(&env, options.persister_args).await.context("persister (is RabbitMQ running?)")?;
         let mut running = Vec::new();
         for _ in 0..options.gateways {
             running.push(start_gateway(&env, hydrator.grpc_addr(), options.gateway_args).await?);
@@ -452,7 +464,9 @@ impl Ws {
     pub async fn close_with(mut self, code: u16) -> Result<(Option<u16>, Duration)> {
         use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
         let started = tokio::time::Instant::now();
-        self.stream.send(Message::Close(Some(CloseFrame { code: CloseCode::from(code), reason: "bye".into() }))).await?;
+        self.stream
+            .send(Message::Close(Some(CloseFrame { code: CloseCode::from(code), reason: "bye".into() })))
+            .await?;
         let mut answer = None;
         tokio::time::timeout(Duration::from_secs(10), async {
             while let Some(frame) = self.stream.next().await {
@@ -546,7 +560,10 @@ impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::Tra
     async fn export(
         &self,
         request: tonic::Request<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse>, tonic::Status> {
+    ) -> Result<
+        tonic::Response<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse>,
+        tonic::Status,
+    > {
         let mut spans = self.spans.lock().expect("collector lock");
         for resource_spans in request.into_inner().resource_spans {
             let service = resource_spans
@@ -576,7 +593,9 @@ impl TraceCollector {
         let collector = Self::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let service = opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer::new(collector.clone());
+        let service = opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer::new(
+            collector.clone(),
+        );
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(service)
@@ -639,7 +658,13 @@ impl Service {
     }
 
     /// Like [`Service::spawn`], running the executable at `path`.
-    pub fn spawn_binary(path: PathBuf, name: &'static str, env: &TestEnv, otlp: &str, vars: &[(&str, String)]) -> Result<Self> {
+    pub fn spawn_binary(
+        path: PathBuf,
+        name: &'static str,
+        env: &TestEnv,
+        otlp: &str,
+        vars: &[(&str, String)],
+    ) -> Result<Self> {
         let mut command = Command::new(path);
         command
             .env_clear()
@@ -708,7 +733,6 @@ pub async fn wait_ready(name: &str, url: &str) -> Result<()> {
     .await
     .with_context(|| format!("{name} never became ready at {url}"))
 }
-
 
 /// A TCP proxy in front of Redis that can turn its open connections half-open: after
 /// [`FreezingProxy::freeze_open_connections`] they stay open but carry nothing, like a
@@ -805,7 +829,8 @@ impl OwnRedis {
 
     /// Writes a snapshot (`SAVE`): what a restart comes back with.
     pub fn save(&self) -> Result<()> {
-        let status = Command::new("redis-cli").args(["-p", &self.port.to_string(), "SAVE"]).stdout(Stdio::null()).status()?;
+        let status =
+            Command::new("redis-cli").args(["-p", &self.port.to_string(), "SAVE"]).stdout(Stdio::null()).status()?;
         if !status.success() {
             bail!("redis-cli SAVE failed");
         }

@@ -85,11 +85,15 @@ async fn refused_upgrades_are_json_http_errors() -> Result<()> {
     assert_eq!(upgrade("/ws/rooms/lobby".into(), None).await?, (401, "unauthorized".into()));
     assert_eq!(upgrade("/ws/rooms/lobby".into(), Some("garbage".into())).await?, (401, "unauthorized".into()));
     assert_eq!(upgrade("/ws/rooms/Bad%20Room".into(), Some(ada.token.clone())).await?, (400, "bad_room".into()));
-    assert_eq!(upgrade("/ws/rooms/lobby?since=abc".into(), Some(ada.token.clone())).await?, (400, "bad_request".into()));
+    assert_eq!(
+        upgrade("/ws/rooms/lobby?since=abc".into(), Some(ada.token.clone())).await?,
+        (400, "bad_request".into())
+    );
 
     // An expired token: signed with the right secret, but in the past.
     let signer = huddle_gateway::auth::TokenSigner::new(&format!("test-secret-{}", stack.env.id));
-    let expired = signer.sign(&huddle_gateway::auth::Claims { uid: ada.id, name: "ada".into(), exp: 1, jti: "old".into() });
+    let expired =
+        signer.sign(&huddle_gateway::auth::Claims { uid: ada.id, name: "ada".into(), exp: 1, jti: "old".into() });
     assert_eq!(upgrade("/ws/rooms/lobby".into(), Some(expired)).await?, (401, "session_expired".into()));
 
     // A foreign Origin is refused.
@@ -128,17 +132,31 @@ async fn accounts_register_login_me_logout() -> Result<()> {
     assert_eq!(taken.status(), 409);
     assert_eq!(taken.json::<Value>().await?["error"]["code"], "username_taken");
     let bad = post("/api/register", json!({"username": "a", "password": "password123"})).await?;
-    assert_eq!((bad.status().as_u16(), bad.json::<Value>().await?["error"]["code"].clone()), (400, json!("bad_username")));
+    assert_eq!(
+        (bad.status().as_u16(), bad.json::<Value>().await?["error"]["code"].clone()),
+        (400, json!("bad_username"))
+    );
     let short = post("/api/register", json!({"username": "bob", "password": "short"})).await?;
     assert_eq!(short.json::<Value>().await?["error"]["code"], "bad_password");
-    let garbage = client.post(format!("{base}/api/register")).header("content-type", "application/json").body("{nope").send().await?;
-    assert_eq!((garbage.status().as_u16(), garbage.json::<Value>().await?["error"]["code"].clone()), (400, json!("bad_request")));
+    let garbage = client
+        .post(format!("{base}/api/register"))
+        .header("content-type", "application/json")
+        .body("{nope")
+        .send()
+        .await?;
+    assert_eq!(
+        (garbage.status().as_u16(), garbage.json::<Value>().await?["error"]["code"].clone()),
+        (400, json!("bad_request"))
+    );
 
     let wrong = post("/api/login", json!({"username": "Ada_L", "password": "wrong-password"})).await?;
     assert_eq!(wrong.status(), 401);
     assert_eq!(wrong.json::<Value>().await?["error"]["code"], "bad_credentials");
     let nobody = post("/api/login", json!({"username": "nobody", "password": "password123"})).await?;
-    assert_eq!((nobody.status().as_u16(), nobody.json::<Value>().await?["error"]["code"].clone()), (401, json!("bad_credentials")));
+    assert_eq!(
+        (nobody.status().as_u16(), nobody.json::<Value>().await?["error"]["code"].clone()),
+        (401, json!("bad_credentials"))
+    );
     let login = post("/api/login", json!({"username": "ADA_L", "password": "password123"})).await?;
     assert_eq!(login.status(), 200);
     let cookie = login.headers().get("set-cookie").and_then(|c| c.to_str().ok()).unwrap_or_default().to_owned();
@@ -162,7 +180,10 @@ async fn accounts_register_login_me_logout() -> Result<()> {
     assert_eq!(after.json::<Value>().await?["error"]["code"], "session_expired");
 
     let missing = client.get(format!("{base}/api/nope")).send().await?;
-    assert_eq!((missing.status().as_u16(), missing.json::<Value>().await?["error"]["code"].clone()), (404, json!("not_found")));
+    assert_eq!(
+        (missing.status().as_u16(), missing.json::<Value>().await?["error"]["code"].clone()),
+        (404, json!("not_found"))
+    );
     stack.shutdown().await
 }
 
@@ -170,7 +191,10 @@ async fn accounts_register_login_me_logout() -> Result<()> {
 /// ends the TCP connection at once; bad frames close with the documented codes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_closing_handshake_is_answered_at_once_and_bad_frames_get_their_close_codes() -> Result<()> {
-    use tokio_tungstenite::tungstenite::protocol::frame::{coding::{Data, OpCode}, Frame};
+    use tokio_tungstenite::tungstenite::protocol::frame::{
+        coding::{Data, OpCode},
+        Frame,
+    };
     let stack = Stack::start(1).await?;
     let base = stack.url(0);
     let ada = sign_up(&base, "ada").await?;
@@ -211,6 +235,10 @@ async fn the_closing_handshake_is_answered_at_once_and_bad_frames_get_their_clos
     let joined = std::time::Instant::now();
     let mut ws = Ws::join(&base, "closing", &ada.token, "").await?;
     ws.expect("history").await?;
-    assert!(joined.elapsed() < std::time::Duration::from_secs(1), "join after failed connections took {:?}", joined.elapsed());
+    assert!(
+        joined.elapsed() < std::time::Duration::from_secs(1),
+        "join after failed connections took {:?}",
+        joined.elapsed()
+    );
     stack.shutdown().await
 }

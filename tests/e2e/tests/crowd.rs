@@ -28,7 +28,10 @@ async fn a_burst_of_joins_to_cold_rooms_is_answered_without_hanging() -> Result<
         }
     };
     let results: Vec<Result<(Duration, Ws)>> =
-        futures_util::stream::iter((0..500).map(|i| join(format!("cold-{}", i % 50)))).buffer_unordered(64).collect().await;
+        futures_util::stream::iter((0..500).map(|i| join(format!("cold-{}", i % 50))))
+            .buffer_unordered(64)
+            .collect()
+            .await;
     let mut latencies = Vec::new();
     let mut sockets = Vec::new();
     for result in results {
@@ -77,7 +80,10 @@ async fn a_join_the_hydrator_cannot_serve_is_refused_at_the_deadline() -> Result
     for refusal in futures_util::future::join_all(refusals).await {
         let (elapsed, response) = refusal?;
         assert_eq!(response.status(), 503);
-        assert_eq!(response.headers().get("retry-after").map(|v| v.to_str().unwrap_or_default().to_owned()), Some("1".into()));
+        assert_eq!(
+            response.headers().get("retry-after").map(|v| v.to_str().unwrap_or_default().to_owned()),
+            Some("1".into())
+        );
         let body: serde_json::Value = response.json().await?;
         assert_eq!(body["error"]["code"], "unavailable");
         assert!(elapsed < Duration::from_secs(3), "refused after {elapsed:?}");

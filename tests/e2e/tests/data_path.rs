@@ -31,7 +31,11 @@ async fn two_clients_see_each_other_in_order_and_a_late_joiner_gets_history() ->
             let m = ws.expect("message").await?;
             assert_eq!(m["room"], "lobby");
             assert!(m["sent_at"].as_str().is_some_and(|t| t.ends_with('Z')));
-            seen.push((m["seq"].as_u64().unwrap(), m["user"]["name"].as_str().unwrap().to_owned(), m["body"].as_str().unwrap().to_owned()));
+            seen.push((
+                m["seq"].as_u64().unwrap(),
+                m["user"]["name"].as_str().unwrap().to_owned(),
+                m["body"].as_str().unwrap().to_owned(),
+            ));
         }
         assert_eq!(
             seen,
@@ -134,15 +138,21 @@ async fn when_everyone_leaves_the_messages_land_in_postgres_exactly_once() -> Re
     .await?;
     assert_eq!(count, (120, 120, 1, 120));
     let body: String = db
-        .query_one("SELECT m.body FROM messages m JOIN rooms r ON r.id = m.room_id WHERE r.name = 'persist-me' AND m.seq = 57", &[])
+        .query_one(
+            "SELECT m.body FROM messages m JOIN rooms r ON r.id = m.room_id WHERE r.name = 'persist-me' AND m.seq = 57",
+            &[],
+        )
         .await?
         .get(0);
     assert_eq!(body, "message 56");
 
     // A flush requested again (redelivered master task) writes nothing twice.
-    let mut persister = huddle_proto::v1::persister_client::PersisterClient::connect(format!("http://{}", stack.persister.grpc_addr())).await?;
+    let mut persister =
+        huddle_proto::v1::persister_client::PersisterClient::connect(format!("http://{}", stack.persister.grpc_addr()))
+            .await?;
     persister.flush_room(huddle_proto::v1::FlushRoomRequest { room: "persist-me".into() }).await?;
-    let status = persister.room_status(huddle_proto::v1::RoomStatusRequest { room: "persist-me".into() }).await?.into_inner();
+    let status =
+        persister.room_status(huddle_proto::v1::RoomStatusRequest { room: "persist-me".into() }).await?.into_inner();
     assert_eq!((status.last_seq, status.archived_seq, status.unpersisted), (120, 120, 0));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let total: i64 = db.query_one("SELECT count(*) FROM messages", &[]).await?.get(0);
@@ -246,7 +256,10 @@ async fn presence_announces_a_users_first_socket_in_and_last_socket_out() -> Res
     let ada = sign_up(&one, "ada").await?;
     let bob = sign_up(&one, "bob").await?;
     let names = |frame: &serde_json::Value| -> Vec<String> {
-        frame["online"].as_array().map(|o| o.iter().filter_map(|u| u["name"].as_str().map(String::from)).collect()).unwrap_or_default()
+        frame["online"]
+            .as_array()
+            .map(|o| o.iter().filter_map(|u| u["name"].as_str().map(String::from)).collect())
+            .unwrap_or_default()
     };
 
     let mut a = Ws::join(&one, "hall", &ada.token, "").await?;

@@ -84,7 +84,12 @@ async fn another_users_equal_client_id_is_a_new_message() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnecting_with_since_gets_exactly_what_was_missed_from_redis_or_postgres() -> Result<()> {
     // A tiny hydrate window: after a Redis loss most history is only in PostgreSQL.
-    let stack = Stack::start_with(StackOptions { gateways: 1, hydrator_args: &["--hydrate-window", "2"], ..Default::default() }).await?;
+    let stack = Stack::start_with(StackOptions {
+        gateways: 1,
+        hydrator_args: &["--hydrate-window", "2"],
+        ..Default::default()
+    })
+    .await?;
     let base = stack.url(0);
     let (ada, bob) = (sign_up(&base, "ada").await?, sign_up(&base, "bob").await?);
     let mut a = Ws::join(&base, "recover", &ada.token, "").await?;
@@ -197,7 +202,8 @@ async fn gateway_shutdown_closes_sockets_with_1012_and_flushes_their_rooms() -> 
 async fn a_poison_task_is_dead_lettered_and_can_be_redriven() -> Result<()> {
     let stack = Stack::start(1).await?;
     let broker = stack.env.broker().await?;
-    let poison = huddle_proto::v1::FlushRoomTask { room: "Not A Room!".into(), reason: "test".into(), requested_at_ms: 0 };
+    let poison =
+        huddle_proto::v1::FlushRoomTask { room: "Not A Room!".into(), reason: "test".into(), requested_at_ms: 0 };
     broker.publish(huddle_broker::TaskQueue::Flush, &[poison]).await?;
     let dead = huddle_e2e::eventually(std::time::Duration::from_secs(10), || async {
         let dead = broker.dead_letters(10).await?;
@@ -212,7 +218,12 @@ async fn a_poison_task_is_dead_lettered_and_can_be_redriven() -> Result<()> {
     // Re-driven, it is consumed again (and, still poison, dead-lettered again).
     assert_eq!(broker.redrive_dead_letters(10).await?, 1);
     let metrics = huddle_e2e::eventually(std::time::Duration::from_secs(10), || async {
-        let text = huddle_e2e::http().get(format!("http://{}/metrics", stack.persister.ops_addr())).send().await?.text().await?;
+        let text = huddle_e2e::http()
+            .get(format!("http://{}/metrics", stack.persister.ops_addr()))
+            .send()
+            .await?
+            .text()
+            .await?;
         let line = format!("huddle_tasks_total{{outcome=\"dead\",queue=\"{}.flush\"}} 2", stack.env.queue_prefix);
         Ok(text.contains(&line).then_some(text))
     })
@@ -281,11 +292,16 @@ async fn a_growing_backlog_is_flushed_while_the_room_stays_busy() -> Result<()> 
     }
     // Each time the backlog reaches 10 a flush is queued, so once they complete fewer
     // than 10 messages are unpersisted although the room never emptied.
-    let mut persister = huddle_proto::v1::persister_client::PersisterClient::connect(format!("http://{}", stack.persister.grpc_addr())).await?;
+    let mut persister =
+        huddle_proto::v1::persister_client::PersisterClient::connect(format!("http://{}", stack.persister.grpc_addr()))
+            .await?;
     let status = huddle_e2e::eventually(std::time::Duration::from_secs(15), || {
         let mut persister = persister.clone();
         async move {
-            let status = persister.room_status(huddle_proto::v1::RoomStatusRequest { room: "backlog".into() }).await?.into_inner();
+            let status = persister
+                .room_status(huddle_proto::v1::RoomStatusRequest { room: "backlog".into() })
+                .await?
+                .into_inner();
             Ok((status.persisted_seq >= 16).then_some(status))
         }
     })
@@ -308,13 +324,22 @@ async fn a_task_that_keeps_failing_is_retried_then_dead_lettered() -> Result<()>
     // The archive fails every insert for a reason that is not the row's fault (not a data
     // or constraint error, so nothing is quarantined): the task must be retried.
     let db = stack.env.db().await?;
-    let uid: i64 = db.query_one("INSERT INTO users (username, password_hash) VALUES ('ada', 'x') RETURNING id", &[]).await?.get(0);
+    let uid: i64 =
+        db.query_one("INSERT INTO users (username, password_hash) VALUES ('ada', 'x') RETURNING id", &[]).await?.get(0);
     stack.env.make_archive_refuse_inserts().await?;
     let room = huddle_domain::RoomName::parse("doomed")?;
     log.hydrate(&room, 0, 0, &[]).await?;
-    let entry = huddle_domain::LogEntry { user_id: uid, user_name: "ada".into(), body: "boo".into(), sent_at_ms: 0, client_id: String::new() };
+    let entry = huddle_domain::LogEntry {
+        user_id: uid,
+        user_name: "ada".into(),
+        body: "boo".into(),
+        sent_at_ms: 0,
+        client_id: String::new(),
+    };
     log.append(&room, &entry).await?;
-    let mut persister = huddle_proto::v1::persister_client::PersisterClient::connect(format!("http://{}", stack.persister.grpc_addr())).await?;
+    let mut persister =
+        huddle_proto::v1::persister_client::PersisterClient::connect(format!("http://{}", stack.persister.grpc_addr()))
+            .await?;
     persister.flush_room(huddle_proto::v1::FlushRoomRequest { room: "doomed".into() }).await?;
 
     let broker = stack.env.broker().await?;
@@ -325,12 +350,14 @@ async fn a_task_that_keeps_failing_is_retried_then_dead_lettered() -> Result<()>
     .await?;
     assert_eq!(dead[0].queue, format!("{}.persist-chunk", stack.env.queue_prefix));
     assert_eq!(dead[0].reason, "delivery_limit");
-    let metrics = huddle_e2e::http().get(format!("http://{}/metrics", stack.persister.ops_addr())).send().await?.text().await?;
+    let metrics =
+        huddle_e2e::http().get(format!("http://{}/metrics", stack.persister.ops_addr())).send().await?.text().await?;
     let retries = format!("huddle_tasks_total{{outcome=\"retry\",queue=\"{}.persist-chunk\"}}", stack.env.queue_prefix);
     let line = metrics.lines().find(|l| l.starts_with(&retries)).unwrap_or_default();
     assert!(line.ends_with(" 5") || line.ends_with(" 6"), "expected 5 retries before dead-lettering: {line:?}");
     // Nothing was half-written, and the room is still dirty, not forgotten.
-    let status = persister.room_status(huddle_proto::v1::RoomStatusRequest { room: "doomed".into() }).await?.into_inner();
+    let status =
+        persister.room_status(huddle_proto::v1::RoomStatusRequest { room: "doomed".into() }).await?.into_inner();
     assert_eq!((status.last_seq, status.persisted_seq, status.unpersisted), (1, 0, 1));
     assert!(status.dirty_for_ms > 0);
     let quarantined: i64 = db.query_one("SELECT count(*) FROM quarantined_messages", &[]).await?.get(0);
@@ -397,8 +424,10 @@ async fn a_dead_lettered_range_is_retried_while_the_room_stays_busy() -> Result<
         ws.say(&format!("m{i}"), &format!("m{i}")).await?;
     }
     let broker = stack.env.broker().await?;
-    huddle_e2e::eventually(std::time::Duration::from_secs(20), || async { Ok((!broker.dead_letters(10).await?.is_empty()).then_some(())) })
-        .await?;
+    huddle_e2e::eventually(std::time::Duration::from_secs(20), || async {
+        Ok((!broker.dead_letters(10).await?.is_empty()).then_some(()))
+    })
+    .await?;
     stack.env.let_archive_accept_inserts().await?;
 
     // The room stays busy; nobody re-drives the dead letters.
@@ -413,10 +442,17 @@ async fn a_dead_lettered_range_is_retried_while_the_room_stays_busy() -> Result<
             assert_eq!(first, Some(1));
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "seqs 1..=5 never reached PostgreSQL ({stored} of {sent} stored)");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "seqs 1..=5 never reached PostgreSQL ({stored} of {sent} stored)"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     }
-    let reclaimed = huddle_e2e::metric(&format!("http://{}", stack.persister.ops_addr()), "huddle_persister_ranges_reclaimed_total").await?;
+    let reclaimed = huddle_e2e::metric(
+        &format!("http://{}", stack.persister.ops_addr()),
+        "huddle_persister_ranges_reclaimed_total",
+    )
+    .await?;
     assert!(reclaimed >= 1.0, "the retry is visible in the metrics");
     broker.close().await;
     ws.leave().await?;

@@ -33,7 +33,13 @@ async fn a_refused_entry_is_quarantined_and_later_messages_are_persisted() -> Re
     }
     let mut redis = redis::Client::open(huddle_e2e::redis_url())?.get_multiplexed_async_connection().await?;
     let seq: u64 = redis::cmd("INCR").arg(log.keys().seq(&room)).query_async(&mut redis).await?;
-    let _: String = redis::cmd("XADD").arg(log.keys().log(&room)).arg(format!("{seq}-0")).arg("m").arg(&b"\xff\xfe not json"[..]).query_async(&mut redis).await?;
+    let _: String = redis::cmd("XADD")
+        .arg(log.keys().log(&room))
+        .arg(format!("{seq}-0"))
+        .arg("m")
+        .arg(&b"\xff\xfe not json"[..])
+        .query_async(&mut redis)
+        .await?;
     assert_eq!(seq, 5);
     for i in 6..=8 {
         assert_eq!(ws.say(&format!("after {i}"), &format!("p-{i}")).await?, i);
@@ -46,7 +52,8 @@ async fn a_refused_entry_is_quarantined_and_later_messages_are_persisted() -> Re
         Ok((watermark == 8).then_some(()))
     })
     .await?;
-    let stored: Vec<i64> = db.query("SELECT seq FROM messages ORDER BY seq", &[]).await?.iter().map(|r| r.get(0)).collect();
+    let stored: Vec<i64> =
+        db.query("SELECT seq FROM messages ORDER BY seq", &[]).await?.iter().map(|r| r.get(0)).collect();
     assert_eq!(stored, vec![1, 6, 7, 8]);
     let quarantined = db.query("SELECT seq, sqlstate, reason FROM quarantined_messages ORDER BY seq", &[]).await?;
     let found: Vec<(i64, String)> = quarantined.iter().map(|r| (r.get(0), r.get(1))).collect();

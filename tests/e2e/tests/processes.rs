@@ -99,7 +99,10 @@ async fn three_binaries_carry_messages_from_socket_to_postgres_and_stop_on_sigte
         let spans = collector.spans();
         let flush = spans.iter().find(|s| s.service == "gateway" && s.name == "flush_request").cloned();
         Ok(flush.and_then(|flush| {
-            let tasks = spans.iter().filter(|s| s.service == "persister" && s.name == "task" && s.trace_id == flush.trace_id).count();
+            let tasks = spans
+                .iter()
+                .filter(|s| s.service == "persister" && s.name == "task" && s.trace_id == flush.trace_id)
+                .count();
             (tasks >= 2).then_some(spans.clone())
         }))
     })
@@ -122,7 +125,10 @@ async fn reflected_services(addr: &str) -> Result<Vec<String>> {
     use tonic_reflection::pb::v1::ServerReflectionRequest;
 
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect().await?;
-    let request = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
     let mut replies = ServerReflectionClient::new(channel)
         .server_reflection_info(futures_util::stream::iter([request]))
         .await?

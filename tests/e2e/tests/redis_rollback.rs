@@ -16,7 +16,9 @@ const PERSISTER_ARGS: &[&str] = &["--flush-claim-ms", "1000"];
 async fn a_redis_back_from_an_older_snapshot_never_reuses_an_archived_seq() -> Result<()> {
     let mut redis = OwnRedis::start()?;
     let env = TestEnv::with_redis(redis.url()).await?;
-    let stack = Stack::start_on(env, StackOptions { gateways: 1, persister_args: PERSISTER_ARGS, ..Default::default() }).await?;
+    let stack =
+        Stack::start_on(env, StackOptions { gateways: 1, persister_args: PERSISTER_ARGS, ..Default::default() })
+            .await?;
     let base = stack.url(0);
     let ada = sign_up(&base, "ada").await?;
     let mut writer = Ws::join(&base, "lobby", &ada.token, "").await?;
@@ -93,12 +95,8 @@ async fn a_redis_back_from_an_older_snapshot_never_reuses_an_archived_seq() -> R
     })
     .await
     .context("the watermark did not pass the lost seqs")?;
-    let stored: Vec<i64> = db
-        .query("SELECT seq FROM messages ORDER BY seq", &[])
-        .await?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let stored: Vec<i64> =
+        db.query("SELECT seq FROM messages ORDER BY seq", &[]).await?.iter().map(|row| row.get(0)).collect();
     assert_eq!(stored, [1, 2, 3, 4, 5, 9, 10, 11, 12, 13, 14, 15, 16]);
     let body: String = db.query_one("SELECT body FROM messages WHERE seq = 16", &[]).await?.get(0);
     assert_eq!(body, "after the rollback");
@@ -108,7 +106,11 @@ async fn a_redis_back_from_an_older_snapshot_never_reuses_an_archived_seq() -> R
         .iter()
         .map(|row| (row.get(0), row.get(1)))
         .collect();
-    assert_eq!(lost.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), [6, 7, 8], "only the never-persisted seqs are recorded as lost");
+    assert_eq!(
+        lost.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+        [6, 7, 8],
+        "only the never-persisted seqs are recorded as lost"
+    );
     assert!(lost.iter().all(|(_, reason)| reason == huddle_archive::LOST_IN_ROLLBACK), "{lost:?}");
     stack.shutdown().await
 }

@@ -42,7 +42,8 @@ async fn six_hundred_simultaneous_sign_ups_keep_memory_bounded_and_all_get_throu
                 match response.status().as_u16() {
                     201 => return anyhow::Ok(refusals),
                     503 => {
-                        let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+                        let retry_after =
+                            response.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
                         let body: serde_json::Value = response.json().await?;
                         if body["error"]["code"] != "overloaded" || retry_after.is_none() {
                             bail!("503 without the documented code and Retry-After: {body} {retry_after:?}");

@@ -10,17 +10,32 @@ use huddle_e2e::{sign_up, Stack, TestEnv, Ws};
 use huddle_roomlog::AppendOutcome;
 
 fn entry(user_id: i64, body: &str, client_id: &str) -> LogEntry {
-    LogEntry { user_id, user_name: "ada".into(), body: body.into(), sent_at_ms: 1_700_000_000_000, client_id: client_id.into() }
+    LogEntry {
+        user_id,
+        user_name: "ada".into(),
+        body: body.into(),
+        sent_at_ms: 1_700_000_000_000,
+        client_id: client_id.into(),
+    }
 }
 
 async fn archive(env: &TestEnv) -> Result<Archive> {
-    let archive = Archive::connect(&PostgresSettings { database_url: env.database_url.clone(), database_pool_size: 4, database_timeout_ms: 10_000 })?;
+    let archive = Archive::connect(&PostgresSettings {
+        database_url: env.database_url.clone(),
+        database_pool_size: 4,
+        database_timeout_ms: 10_000,
+    })?;
     archive.migrate().await?;
     Ok(archive)
 }
 
 async fn user(env: &TestEnv) -> Result<i64> {
-    Ok(env.db().await?.query_one("INSERT INTO users (username, password_hash) VALUES ('ada', 'x') RETURNING id", &[]).await?.get(0))
+    Ok(env
+        .db()
+        .await?
+        .query_one("INSERT INTO users (username, password_hash) VALUES ('ada', 'x') RETURNING id", &[])
+        .await?
+        .get(0))
 }
 
 #[tokio::test]
@@ -112,7 +127,10 @@ async fn chunks_are_idempotent_and_the_watermark_only_crosses_gap_free_runs() ->
     let room = RoomName::parse("chunks")?;
     let tail = archive.reopen_room(&room, 10).await?;
     assert_eq!((tail.last_seq, tail.epoch, tail.recent.len()), (25, 1, 10));
-    assert_eq!(archive.store_chunk(&room, 0, &messages(26..=30, uid), &[]).await?, huddle_archive::ChunkOutcome::StaleEpoch);
+    assert_eq!(
+        archive.store_chunk(&room, 0, &messages(26..=30, uid), &[]).await?,
+        huddle_archive::ChunkOutcome::StaleEpoch
+    );
     assert_eq!(archive.store_chunk(&room, 1, &messages(26..=30, uid), &[]).await?, stored(30));
 
     let page = archive.history_before(&RoomName::parse("chunks")?, 11, 3).await?;
@@ -135,11 +153,15 @@ async fn a_crowd_joining_a_cold_room_hydrates_it_once() -> Result<()> {
     stack.wait_persisted(3).await?;
     stack.env.wipe_redis().await?;
 
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", stack.hydrator.grpc_addr()))?.connect().await?;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", stack.hydrator.grpc_addr()))?.connect().await?;
     let calls = (0..30).map(|_| {
         let mut client = huddle_proto::v1::hydrator_client::HydratorClient::new(channel.clone());
         tokio::spawn(async move {
-            client.hydrate_room(huddle_proto::v1::HydrateRoomRequest { room: "crowd".into() }).await.map(|r| r.into_inner())
+            client
+                .hydrate_room(huddle_proto::v1::HydrateRoomRequest { room: "crowd".into() })
+                .await
+                .map(|r| r.into_inner())
         })
     });
     let mut loaded_by = 0;
@@ -167,9 +189,12 @@ async fn every_row_postgres_refuses_is_quarantined_and_the_watermark_moves_past_
     batch[7].entry.user_id = uid + 1000; // seq 8: no such user (foreign key)
     batch[10].entry.sent_at_ms = i64::MAX; // seq 11: timestamp out of range
     batch[11].entry.client_id = "\0".into(); // seq 12: NUL in the client_id
-    let unreadable = [huddle_archive::UnreadableEntry { seq: 13, raw: b"m\xff{not json".to_vec(), reason: "not JSON".into() }];
+    let unreadable =
+        [huddle_archive::UnreadableEntry { seq: 13, raw: b"m\xff{not json".to_vec(), reason: "not JSON".into() }];
 
-    let huddle_archive::ChunkOutcome::Stored { watermark, quarantined } = archive.store_chunk(&room, 0, &batch, &unreadable).await? else {
+    let huddle_archive::ChunkOutcome::Stored { watermark, quarantined } =
+        archive.store_chunk(&room, 0, &batch, &unreadable).await?
+    else {
         panic!("chunk refused as stale");
     };
     assert_eq!(watermark, 13, "the watermark moves past every refused row");
@@ -177,14 +202,16 @@ async fn every_row_postgres_refuses_is_quarantined_and_the_watermark_moves_past_
     by_seq.sort();
     assert_eq!(
         by_seq,
-        [(3, "22021"), (5, "22021"), (8, "23503"), (11, "22008"), (12, "22021"), (13, "")].map(|(s, c)| (s, c.to_owned()))
+        [(3, "22021"), (5, "22021"), (8, "23503"), (11, "22008"), (12, "22021"), (13, "")]
+            .map(|(s, c)| (s, c.to_owned()))
     );
     // The reason is PostgreSQL's own message, not "db error".
     let nul = quarantined.iter().find(|q| q.seq == 3).expect("seq 3 quarantined");
     assert!(nul.reason.contains("22021") && nul.reason.contains("0x00"), "{}", nul.reason);
 
     let db = env.db().await?;
-    let written: Vec<i64> = db.query("SELECT seq FROM messages ORDER BY seq", &[]).await?.iter().map(|r| r.get(0)).collect();
+    let written: Vec<i64> =
+        db.query("SELECT seq FROM messages ORDER BY seq", &[]).await?.iter().map(|r| r.get(0)).collect();
     assert_eq!(written, vec![1, 2, 4, 6, 7, 9, 10]);
     // The raw bytes are kept: the refused entry can be read back exactly.
     let kept = archive.quarantined(&room).await?;
@@ -225,7 +252,11 @@ async fn racing_reopens_leave_redis_and_the_archive_on_one_epoch() -> Result<()>
         log.append(&room, &entry(uid, &format!("m{i}"), "")).await?;
     }
     let chunk = log.chunk(&room, 1, 3).await?;
-    assert_eq!(archive.store_chunk(&room, chunk.epoch, &chunk.messages, &[]).await?, stored(3), "chunks are not refused as stale");
+    assert_eq!(
+        archive.store_chunk(&room, chunk.epoch, &chunk.messages, &[]).await?,
+        stored(3),
+        "chunks are not refused as stale"
+    );
     env.cleanup().await
 }
 
@@ -242,7 +273,9 @@ async fn a_seq_handed_out_twice_quarantines_the_second_message_instead_of_droppi
     assert_eq!(archive.store_chunk(&room, 0, &messages(1..=3, uid), &[]).await?, stored(3), "redelivery");
     let mut reused = messages(3..=4, uid);
     reused[0].entry.body = "a newer message that got seq 3 again".into();
-    let huddle_archive::ChunkOutcome::Stored { watermark, quarantined } = archive.store_chunk(&room, 0, &reused, &[]).await? else {
+    let huddle_archive::ChunkOutcome::Stored { watermark, quarantined } =
+        archive.store_chunk(&room, 0, &reused, &[]).await?
+    else {
         panic!("refused as stale");
     };
     assert_eq!(watermark, 4);
@@ -256,7 +289,9 @@ async fn a_seq_handed_out_twice_quarantines_the_second_message_instead_of_droppi
     // seq then stands in both tables and must count once for the watermark.
     let room = RoomName::parse("rolled-back-early")?;
     assert_eq!(archive.store_chunk(&room, 0, &messages(3..=4, uid), &[]).await?, stored(0));
-    let huddle_archive::ChunkOutcome::Stored { watermark, .. } = archive.store_chunk(&room, 0, &reused[..1], &[]).await? else {
+    let huddle_archive::ChunkOutcome::Stored { watermark, .. } =
+        archive.store_chunk(&room, 0, &reused[..1], &[]).await?
+    else {
         panic!("refused as stale");
     };
     assert_eq!(watermark, 0);

@@ -100,7 +100,8 @@ fn send_frame(client_id: &str, body: &str) -> Message {
 
 /// Runs the client until every message is acked or the deadline passes.
 pub async fn run(config: ClientConfig) -> ClientReport {
-    let mut state = State { report: ClientReport::default(), pending: BTreeMap::new(), acked: HashMap::new(), last_seq: None };
+    let mut state =
+        State { report: ClientReport::default(), pending: BTreeMap::new(), acked: HashMap::new(), last_seq: None };
     let mut next = 0;
     let mut url = config.index % config.urls.len();
     let mut ticker = tokio::time::interval(config.interval);
@@ -115,7 +116,8 @@ pub async fn run(config: ClientConfig) -> ClientReport {
             config.room,
             config.token
         );
-        let stream = match tokio::time::timeout(Duration::from_secs(5), tokio_tungstenite::connect_async(ws_url)).await {
+        let stream = match tokio::time::timeout(Duration::from_secs(5), tokio_tungstenite::connect_async(ws_url)).await
+        {
             Ok(Ok((stream, _))) => stream,
             _ => {
                 state.report.reconnects += 1;

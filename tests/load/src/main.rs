@@ -127,11 +127,8 @@ async fn sign_up(base: &str, name: &str) -> Result<String> {
                 if response.status() != 503 || std::time::Instant::now() > deadline {
                     return anyhow::Ok(response);
                 }
-                let retry_after = response
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok()?.parse().ok())
-                    .unwrap_or(1);
+                let retry_after =
+                    response.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(1);
                 tokio::time::sleep(Duration::from_secs(retry_after)).await;
             }
         }
@@ -151,7 +148,13 @@ async fn sign_up(base: &str, name: &str) -> Result<String> {
 async fn run(args: RunArgs) -> Result<()> {
     let run_id = args.run_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..8].to_owned());
     let rooms: Vec<String> = (0..args.rooms.max(1)).map(|k| format!("load-{run_id}-{k}")).collect();
-    eprintln!("run {run_id}: {} clients, {} rooms, {} messages each at {}/s", args.clients, rooms.len(), args.messages, args.rate);
+    eprintln!(
+        "run {run_id}: {} clients, {} rooms, {} messages each at {}/s",
+        args.clients,
+        rooms.len(),
+        args.messages,
+        args.rate
+    );
 
     let mut tokens = Vec::with_capacity(args.clients);
     for i in 0..args.clients {

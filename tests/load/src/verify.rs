@@ -77,7 +77,8 @@ async fn judge(db: &tokio_postgres::Client, report: &Report) -> Result<Verdict> 
 
 /// Waits for persistence to settle, prints the accounting, fails if a guarantee broke.
 pub async fn run(args: VerifyArgs) -> Result<()> {
-    let report: Report = serde_json::from_slice(&std::fs::read(&args.report).with_context(|| format!("read {}", args.report))?)?;
+    let report: Report =
+        serde_json::from_slice(&std::fs::read(&args.report).with_context(|| format!("read {}", args.report))?)?;
     let (db, connection) = tokio_postgres::connect(&args.database_url, tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
     let deadline = Instant::now() + Duration::from_secs(args.wait_secs);
@@ -92,7 +93,13 @@ pub async fn run(args: VerifyArgs) -> Result<()> {
         verdict = next;
     }
     let totals = &report.totals;
-    println!("run {}: {} clients, {} rooms, {:.1} s", report.run_id, report.clients, report.rooms.len(), report.seconds);
+    println!(
+        "run {}: {} clients, {} rooms, {:.1} s",
+        report.run_id,
+        report.clients,
+        report.rooms.len(),
+        report.seconds
+    );
     println!("sent:            {}", totals.sent);
     println!("acked:           {}", verdict.acked);
     println!("persisted:       {}", verdict.persisted);
