@@ -6,7 +6,14 @@
 //!   watermark update, in one transaction. A row PostgreSQL refuses is isolated by
 //!   splitting the batch and goes to `quarantined_messages` with its reason, so no
 //!   single message can stop a room.
-//! * [`Archive::reopen_room`] and [`Archive::history_before`]: what the hydrator reads.
+//! * [`Archive::reopen_room`], [`Archive::recheck_room`] and [`Archive::history_before`]:
+//!   what the hydrator reads.
+//! * Accounts and the room directory ([`accounts`]).
+//!
+//! Every SQL statement of Huddle lives in this crate, behind typed functions; services
+//! never see a connection.
+
+pub mod accounts;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use huddle_config::PostgresSettings;
@@ -132,11 +139,6 @@ impl Archive {
             .build()
             .map_err(|e| ArchiveError::Config(e.to_string()))?;
         Ok(Self { pool })
-    }
-
-    /// The underlying pool, for queries outside the archive's concern (accounts).
-    pub fn pool(&self) -> &Pool {
-        &self.pool
     }
 
     /// Applies pending migrations.

@@ -1,108 +1,19 @@
 //! The REST API: accounts, rooms, history pages. Every error is a JSON body
-//! `{"error": {"code": "...", "message": "..."}}` with a fitting status.
+//! `{"error": {"code": "...", "message": "..."}}` with a fitting status ([`ApiError`]).
 
 use actix_web::cookie::{time::Duration as CookieDuration, Cookie, SameSite};
-use actix_web::http::StatusCode;
-use actix_web::{web, HttpResponse, ResponseError};
-use huddle_domain::{validate_password, RoomName, StoredMessage, Username, ValidationError};
+use actix_web::{web, HttpResponse};
+use huddle_domain::{validate_password, RoomName, StoredMessage, Username};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{now_secs, AuthUser, Claims, SESSION_COOKIE};
+use crate::error::ApiError;
 use crate::protocol::MessageView;
 use crate::AppState;
+use huddle_archive::accounts::Account;
 
-/// An API failure, rendered as a JSON error body.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    #[error("{0}")]
-    Invalid(#[from] ValidationError),
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("{0}")]
-    Unauthorized(&'static str),
-    #[error("session expired or revoked; log in again")]
-    SessionExpired,
-    #[error("wrong username or password")]
-    BadCredentials,
-    #[error("origin not allowed")]
-    OriginNotAllowed,
-    #[error("username already taken")]
-    UsernameTaken,
-    #[error("not found")]
-    NotFound,
-    #[error("temporarily unavailable: {0}")]
-    Unavailable(String),
-    #[error("{0}")]
-    Overloaded(&'static str),
-    #[error("internal error")]
-    Internal(String),
-}
-
-impl ApiError {
-    /// An internal error; the detail is logged, not shown.
-    pub fn internal(error: impl std::fmt::Display) -> Self {
-        Self::Internal(error.to_string())
-    }
-
-    /// A dependency (Redis, PostgreSQL, hydrator) is unavailable.
-    pub fn unavailable(error: impl std::fmt::Display) -> Self {
-        Self::Unavailable(error.to_string())
-    }
-
-    /// Stable machine-readable code (docs/PROTOCOL.md).
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::Invalid(e) => e.code(),
-            Self::BadRequest(_) => "bad_request",
-            Self::Unauthorized(_) => "unauthorized",
-            Self::SessionExpired => "session_expired",
-            Self::BadCredentials => "bad_credentials",
-            Self::OriginNotAllowed => "origin_not_allowed",
-            Self::UsernameTaken => "username_taken",
-            Self::NotFound => "not_found",
-            Self::Unavailable(_) => "unavailable",
-            Self::Overloaded(_) => "overloaded",
-            Self::Internal(_) => "internal",
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct ErrorEnvelope<'a> {
-    error: ErrorDetail<'a>,
-}
-
-#[derive(Serialize)]
-struct ErrorDetail<'a> {
-    code: &'a str,
-    message: String,
-}
-
-impl ResponseError for ApiError {
-    fn status_code(&self) -> StatusCode {
-        match self {
-            Self::Invalid(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::Unauthorized(_) | Self::SessionExpired | Self::BadCredentials => StatusCode::UNAUTHORIZED,
-            Self::OriginNotAllowed => StatusCode::FORBIDDEN,
-            Self::UsernameTaken => StatusCode::CONFLICT,
-            Self::NotFound => StatusCode::NOT_FOUND,
-            Self::Unavailable(_) | Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    fn error_response(&self) -> HttpResponse {
-        if let Self::Internal(detail) | Self::Unavailable(detail) = self {
-            tracing::error!(code = self.code(), %detail, "request failed");
-        }
-        let mut response = HttpResponse::build(self.status_code());
-        if let Self::Unavailable(_) | Self::Overloaded(_) = self {
-            // Overload and outages are passing: tell clients when to come back.
-            response.insert_header((actix_web::http::header::RETRY_AFTER, "1"));
-        }
-        response.json(ErrorEnvelope { error: ErrorDetail { code: self.code(), message: self.to_string() } })
-    }
-}
+/// The most rooms `GET /api/rooms` lists.
+const ROOM_LIST_LIMIT: usize = 500;
 
 /// Routes under `/api`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -135,35 +46,21 @@ async fn register(state: web::Data<AppState>, body: web::Json<Credentials>) -> R
     let username = Username::parse(&username)?;
     validate_password(&password)?;
     let hash = state.passwords.hash(password).await?;
-    let client = state.archive.pool().get().await.map_err(ApiError::unavailable)?;
-    let row = client
-        .query_opt(
-            "INSERT INTO users (username, password_hash) VALUES ($1, $2)
-             ON CONFLICT (lower(username)) DO NOTHING RETURNING id",
-            &[&username.as_str(), &hash],
-        )
-        .await
-        .map_err(ApiError::unavailable)?;
-    let id: i64 = row.ok_or(ApiError::UsernameTaken)?.get(0);
+    let id = state.archive.create_account(&username, &hash).await.map_err(ApiError::unavailable)?;
+    let id = id.ok_or(ApiError::UsernameTaken)?;
     tracing::info!(user_id = id, username = username.as_str(), "user registered");
     Ok(HttpResponse::Created().json(serde_json::json!({ "user": UserBody { id, username: username.as_str() } })))
 }
 
 async fn login(state: web::Data<AppState>, body: web::Json<Credentials>) -> Result<HttpResponse, ApiError> {
     let Credentials { username, password } = body.into_inner();
-    let client = state.archive.pool().get().await.map_err(ApiError::unavailable)?;
-    let row = client
-        .query_opt("SELECT id, username, password_hash FROM users WHERE lower(username) = lower($1)", &[&username])
-        .await
-        .map_err(ApiError::unavailable)?;
-    drop(client);
-    let Some(row) = row else {
+    let account = state.archive.find_account(&username).await.map_err(ApiError::unavailable)?;
+    let Some(Account { id, username: name, password_hash }) = account else {
         // Same work as a wrong password, so response time does not reveal which names exist.
         state.passwords.verify(password, state.passwords.dummy_hash().await?).await?;
         return Err(ApiError::BadCredentials);
     };
-    let (id, name, stored): (i64, String, String) = (row.get(0), row.get(1), row.get(2));
-    if !state.passwords.verify(password, stored).await? {
+    if !state.passwords.verify(password, password_hash).await? {
         return Err(ApiError::BadCredentials);
     }
     let claims = Claims {
@@ -200,10 +97,7 @@ async fn me(user: AuthUser) -> HttpResponse {
 }
 
 async fn rooms(state: web::Data<AppState>, _user: AuthUser) -> Result<HttpResponse, ApiError> {
-    let client = state.archive.pool().get().await.map_err(ApiError::unavailable)?;
-    let rows =
-        client.query("SELECT name FROM rooms ORDER BY name LIMIT 500", &[]).await.map_err(ApiError::unavailable)?;
-    let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    let names = state.archive.room_names(ROOM_LIST_LIMIT).await.map_err(ApiError::unavailable)?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "rooms": names })))
 }
 

@@ -21,7 +21,7 @@ use sha2::Sha256;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::api::ApiError;
+use crate::error::ApiError;
 use crate::AppState;
 
 /// Name of the session cookie.

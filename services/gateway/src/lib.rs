@@ -12,6 +12,7 @@
 mod abort;
 pub mod api;
 pub mod auth;
+pub mod error;
 mod flush;
 pub mod hub;
 mod metrics;

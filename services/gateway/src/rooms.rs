@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tonic::transport::Channel;
 
-use crate::api::ApiError;
+use crate::error::ApiError;
 use crate::flush::FlushRequester;
 use crate::hub::PRESENCE_PREFIX;
 use crate::metrics::{APPEND_SECONDS, MESSAGES_ACCEPTED};

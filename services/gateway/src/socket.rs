@@ -11,7 +11,7 @@ use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReaso
 use futures_util::StreamExt;
 
 use crate::abort::{AbortHandle, ConnectionAbort};
-use crate::api::ApiError;
+use crate::error::ApiError;
 use crate::metrics::STUCK_RESETS;
 use crate::AppState;
 

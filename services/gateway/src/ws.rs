@@ -11,8 +11,8 @@ use huddle_domain::{validate_client_id, LogEntry, MessageBody, RoomName};
 use serde::Deserialize;
 use tracing::Instrument;
 
-use crate::api::ApiError;
 use crate::auth::{AuthUser, Claims};
+use crate::error::ApiError;
 use crate::hub::{Membership, Outbound};
 use crate::metrics::{CLIENT_ERRORS, CONNECTIONS};
 use crate::protocol::{self, ClientFrame, HistoryMode, PresenceEvent, CLOSE_SERVICE_RESTART, CLOSE_SLOW_CONSUMER};

@@ -1,0 +1,91 @@
+//! The write path's one step: appending a message (`append.lua`), and what its
+//! publication on the room's channel looks like.
+
+use std::sync::LazyLock;
+
+use huddle_domain::{LogEntry, RoomName, StoredMessage};
+use redis::Script;
+
+use crate::{Readiness, Result, RoomLog, RoomLogError};
+
+/// How long a client_id keeps deduplicating resends.
+pub const CLIENT_ID_TTL_SECS: u64 = 24 * 3600;
+
+static APPEND: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/append.lua")));
+
+/// Outcome of [`RoomLog::append`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Stored under `seq`; `unpersisted` messages of the room are now above the watermark.
+    Appended { seq: u64, unpersisted: u64 },
+    /// The client_id was already used in this room; `seq` is the original message's.
+    Duplicate { seq: u64 },
+    /// Redis does not hold the room's counter, or this Redis process has not been
+    /// checked against the archive for it yet: it must be hydrated first.
+    NotReady,
+}
+
+impl RoomLog {
+    /// Whether the room can take writes on the Redis process this call reaches.
+    pub async fn readiness(&self, room: &RoomName) -> Result<Readiness> {
+        let mut conn = self.conn().await?;
+        let (seq, checked_on): (Option<u64>, Option<String>) =
+            redis::pipe().get(self.keys.seq(room)).get(self.keys.checked_on(room)).query_async(&mut conn).await?;
+        Ok(match seq {
+            None => Readiness::Missing,
+            Some(last_seq) if checked_on.as_deref() == Some(&*conn.run_id()) => Readiness::Ready { last_seq },
+            Some(last_seq) => Readiness::Unchecked { last_seq },
+        })
+    }
+
+    /// Appends one message atomically: seq INCR, XADD, client_id marker, dirty-index
+    /// entry, PUBLISH.
+    pub async fn append(&self, room: &RoomName, entry: &LogEntry) -> Result<AppendOutcome> {
+        let json = serde_json::to_string(entry)
+            .map_err(|e| RoomLogError::CorruptEntry { id: String::new(), reason: e.to_string() })?;
+        let ttl = if entry.client_id.is_empty() { 0 } else { CLIENT_ID_TTL_SECS };
+        let mut conn = self.conn().await?;
+        let (seq, duplicate, unpersisted): (i64, i64, i64) = APPEND
+            .key(self.keys.seq(room))
+            .key(self.keys.log(room))
+            .key(self.keys.persisted(room))
+            .key(self.keys.client_id(room, entry.user_id, &entry.client_id))
+            .key(self.keys.dirty())
+            .key(self.keys.checked_on(room))
+            .arg(self.keys.channel(room))
+            .arg(json)
+            .arg(ttl)
+            .arg(room.as_str())
+            .arg(huddle_domain::now_ms())
+            .arg(&*conn.run_id())
+            .invoke_async(&mut conn)
+            .await?;
+        if seq < 0 {
+            return Ok(AppendOutcome::NotReady);
+        }
+        let seq = seq as u64;
+        if duplicate == 1 {
+            return Ok(AppendOutcome::Duplicate { seq });
+        }
+        Ok(AppendOutcome::Appended { seq, unpersisted: unpersisted.max(0) as u64 })
+    }
+}
+
+/// Parses a pub/sub payload (`"<seq> <entry JSON>"`) published by the append script.
+pub fn parse_published(payload: &str) -> Option<StoredMessage> {
+    let (seq, json) = payload.split_once(' ')?;
+    Some(StoredMessage { seq: seq.parse().ok()?, entry: serde_json::from_str(json).ok()? })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn published_payload_parses() {
+        let message = parse_published(r#"42 {"u":1,"n":"ada","b":"a b","t":5}"#).unwrap();
+        assert_eq!(message.seq, 42);
+        assert_eq!(message.entry.body, "a b");
+        assert!(parse_published("nonsense").is_none());
+    }
+}

@@ -1,0 +1,122 @@
+//! The persist path's bookkeeping in Redis: claiming ranges for chunk tasks
+//! (`claim_flush.lua`), moving the watermark and trimming (`mark_persisted.lua`), the
+//! dirty-room index, and where a room stands.
+
+use std::sync::LazyLock;
+
+use huddle_domain::RoomName;
+use redis::{AsyncCommands, Script};
+
+use crate::connection::Conn;
+use crate::{Result, RoomLog};
+
+static MARK_PERSISTED: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/mark_persisted.lua")));
+static CLAIM_FLUSH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/claim_flush.lua")));
+
+/// A range a flush claimed for chunking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlushClaim {
+    pub from: u64,
+    pub to: u64,
+    /// The range includes seqs an earlier claim held without progress (now retried).
+    pub reclaimed: bool,
+}
+
+/// A room's write-back state as Redis sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RoomState {
+    pub in_redis: bool,
+    pub last_seq: u64,
+    pub persisted_seq: u64,
+    /// When the room became dirty (epoch ms), if it is in the dirty index.
+    pub dirty_since_ms: Option<i64>,
+    /// Which archive re-open the Redis copy comes from (changes when Redis lost the room).
+    pub epoch: i64,
+}
+
+impl RoomLog {
+    /// Moves the Redis watermark up to `persisted` (never down) and trims the log to its
+    /// window without touching unpersisted entries. `None` when the room is not in Redis.
+    pub async fn mark_persisted(&self, room: &RoomName, persisted: u64) -> Result<Option<(u64, u64)>> {
+        let (seq, watermark): (i64, i64) = MARK_PERSISTED
+            .key(self.keys.seq(room))
+            .key(self.keys.log(room))
+            .key(self.keys.persisted(room))
+            .arg(persisted)
+            .arg(self.window)
+            .invoke_async(&mut self.conn().await?)
+            .await?;
+        Ok((seq >= 0).then_some((seq as u64, watermark as u64)))
+    }
+
+    /// Claims the unpersisted range not yet queued by another flush, for `claim_ms`. A
+    /// claimed range whose watermark has not moved for `claim_ms` is claimed again
+    /// (its chunk tasks were lost or gave up).
+    pub async fn claim_flush(&self, room: &RoomName, claim_ms: u64) -> Result<Option<FlushClaim>> {
+        let (from, to, reclaimed): (i64, i64, i64) = CLAIM_FLUSH
+            .key(self.keys.seq(room))
+            .key(self.keys.persisted(room))
+            .key(self.keys.claim(room))
+            .arg(claim_ms)
+            .arg(huddle_domain::now_ms())
+            .invoke_async(&mut self.conn().await?)
+            .await?;
+        Ok((from > 0).then_some(FlushClaim { from: from as u64, to: to as u64, reclaimed: reclaimed == 1 }))
+    }
+
+    /// Drops a room from the dirty index if everything is persisted. Race-free against a
+    /// concurrent append: remove first, then re-add if the room turned out to be dirty.
+    pub async fn clear_dirty_if_clean(&self, room: &RoomName) -> Result<()> {
+        let state = self.state(room).await?;
+        if !state.in_redis || state.last_seq > state.persisted_seq {
+            return Ok(());
+        }
+        let mut conn = self.conn().await?;
+        let _: i64 = conn.zrem(self.keys.dirty(), room.as_str()).await?;
+        let state = self.state(room).await?;
+        if state.in_redis && state.last_seq > state.persisted_seq {
+            self.mark_dirty_with(&mut conn, room).await?;
+        }
+        Ok(())
+    }
+
+    async fn mark_dirty_with(&self, conn: &mut Conn, room: &RoomName) -> Result<()> {
+        let _: i64 = redis::cmd("ZADD")
+            .arg(self.keys.dirty())
+            .arg("NX")
+            .arg(huddle_domain::now_ms())
+            .arg(room.as_str())
+            .query_async(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Where the room stands: counter, watermark, dirty mark.
+    pub async fn state(&self, room: &RoomName) -> Result<RoomState> {
+        let mut conn = self.conn().await?;
+        let (seq, persisted, dirty_since, epoch): (Option<u64>, Option<u64>, Option<f64>, Option<i64>) = redis::pipe()
+            .get(self.keys.seq(room))
+            .get(self.keys.persisted(room))
+            .zscore(self.keys.dirty(), room.as_str())
+            .get(self.keys.epoch(room))
+            .query_async(&mut conn)
+            .await?;
+        Ok(RoomState {
+            in_redis: seq.is_some(),
+            last_seq: seq.unwrap_or(0),
+            persisted_seq: persisted.unwrap_or(0),
+            dirty_since_ms: dirty_since.map(|s| s as i64),
+            epoch: epoch.unwrap_or(0),
+        })
+    }
+
+    /// Up to `limit` dirty rooms, longest-dirty first, with when they became dirty.
+    pub async fn dirty_rooms(&self, limit: usize) -> Result<Vec<(RoomName, i64)>> {
+        let raw: Vec<(String, f64)> =
+            self.conn().await?.zrange_withscores(self.keys.dirty(), 0, limit.saturating_sub(1) as isize).await?;
+        Ok(raw
+            .into_iter()
+            .filter_map(|(name, score)| RoomName::parse(&name).ok().map(|room| (room, score as i64)))
+            .collect())
+    }
+}

@@ -1,0 +1,99 @@
+//! Installing a room from the archive (`hydrate.lua`) and re-checking a room a Redis
+//! process holds against it (`recheck.lua`).
+
+use std::sync::LazyLock;
+
+use huddle_domain::{RoomName, StoredMessage};
+use redis::Script;
+
+use crate::keys::client_id_marker;
+use crate::{Result, RoomLog, RoomLogError, CLIENT_ID_TTL_SECS};
+
+static HYDRATE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/hydrate.lua")));
+static RECHECK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/recheck.lua")));
+
+/// Prefix of the notice the hydrate and recheck scripts publish when sockets may have
+/// seen seqs the room no longer holds.
+pub const RESET_PREFIX: &str = "R ";
+
+impl RoomLog {
+    /// Initialises a room from the archive (counter = `archived_seq`, log = `recent`,
+    /// the archive's `epoch`), unless Redis already holds it. Returns whether this call
+    /// initialised it, and the counter afterwards.
+    pub async fn hydrate(
+        &self,
+        room: &RoomName,
+        archived_seq: u64,
+        epoch: i64,
+        recent: &[StoredMessage],
+    ) -> Result<(bool, u64)> {
+        let mut conn = self.conn().await?;
+        let mut invocation = HYDRATE.prepare_invoke();
+        invocation
+            .key(self.keys.seq(room))
+            .key(self.keys.log(room))
+            .key(self.keys.persisted(room))
+            .key(self.keys.epoch(room))
+            .key(self.keys.checked_on(room))
+            .arg(archived_seq)
+            .arg(CLIENT_ID_TTL_SECS)
+            .arg(self.keys.channel(room))
+            .arg(epoch)
+            .arg(&*conn.run_id());
+        add_restored(&mut invocation, recent)?;
+        let (initialised, seq): (i64, i64) = invocation.invoke_async(&mut conn).await?;
+        Ok((initialised == 1, seq.max(0) as u64))
+    }
+
+    /// Brings a room Redis holds back in line with the archive, on a Redis process it was
+    /// not checked on: restores `above` (archived messages above the counter Redis held,
+    /// `redis_seq`), moves the counter to at least `archived_seq` so no archived seq is
+    /// handed out again, the watermark to at least `archived_watermark` and the epoch to
+    /// `epoch`, marks the room checked on this process, and tells sockets that anything
+    /// they saw above `redis_seq` is gone. Returns the counter afterwards, or `None` if
+    /// Redis lost the room meanwhile (hydrate it instead).
+    pub async fn recheck(
+        &self,
+        room: &RoomName,
+        redis_seq: u64,
+        archived_seq: u64,
+        archived_watermark: u64,
+        epoch: i64,
+        above: &[StoredMessage],
+    ) -> Result<Option<u64>> {
+        let mut conn = self.conn().await?;
+        let mut invocation = RECHECK.prepare_invoke();
+        invocation
+            .key(self.keys.seq(room))
+            .key(self.keys.log(room))
+            .key(self.keys.persisted(room))
+            .key(self.keys.epoch(room))
+            .key(self.keys.checked_on(room))
+            .arg(&*conn.run_id())
+            .arg(redis_seq)
+            .arg(archived_seq)
+            .arg(archived_watermark)
+            .arg(epoch)
+            .arg(CLIENT_ID_TTL_SECS)
+            .arg(self.keys.channel(room));
+        add_restored(&mut invocation, above)?;
+        let seq: i64 = invocation.invoke_async(&mut conn).await?;
+        Ok((seq >= 0).then_some(seq as u64))
+    }
+}
+
+/// Adds (seq, entry JSON, client_id marker or "") per archived message to a script call,
+/// so a resend of a restored message stays a duplicate.
+fn add_restored(invocation: &mut redis::ScriptInvocation<'_>, messages: &[StoredMessage]) -> Result<()> {
+    for message in messages {
+        let json = serde_json::to_string(&message.entry)
+            .map_err(|e| RoomLogError::CorruptEntry { id: message.seq.to_string(), reason: e.to_string() })?;
+        let marker = if message.entry.client_id.is_empty() {
+            String::new()
+        } else {
+            client_id_marker(message.entry.user_id, &message.entry.client_id)
+        };
+        invocation.arg(message.seq).arg(json).arg(marker);
+    }
+    Ok(())
+}

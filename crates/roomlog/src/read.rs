@@ -1,0 +1,115 @@
+//! Reading the log: the newest messages, pages, ranges, and the chunks the persister
+//! copies (with the epoch they belong to and, apart, entries that cannot be decoded).
+
+use huddle_domain::{LogEntry, RoomName, StoredMessage};
+
+use crate::{Result, RoomLog, RoomLogError};
+
+/// What a chunk task reads from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    /// The room's epoch the entries belong to.
+    pub epoch: i64,
+    /// The decodable entries, in seq order.
+    pub messages: Vec<StoredMessage>,
+    /// Entries that are not a valid log entry (written by something other than the append
+    /// script, or corrupted).
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// A log entry that cannot be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    pub seq: u64,
+    /// The entry's field bytes as Redis holds them.
+    pub raw: Vec<u8>,
+    pub reason: String,
+}
+
+impl RoomLog {
+    /// The newest `limit` messages, oldest first.
+    pub async fn recent(&self, room: &RoomName, limit: usize) -> Result<Vec<StoredMessage>> {
+        self.before(room, 0, limit).await
+    }
+
+    /// Up to `limit` messages with seq < `before` (0: no bound), the newest ones, oldest first.
+    pub async fn before(&self, room: &RoomName, before: u64, limit: usize) -> Result<Vec<StoredMessage>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let end = if before == 0 { "+".to_owned() } else { format!("({before}-0") };
+        let raw: Vec<(String, Vec<String>)> = redis::cmd("XREVRANGE")
+            .arg(self.keys.log(room))
+            .arg(end)
+            .arg("-")
+            .arg("COUNT")
+            .arg(limit)
+            .query_async(&mut self.conn().await?)
+            .await?;
+        let mut messages = parse_entries(raw)?;
+        messages.reverse();
+        Ok(messages)
+    }
+
+    /// Messages with `from <= seq <= to`, in order.
+    pub async fn range(&self, room: &RoomName, from: u64, to: u64) -> Result<Vec<StoredMessage>> {
+        let raw: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+            .arg(self.keys.log(room))
+            .arg(format!("{from}-0"))
+            .arg(format!("{to}-0"))
+            .query_async(&mut self.conn().await?)
+            .await?;
+        parse_entries(raw)
+    }
+
+    /// Entries with `from <= seq <= to` and the epoch they belong to, read atomically:
+    /// what a chunk task writes to the archive. Entries that cannot be decoded come back
+    /// apart, with their raw bytes, instead of failing the whole chunk.
+    pub async fn chunk(&self, room: &RoomName, from: u64, to: u64) -> Result<Chunk> {
+        let (epoch, raw): (Option<i64>, Vec<(String, Vec<Vec<u8>>)>) = redis::pipe()
+            .atomic()
+            .get(self.keys.epoch(room))
+            .cmd("XRANGE")
+            .arg(self.keys.log(room))
+            .arg(format!("{from}-0"))
+            .arg(format!("{to}-0"))
+            .query_async(&mut self.conn().await?)
+            .await?;
+        let mut chunk =
+            Chunk { epoch: epoch.unwrap_or(0), messages: Vec::with_capacity(raw.len()), unreadable: Vec::new() };
+        for (id, fields) in raw {
+            let Some(seq) = seq_of_id(&id) else { continue };
+            let value = fields.chunks(2).find(|pair| pair[0] == b"m").and_then(|pair| pair.get(1));
+            let decoded = match value {
+                None => Err("no field m".to_owned()),
+                Some(bytes) => serde_json::from_slice::<LogEntry>(bytes).map_err(|e| e.to_string()),
+            };
+            match decoded {
+                Ok(entry) => chunk.messages.push(StoredMessage { seq, entry }),
+                Err(reason) => chunk.unreadable.push(Unreadable { seq, raw: fields.concat(), reason }),
+            }
+        }
+        Ok(chunk)
+    }
+}
+
+/// The seq of a stream entry id (`<seq>-0`).
+pub(crate) fn seq_of_id(id: &str) -> Option<u64> {
+    id.split('-').next()?.parse().ok()
+}
+
+fn parse_entries(raw: Vec<(String, Vec<String>)>) -> Result<Vec<StoredMessage>> {
+    raw.into_iter()
+        .map(|(id, fields)| {
+            let corrupt = |reason: &str| RoomLogError::CorruptEntry { id: id.clone(), reason: reason.to_owned() };
+            let seq = seq_of_id(&id).ok_or_else(|| corrupt("id is not <seq>-0"))?;
+            let json = fields
+                .chunks(2)
+                .find(|pair| pair[0] == "m")
+                .and_then(|pair| pair.get(1))
+                .ok_or_else(|| corrupt("no field m"))?;
+            let entry = serde_json::from_str(json).map_err(|e| corrupt(&e.to_string()))?;
+            Ok(StoredMessage { seq, entry })
+        })
+        .collect()
+}

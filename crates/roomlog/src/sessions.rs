@@ -1,0 +1,18 @@
+//! Revoked session tokens, until they would have expired anyway.
+
+use redis::AsyncCommands;
+
+use crate::{Result, RoomLog};
+
+impl RoomLog {
+    /// Marks a session token id as revoked until `ttl_secs` from now.
+    pub async fn revoke_token(&self, token_id: &str, ttl_secs: u64) -> Result<()> {
+        let _: () = self.conn().await?.set_ex(self.keys.revoked_token(token_id), 1, ttl_secs.max(1)).await?;
+        Ok(())
+    }
+
+    /// Whether a session token id was revoked.
+    pub async fn is_token_revoked(&self, token_id: &str) -> Result<bool> {
+        Ok(self.conn().await?.exists(self.keys.revoked_token(token_id)).await?)
+    }
+}

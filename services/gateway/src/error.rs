@@ -1,0 +1,100 @@
+//! The gateway's one error type: every refusal of the REST API and of a socket's upgrade,
+//! with its stable code (docs/PROTOCOL.md), HTTP status and JSON body.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use huddle_domain::ValidationError;
+use serde::Serialize;
+
+/// An API failure, rendered as a JSON error body.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Invalid(#[from] ValidationError),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("session expired or revoked; log in again")]
+    SessionExpired,
+    #[error("wrong username or password")]
+    BadCredentials,
+    #[error("origin not allowed")]
+    OriginNotAllowed,
+    #[error("username already taken")]
+    UsernameTaken,
+    #[error("not found")]
+    NotFound,
+    #[error("temporarily unavailable: {0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Overloaded(&'static str),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// An internal error; the detail is logged, not shown.
+    pub fn internal(error: impl std::fmt::Display) -> Self {
+        Self::Internal(error.to_string())
+    }
+
+    /// A dependency (Redis, PostgreSQL, hydrator) is unavailable.
+    pub fn unavailable(error: impl std::fmt::Display) -> Self {
+        Self::Unavailable(error.to_string())
+    }
+
+    /// Stable machine-readable code (docs/PROTOCOL.md).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Invalid(e) => e.code(),
+            Self::BadRequest(_) => "bad_request",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::SessionExpired => "session_expired",
+            Self::BadCredentials => "bad_credentials",
+            Self::OriginNotAllowed => "origin_not_allowed",
+            Self::UsernameTaken => "username_taken",
+            Self::NotFound => "not_found",
+            Self::Unavailable(_) => "unavailable",
+            Self::Overloaded(_) => "overloaded",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorEnvelope<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'a str,
+    message: String,
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::Invalid(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) | Self::SessionExpired | Self::BadCredentials => StatusCode::UNAUTHORIZED,
+            Self::OriginNotAllowed => StatusCode::FORBIDDEN,
+            Self::UsernameTaken => StatusCode::CONFLICT,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::Unavailable(_) | Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let Self::Internal(detail) | Self::Unavailable(detail) = self {
+            tracing::error!(code = self.code(), %detail, "request failed");
+        }
+        let mut response = HttpResponse::build(self.status_code());
+        if let Self::Unavailable(_) | Self::Overloaded(_) = self {
+            // Overload and outages are passing: tell clients when to come back.
+            response.insert_header((actix_web::http::header::RETRY_AFTER, "1"));
+        }
+        response.json(ErrorEnvelope { error: ErrorDetail { code: self.code(), message: self.to_string() } })
+    }
+}
