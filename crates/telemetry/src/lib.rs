@@ -1,16 +1,16 @@
-//! Telemetry shared by the Huddle services: structured `tracing` logs, Prometheus
-//! metrics, and the operational endpoints `/healthz`, `/readyz` and `/metrics`.
+//! Telemetry shared by the Huddle services: structured `tracing` logs, OTLP trace export
+//! and W3C trace context across tasks, the Prometheus registry's text, what readiness
+//! means, and the shutdown signal.
 //!
-//! The gateway mounts the endpoints in its own actix-web app with [`configure_ops`];
-//! the workers (persister, hydrator) serve them on a separate port with
-//! [`spawn_ops_server`].
+//! It serves nothing: the gateway mounts `/healthz`, `/readyz` and `/metrics` in its own
+//! actix-web app, the workers on their ops port (crates/worker), both from [`Readiness`],
+//! [`status_body`] and [`metrics_text`]. So a service depends on no HTTP stack it does
+//! not use.
 
 use std::future::Future;
-use std::net::TcpListener;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use actix_web::{web, App, HttpResponse, HttpServer};
 use tracing_subscriber::EnvFilter;
 
 /// Keeps the OpenTelemetry exporter alive; [`TelemetryGuard::shutdown`] flushes the
@@ -135,27 +135,15 @@ impl Readiness {
     }
 }
 
-/// Registers `/healthz` (process is alive), `/readyz` (dependencies answer) and
-/// `/metrics` (Prometheus text format) on an actix-web app.
-pub fn configure_ops(cfg: &mut web::ServiceConfig, readiness: Readiness) {
-    cfg.app_data(web::Data::new(readiness))
-        .route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics));
-}
-
-async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(status_body("ok", None))
-}
-
-async fn readyz(readiness: web::Data<Readiness>) -> HttpResponse {
-    match (readiness.0)().await {
-        Ok(()) => HttpResponse::Ok().json(status_body("ready", None)),
-        Err(reason) => HttpResponse::ServiceUnavailable().json(status_body("unready", Some(reason))),
+impl Readiness {
+    /// Runs the check: `Err` carries the reason the instance is not ready.
+    pub async fn check(&self) -> Result<(), String> {
+        (self.0)().await
     }
 }
 
-fn status_body(status: &str, reason: Option<String>) -> std::collections::BTreeMap<&'static str, String> {
+/// The JSON body of `/healthz` and `/readyz`: `{"status": ..., "reason": ...}`.
+pub fn status_body(status: &str, reason: Option<String>) -> std::collections::BTreeMap<&'static str, String> {
     let mut body = std::collections::BTreeMap::new();
     body.insert("status", status.to_owned());
     if let Some(reason) = reason {
@@ -164,52 +152,10 @@ fn status_body(status: &str, reason: Option<String>) -> std::collections::BTreeM
     body
 }
 
-async fn metrics() -> HttpResponse {
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(metrics_text())
-}
-
 /// Everything in the default Prometheus registry, in the text exposition format.
 pub fn metrics_text() -> String {
     let encoder = prometheus::TextEncoder::new();
     encoder.encode_to_string(&prometheus::gather()).unwrap_or_else(|e| format!("# metrics encoding failed: {e}\n"))
-}
-
-/// A running ops endpoint server (see [`spawn_ops_server`]).
-pub struct OpsServer {
-    handle: actix_web::dev::ServerHandle,
-    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
-}
-
-impl OpsServer {
-    /// Stops accepting and waits for the server thread to end.
-    pub async fn stop(mut self) {
-        self.handle.stop(true).await;
-        if let Some(thread) = self.thread.take() {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-        }
-    }
-}
-
-/// Serves the ops endpoints on `listener` from a dedicated thread with its own actix
-/// runtime, so worker services built on plain tokio need no actix system of their own.
-pub fn spawn_ops_server(listener: TcpListener, readiness: Readiness) -> std::io::Result<OpsServer> {
-    let (handle_tx, handle_rx) = std::sync::mpsc::channel();
-    let thread = std::thread::Builder::new().name("ops-http".into()).spawn(move || {
-        actix_web::rt::System::new().block_on(async move {
-            let server = HttpServer::new(move || {
-                let readiness = readiness.clone();
-                App::new().configure(move |cfg| configure_ops(cfg, readiness))
-            })
-            .workers(1)
-            .disable_signals()
-            .listen(listener)?
-            .run();
-            let _ = handle_tx.send(server.handle());
-            server.await
-        })
-    })?;
-    let handle = handle_rx.recv().map_err(|_| std::io::Error::other("ops server failed to start"))?;
-    Ok(OpsServer { handle, thread: Some(thread) })
 }
 
 /// Resolves on SIGTERM or Ctrl-C: the moment a service starts its graceful shutdown.

@@ -16,6 +16,7 @@ pub mod error;
 mod flush;
 pub mod hub;
 mod metrics;
+mod ops;
 pub mod protocol;
 pub mod rooms;
 mod socket;
@@ -240,7 +241,7 @@ pub async fn start(settings: Settings) -> Result<RunningGateway, StartError> {
         app.app_data(state.clone())
             .app_data(api::json_config())
             .app_data(api::query_config())
-            .configure(|cfg| huddle_telemetry::configure_ops(cfg, readiness))
+            .configure(|cfg| ops::configure(cfg, readiness))
             .configure(api::configure)
             .route("/ws/rooms/{room}", web::get().to(ws::upgrade))
             .route("/", web::get().to(index))

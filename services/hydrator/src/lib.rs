@@ -12,7 +12,7 @@ mod history;
 mod hydrate;
 mod rewarm;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use huddle_archive::Archive;
@@ -20,9 +20,10 @@ use huddle_broker::{Broker, TaskQueue};
 use huddle_config::{BrokerSettings, PostgresSettings, RedisSettings};
 use huddle_proto::v1::hydrator_server::HydratorServer;
 use huddle_roomlog::RoomLog;
-use huddle_telemetry::{OpsServer, Readiness};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use huddle_telemetry::Readiness;
+use huddle_worker::Worker;
+use tonic::server::NamedService;
+use tonic::service::Routes;
 
 pub use hydrate::HydrateService;
 pub use rewarm::queue_rewarm;
@@ -77,49 +78,35 @@ pub enum Command {
 /// Why the hydrator could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("bind: {0}")]
-    Io(#[from] std::io::Error),
     #[error(transparent)]
     Archive(#[from] huddle_archive::ArchiveError),
     #[error(transparent)]
     RoomLog(#[from] huddle_roomlog::RoomLogError),
-    #[error("grpc reflection: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    Worker(#[from] huddle_worker::WorkerError),
 }
 
 /// A running hydrator.
 pub struct RunningHydrator {
-    grpc_addr: SocketAddr,
-    ops_addr: SocketAddr,
-    stop: watch::Sender<bool>,
-    server: JoinHandle<Result<(), tonic::transport::Error>>,
-    rewarm_consumer: JoinHandle<()>,
+    worker: Worker,
     broker: Broker,
-    ops: OpsServer,
 }
 
 impl RunningHydrator {
     /// Where the gRPC server listens.
     pub fn grpc_addr(&self) -> SocketAddr {
-        self.grpc_addr
+        self.worker.grpc_addr()
     }
 
     /// Where the ops endpoints listen.
     pub fn ops_addr(&self) -> SocketAddr {
-        self.ops_addr
+        self.worker.ops_addr()
     }
 
     /// Stops accepting calls and tasks, lets in-flight ones finish, then returns.
     pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        let _ = self.rewarm_consumer.await;
+        self.worker.stop().await;
         self.broker.close().await;
-        match self.server.await {
-            Ok(Err(error)) => tracing::error!(%error, "grpc server failed"),
-            Err(error) => tracing::error!(%error, "grpc server task panicked"),
-            Ok(Ok(())) => {}
-        }
-        self.ops.stop().await;
     }
 }
 
@@ -128,12 +115,6 @@ pub async fn start(settings: Settings) -> Result<RunningHydrator, StartError> {
     let archive = Archive::connect(&settings.postgres)?;
     archive.migrate().await?;
     let log = RoomLog::connect(&settings.redis)?;
-
-    let grpc_listener = tokio::net::TcpListener::bind(settings.grpc_addr).await?;
-    let grpc_addr = grpc_listener.local_addr()?;
-    let ops_listener = TcpListener::bind(settings.ops_addr)?;
-    let ops_addr = ops_listener.local_addr()?;
-
     let readiness = {
         let (archive, log) = (archive.clone(), log.clone());
         Readiness::new(move || {
@@ -144,33 +125,22 @@ pub async fn start(settings: Settings) -> Result<RunningHydrator, StartError> {
             })
         })
     };
-    let ops = huddle_telemetry::spawn_ops_server(ops_listener, readiness)?;
+    let mut worker = Worker::bind(settings.grpc_addr, settings.ops_addr, readiness).await?;
 
     let service =
         HydrateService::new(log, archive, settings.hydrate_window, Duration::from_millis(settings.hydrate_timeout_ms));
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<HydratorServer<HydrateService>>().await;
-    let (stop, stopped) = watch::channel(false);
     // RabbitMQ only carries re-warm tasks: joins keep working while it is down.
     let broker = Broker::lazy(&settings.broker);
-    let rewarm_consumer = tokio::spawn(huddle_broker::consume(
+    let rewarm = huddle_broker::consume(
         broker.clone(),
         TaskQueue::Hydrate,
         settings.hydrate_prefetch,
         rewarm::RewarmTasks(service.clone()),
         Duration::from_millis(200),
-        stopped.clone(),
-    ));
-    let mut grpc_stopped = stopped;
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(huddle_proto::reflection_service()?)
-            .add_service(HydratorServer::new(service))
-            .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(grpc_listener), async move {
-                let _ = grpc_stopped.wait_for(|stop| *stop).await;
-            }),
+        worker.stopping(),
     );
-    tracing::info!(%grpc_addr, %ops_addr, "hydrator listening");
-    Ok(RunningHydrator { grpc_addr, ops_addr, stop, server, rewarm_consumer, broker, ops })
+    worker.spawn(rewarm);
+    worker.serve(HydratorServer::<HydrateService>::NAME, Routes::new(HydratorServer::new(service))).await?;
+    tracing::info!(grpc_addr = %worker.grpc_addr(), ops_addr = %worker.ops_addr(), "hydrator listening");
+    Ok(RunningHydrator { worker, broker })
 }

@@ -11,7 +11,7 @@ mod metrics;
 mod sweep;
 mod tasks;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use huddle_archive::Archive;
@@ -19,9 +19,10 @@ use huddle_broker::{Broker, TaskQueue};
 use huddle_config::{BrokerSettings, PostgresSettings, RedisSettings};
 use huddle_proto::v1::persister_server::PersisterServer;
 use huddle_roomlog::RoomLog;
-use huddle_telemetry::{OpsServer, Readiness};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use huddle_telemetry::Readiness;
+use huddle_worker::Worker;
+use tonic::server::NamedService;
+use tonic::service::Routes;
 
 pub use tasks::PersistTasks;
 
@@ -94,50 +95,38 @@ pub enum DeadLetterAction {
 /// Why the persister could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("bind: {0}")]
-    Io(#[from] std::io::Error),
     #[error(transparent)]
     Archive(#[from] huddle_archive::ArchiveError),
     #[error(transparent)]
     RoomLog(#[from] huddle_roomlog::RoomLogError),
-    #[error("grpc reflection: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
     #[error(transparent)]
     Broker(#[from] huddle_broker::BrokerError),
+    #[error(transparent)]
+    Worker(#[from] huddle_worker::WorkerError),
 }
 
 /// A running persister.
 pub struct RunningPersister {
-    grpc_addr: SocketAddr,
-    ops_addr: SocketAddr,
-    stop: watch::Sender<bool>,
-    workers: Vec<JoinHandle<()>>,
-    server: JoinHandle<Result<(), tonic::transport::Error>>,
-    ops: OpsServer,
+    worker: Worker,
     broker: Broker,
 }
 
 impl RunningPersister {
     /// Where the gRPC server listens.
     pub fn grpc_addr(&self) -> SocketAddr {
-        self.grpc_addr
+        self.worker.grpc_addr()
     }
 
     /// Where the ops endpoints listen.
     pub fn ops_addr(&self) -> SocketAddr {
-        self.ops_addr
+        self.worker.ops_addr()
     }
 
     /// Graceful stop: consumers take no new tasks, in-flight tasks finish and are acked
     /// (unstarted prefetched ones go back to the queue when the channel closes).
     pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        for worker in self.workers {
-            let _ = worker.await;
-        }
-        let _ = self.server.await;
+        self.worker.stop().await;
         self.broker.close().await;
-        self.ops.stop().await;
     }
 }
 
@@ -149,12 +138,7 @@ pub async fn start(settings: Settings) -> Result<RunningPersister, StartError> {
     let log = RoomLog::connect(&settings.redis)?;
     log.ping().await?;
     let broker = Broker::connect(&settings.broker).await?;
-
-    let grpc_listener = tokio::net::TcpListener::bind(settings.grpc_addr).await?;
-    let grpc_addr = grpc_listener.local_addr()?;
-    let ops_listener = TcpListener::bind(settings.ops_addr)?;
-    let ops_addr = ops_listener.local_addr()?;
-    let ops = huddle_telemetry::spawn_ops_server(ops_listener, readiness(&archive, &log, &broker))?;
+    let mut worker = Worker::bind(settings.grpc_addr, settings.ops_addr, readiness(&archive, &log, &broker)).await?;
 
     let handler = PersistTasks {
         log: log.clone(),
@@ -163,40 +147,24 @@ pub async fn start(settings: Settings) -> Result<RunningPersister, StartError> {
         chunk_size: settings.chunk_size.max(1),
         flush_claim_ms: settings.flush_claim_ms,
     };
-    let (stop, stopped) = watch::channel(false);
     let retry_base = Duration::from_millis(settings.retry_base_ms);
-    let mut workers = Vec::new();
     for queue in [TaskQueue::Flush, TaskQueue::PersistChunk] {
-        workers.push(tokio::spawn(huddle_broker::consume(
+        let consumer = huddle_broker::consume(
             broker.clone(),
             queue,
             settings.prefetch,
             handler.clone(),
             retry_base,
-            stopped.clone(),
-        )));
+            worker.stopping(),
+        );
+        worker.spawn(consumer);
     }
-    workers.push(tokio::spawn(sweep::run(
-        log.clone(),
-        broker.clone(),
-        Duration::from_millis(settings.sweep_interval_ms),
-        stopped.clone(),
-    )));
-
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<PersisterServer<grpc::PersisterService>>().await;
-    let mut grpc_stopped = stopped;
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(huddle_proto::reflection_service()?)
-            .add_service(PersisterServer::new(grpc::PersisterService { log, archive, broker: broker.clone() }))
-            .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(grpc_listener), async move {
-                let _ = grpc_stopped.wait_for(|stop| *stop).await;
-            }),
-    );
-    tracing::info!(%grpc_addr, %ops_addr, "persister running");
-    Ok(RunningPersister { grpc_addr, ops_addr, stop, workers, server, ops, broker })
+    let sweep_every = Duration::from_millis(settings.sweep_interval_ms);
+    worker.spawn(sweep::run(log.clone(), broker.clone(), sweep_every, worker.stopping()));
+    let service = PersisterServer::new(grpc::PersisterService { log, archive, broker: broker.clone() });
+    worker.serve(PersisterServer::<grpc::PersisterService>::NAME, Routes::new(service)).await?;
+    tracing::info!(grpc_addr = %worker.grpc_addr(), ops_addr = %worker.ops_addr(), "persister running");
+    Ok(RunningPersister { worker, broker })
 }
 
 fn readiness(archive: &Archive, log: &RoomLog, broker: &Broker) -> Readiness {

@@ -82,11 +82,25 @@ async fn three_binaries_carry_messages_from_socket_to_postgres_and_stop_on_sigte
         assert!(services.iter().any(|s| s == service), "{services:?}");
         assert!(services.iter().any(|s| s == "grpc.health.v1.Health"), "{services:?}");
     }
-    for grpc in [&hydrator_grpc, &persister_grpc] {
+    for (grpc, service) in [(&hydrator_grpc, "huddle.v1.Hydrator"), (&persister_grpc, "huddle.v1.Persister")] {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))?.connect().await?;
         let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-        let reply = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await?.into_inner();
-        assert_eq!(reply.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+        for name in ["", service] {
+            let reply = health.check(tonic_health::pb::HealthCheckRequest { service: name.into() }).await?.into_inner();
+            assert_eq!(
+                reply.status,
+                tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+                "{name:?}"
+            );
+        }
+    }
+    // The workers' ops port: liveness and their own metrics.
+    for (ops, metric) in [(&hydrator_ops, "huddle_hydrations_total"), (&persister_ops, "huddle_tasks_total")] {
+        let health = http().get(format!("http://{ops}/healthz")).send().await?;
+        assert_eq!(health.status(), 200);
+        assert_eq!(health.json::<serde_json::Value>().await?["status"], "ok");
+        let metrics = http().get(format!("http://{ops}/metrics")).send().await?.text().await?;
+        assert!(metrics.contains(metric), "{ops}/metrics lacks {metric}");
     }
 
     gateway.terminate()?;

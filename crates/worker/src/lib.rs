@@ -1,0 +1,160 @@
+//! The runtime every worker service shares: what makes the persister and the hydrator a
+//! service, so each of them keeps only its own job.
+//!
+//! A [`Worker`] binds the gRPC and ops ports, serves `/healthz`, `/readyz` and `/metrics`
+//! on the ops port, serves the service's gRPC routes with the standard health and
+//! reflection services beside them, runs the service's background tasks, and stops it
+//! all gracefully: tasks are told to stop and awaited (in-flight work finishes), the gRPC
+//! server answers its in-flight calls, then the ops port closes.
+//!
+//! It knows nothing of Redis, PostgreSQL or RabbitMQ: the service hands it a readiness
+//! check and its tasks.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use huddle_telemetry::Readiness;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Why a worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("bind {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("grpc reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// A running worker service's shell: ports, tasks, shutdown.
+pub struct Worker {
+    grpc_listener: Option<TcpListener>,
+    grpc_addr: SocketAddr,
+    ops_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    grpc: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    ops: JoinHandle<()>,
+}
+
+impl Worker {
+    /// Binds both ports and starts serving the ops endpoints, with `readiness` behind
+    /// `/readyz`.
+    pub async fn bind(grpc_addr: SocketAddr, ops_addr: SocketAddr, readiness: Readiness) -> Result<Self, WorkerError> {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr).await.map_err(|source| WorkerError::Bind { addr, source })
+        };
+        let grpc_listener = bind(grpc_addr).await?;
+        let ops_listener = bind(ops_addr).await?;
+        let local =
+            |listener: &TcpListener, addr| listener.local_addr().map_err(|source| WorkerError::Bind { addr, source });
+        let (grpc_addr, ops_addr) = (local(&grpc_listener, grpc_addr)?, local(&ops_listener, ops_addr)?);
+        let (stop, stopped) = watch::channel(false);
+        let ops = tokio::spawn(serve_ops(ops_listener, readiness, stopped));
+        Ok(Self { grpc_listener: Some(grpc_listener), grpc_addr, ops_addr, stop, tasks: Vec::new(), grpc: None, ops })
+    }
+
+    /// Where the gRPC server listens.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// Where the ops endpoints listen.
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.ops_addr
+    }
+
+    /// Turns `true` when the worker is stopping: background tasks watch it, finish what
+    /// they hold, and return.
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    /// Runs a background task until it returns; [`Worker::stop`] waits for it.
+    pub fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.push(tokio::spawn(task));
+    }
+
+    /// Serves `routes` (the service's own gRPC service, named `service_name` in the
+    /// health protocol) with the gRPC health and reflection services beside them.
+    pub async fn serve(
+        &mut self,
+        service_name: &'static str,
+        routes: tonic::service::Routes,
+    ) -> Result<(), WorkerError> {
+        let Some(listener) = self.grpc_listener.take() else {
+            panic!("Worker::serve called twice");
+        };
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter.set_service_status(service_name, tonic_health::ServingStatus::Serving).await;
+        let mut stopping = self.stopping();
+        let server = tonic::transport::Server::builder()
+            .add_routes(routes)
+            .add_service(health_service)
+            .add_service(huddle_proto::reflection_service()?)
+            .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), async move {
+                let _ = stopping.wait_for(|stop| *stop).await;
+                // Load balancers that watch gRPC health stop sending before the port closes.
+                health_reporter.set_service_status(service_name, tonic_health::ServingStatus::NotServing).await;
+            });
+        self.grpc = Some(tokio::spawn(server));
+        Ok(())
+    }
+
+    /// Graceful stop: background tasks are told to stop and awaited, the gRPC server
+    /// finishes its in-flight calls, then the ops endpoints close.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            if let Err(error) = task.await {
+                tracing::error!(%error, "background task panicked");
+            }
+        }
+        if let Some(grpc) = self.grpc {
+            match grpc.await {
+                Ok(Err(error)) => tracing::error!(%error, "grpc server failed"),
+                Err(error) => tracing::error!(%error, "grpc server task panicked"),
+                Ok(Ok(())) => {}
+            }
+        }
+        let _ = self.ops.await;
+    }
+}
+
+/// `/healthz` (the process is alive), `/readyz` (its dependencies answer) and `/metrics`
+/// (Prometheus text), until the worker stops.
+async fn serve_ops(listener: TcpListener, readiness: Readiness, mut stopping: watch::Receiver<bool>) {
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { axum::Json(huddle_telemetry::status_body("ok", None)) }))
+        .route(
+            "/readyz",
+            get(move || {
+                let readiness = readiness.clone();
+                async move {
+                    match readiness.check().await {
+                        Ok(()) => (StatusCode::OK, axum::Json(huddle_telemetry::status_body("ready", None))),
+                        Err(reason) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            axum::Json(huddle_telemetry::status_body("unready", Some(reason))),
+                        ),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|| async {
+                ([("content-type", "text/plain; version=0.0.4")], huddle_telemetry::metrics_text()).into_response()
+            }),
+        );
+    let served = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+    });
+    if let Err(error) = served.await {
+        tracing::error!(%error, "ops endpoints failed");
+    }
+}
