@@ -33,10 +33,15 @@ pub use lapin::message::Delivery;
 /// Errors of the task transport.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
+    /// The connection, channel or an AMQP operation failed.
     #[error("amqp: {0}")]
     Amqp(#[from] lapin::Error),
+    /// RabbitMQ refused (nacked) a published or re-driven task instead of confirming it.
     #[error("broker refused task for {queue} (nack)")]
-    Nacked { queue: String },
+    Nacked {
+        /// Name of the queue the task was published to.
+        queue: String,
+    },
 }
 
 /// Result alias for this crate.

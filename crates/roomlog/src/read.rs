@@ -5,6 +5,9 @@ use huddle_domain::{LogEntry, RoomName, StoredMessage};
 
 use crate::{Result, RoomLog, RoomLogError};
 
+/// A stream entry as Redis returns it: id, then field names and values as bytes.
+type RawEntry = (String, Vec<Vec<u8>>);
+
 /// What a chunk task reads from the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chunk {
@@ -66,7 +69,7 @@ impl RoomLog {
     /// what a chunk task writes to the archive. Entries that cannot be decoded come back
     /// apart, with their raw bytes, instead of failing the whole chunk.
     pub async fn chunk(&self, room: &RoomName, from: u64, to: u64) -> Result<Chunk> {
-        let (epoch, raw): (Option<i64>, Vec<(String, Vec<Vec<u8>>)>) = redis::pipe()
+        let (epoch, raw): (Option<i64>, Vec<RawEntry>) = redis::pipe()
             .atomic()
             .get(self.keys.epoch(room))
             .cmd("XRANGE")

@@ -24,8 +24,15 @@ use tokio::task::JoinHandle;
 /// Why a worker could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
+    /// The gRPC or ops port could not be bound.
     #[error("bind {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        /// The address that was asked for.
+        addr: SocketAddr,
+        /// Why binding (or reading the bound address) failed.
+        source: std::io::Error,
+    },
+    /// The gRPC reflection service could not be built from the descriptor sets.
     #[error("grpc reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
 }

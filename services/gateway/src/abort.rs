@@ -24,6 +24,7 @@ use std::time::Duration;
 const LINGER_AFTER_CLOSE: Duration = Duration::from_secs(2);
 
 /// Bytes queued on the socket that the peer has not acknowledged yet (`SIOCOUTQ`).
+#[allow(unsafe_code)] // no safe wrapper for this ioctl in std or socket2
 fn unsent_bytes(fd: &OwnedFd) -> Option<usize> {
     use std::os::fd::AsRawFd;
     let mut unsent: libc::c_int = 0;

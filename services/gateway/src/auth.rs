@@ -43,10 +43,13 @@ pub struct Claims {
 /// Why a token was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
+    /// Not `payload.signature` in base64url, or the payload is not claims JSON.
     #[error("malformed session token")]
     Malformed,
+    /// The HMAC does not match: forged, altered, or signed with another secret.
     #[error("session token signature does not match")]
     BadSignature,
+    /// Genuine, but its `exp` has passed.
     #[error("session expired")]
     Expired,
 }

@@ -9,26 +9,41 @@ use serde::Serialize;
 /// An API failure, rendered as a JSON error body.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// Input failed validation (username, password, room name, message): 400, with the
+    /// validation's own code such as `bad_username`.
     #[error("{0}")]
     Invalid(#[from] ValidationError),
+    /// The request could not be parsed (bad JSON or query, or a malformed WebSocket
+    /// upgrade): 400 `bad_request`.
     #[error("{0}")]
     BadRequest(String),
+    /// No session token, or one that is malformed or wrongly signed: 401 `unauthorized`.
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// The session token is past its expiry or was revoked by a logout: 401 `session_expired`.
     #[error("session expired or revoked; log in again")]
     SessionExpired,
+    /// A login with an unknown username or a wrong password: 401 `bad_credentials`.
     #[error("wrong username or password")]
     BadCredentials,
+    /// A WebSocket upgrade from an `Origin` that is not allowed: 403 `origin_not_allowed`.
     #[error("origin not allowed")]
     OriginNotAllowed,
+    /// A registration of a username that already exists: 409 `username_taken`.
     #[error("username already taken")]
     UsernameTaken,
+    /// No route matches the request: 404 `not_found`.
     #[error("not found")]
     NotFound,
+    /// A dependency (Redis, PostgreSQL, hydrator) failed or timed out; the detail is
+    /// logged: 503 `unavailable`, with `Retry-After: 1`.
     #[error("temporarily unavailable: {0}")]
     Unavailable(String),
+    /// The gateway is shedding load (e.g. the password-hashing queue is full): 503
+    /// `overloaded`, with `Retry-After: 1`.
     #[error("{0}")]
     Overloaded(&'static str),
+    /// An unexpected failure; the detail is logged, not shown: 500 `internal`.
     #[error("internal error")]
     Internal(String),
 }

@@ -28,14 +28,30 @@ pub const PRESENCE_PREFIX: &str = "P ";
 #[derive(Debug, Clone)]
 pub enum Outbound {
     /// A chat message frame.
-    Message { seq: u64, frame: Arc<str> },
+    Message {
+        /// The message's seq in the room's log.
+        seq: u64,
+        /// The serialised `message` frame, shared by every socket in the room.
+        frame: Arc<str>,
+    },
     /// A typing frame from `user_id`.
-    Typing { user_id: i64, frame: Arc<str> },
+    Typing {
+        /// Who is typing; that user's own sockets skip the frame.
+        user_id: i64,
+        /// The `typing` frame JSON, as published.
+        frame: Arc<str>,
+    },
     /// A presence frame (someone joined or left).
-    Presence { frame: Arc<str> },
+    Presence {
+        /// The `presence` frame JSON, as published.
+        frame: Arc<str>,
+    },
     /// The room was re-initialised from the archive at `seq` (Redis had lost it):
     /// anything a socket saw above `seq` is gone.
-    Reset { seq: u64 },
+    Reset {
+        /// The seq the room's counter was re-initialised at.
+        seq: u64,
+    },
     /// Live delivery was interrupted (pub/sub reconnected): re-read the log from the
     /// last seq sent, so nothing published meanwhile is missed.
     Resync,
@@ -43,7 +59,9 @@ pub enum Outbound {
 
 /// A socket's place in a room; leave with [`Hub::leave`].
 pub struct Membership {
+    /// The socket's id in the room, to pass to [`Hub::leave`].
     pub id: u64,
+    /// The socket's bounded queue; it closes when the hub drops the socket as too slow.
     pub rx: mpsc::Receiver<Outbound>,
 }
 

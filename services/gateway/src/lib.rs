@@ -105,10 +105,13 @@ pub struct Settings {
     /// WebSocket conformance tests (scripts/autobahn). Never in production.
     #[arg(long, env = "HUDDLE_WS_ECHO", default_value_t = false, hide = true)]
     pub ws_echo: bool,
+    /// The PostgreSQL archive (accounts, room directory, history).
     #[command(flatten)]
     pub postgres: PostgresSettings,
+    /// The Redis room log and pub/sub.
     #[command(flatten)]
     pub redis: RedisSettings,
+    /// RabbitMQ, where FlushRoom tasks for the persister are queued.
     #[command(flatten)]
     pub broker: BrokerSettings,
 }
@@ -122,12 +125,19 @@ impl Settings {
 
 /// Shared state of every request and socket.
 pub struct AppState {
+    /// The settings the gateway started with.
     pub settings: Settings,
+    /// The Redis room log; also holds the revoked session ids.
     pub log: RoomLog,
+    /// The PostgreSQL archive: accounts and the room directory.
     pub archive: Archive,
+    /// Room operations: hydration on join, sends, history, presence and flush triggers.
     pub rooms: rooms::RoomService,
+    /// Live fan-out to this process's sockets.
     pub hub: Arc<hub::Hub>,
+    /// Signs and verifies session tokens.
     pub signer: auth::TokenSigner,
+    /// The argon2id hashing threads for sign-ups and logins.
     pub passwords: auth::PasswordHashing,
     /// Turns true when the gateway shuts down: sockets close with 1012.
     pub shutdown: watch::Receiver<bool>,
@@ -136,14 +146,19 @@ pub struct AppState {
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// Binding the listen address, or starting the password-hashing threads, failed.
     #[error("bind: {0}")]
     Io(#[from] std::io::Error),
+    /// PostgreSQL could not be reached or migrated.
     #[error(transparent)]
     Archive(#[from] huddle_archive::ArchiveError),
+    /// Redis could not be reached.
     #[error(transparent)]
     RoomLog(#[from] huddle_roomlog::RoomLogError),
+    /// The hub's Redis pub/sub connection could not be opened.
     #[error("redis pub/sub: {0}")]
     PubSub(#[from] redis::RedisError),
+    /// The configured hydrator URL is not a valid URI.
     #[error("hydrator url: {0}")]
     HydratorUrl(String),
 }

@@ -1,3 +1,5 @@
+//! `huddle-gateway`: the binary browsers connect to (REST, WebSockets, the web client).
+
 use clap::Parser;
 
 /// Large blocks (an argon2 hash takes ~19 MiB) always come from and go back to the
@@ -5,6 +7,7 @@ use clap::Parser;
 /// freed, after which every later one stays in some thread's arena: a burst of sign-ups
 /// then left the gateway hundreds of MiB larger for good.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)] // glibc's allocator tuning has no safe interface
 fn return_large_blocks_to_the_kernel() {
     // SAFETY: mallopt only changes allocator tuning; called before other threads start.
     let applied = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20) };

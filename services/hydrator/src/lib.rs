@@ -52,10 +52,13 @@ pub struct Settings {
     /// HydrateRoom tasks handled at once by this replica.
     #[arg(long, env = "HUDDLE_HYDRATE_PREFETCH", default_value_t = 8)]
     pub hydrate_prefetch: u16,
+    /// The PostgreSQL archive.
     #[command(flatten)]
     pub postgres: PostgresSettings,
+    /// The Redis room log.
     #[command(flatten)]
     pub redis: RedisSettings,
+    /// RabbitMQ, which carries the HydrateRoom re-warm tasks.
     #[command(flatten)]
     pub broker: BrokerSettings,
     /// Run an operator command instead of the service.
@@ -78,10 +81,13 @@ pub enum Command {
 /// Why the hydrator could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// PostgreSQL could not be reached or migrated.
     #[error(transparent)]
     Archive(#[from] huddle_archive::ArchiveError),
+    /// The Redis connection pool could not be set up.
     #[error(transparent)]
     RoomLog(#[from] huddle_roomlog::RoomLogError),
+    /// The gRPC or ops port could not be bound, or the gRPC server not set up.
     #[error(transparent)]
     Worker(#[from] huddle_worker::WorkerError),
 }

@@ -1,3 +1,6 @@
+//! `huddle-hydrator`: the service that restores rooms from PostgreSQL into Redis, and its
+//! `rewarm` operator command.
+
 use std::time::Duration;
 
 use clap::Parser;

@@ -56,10 +56,13 @@ pub struct Settings {
     /// First retry delay of a failed task, in ms (doubles per delivery, capped at 30 s).
     #[arg(long, env = "HUDDLE_RETRY_BASE_MS", default_value_t = 200)]
     pub retry_base_ms: u64,
+    /// The PostgreSQL archive.
     #[command(flatten)]
     pub postgres: PostgresSettings,
+    /// The Redis room log.
     #[command(flatten)]
     pub redis: RedisSettings,
+    /// RabbitMQ, which carries the FlushRoom and PersistChunk tasks.
     #[command(flatten)]
     pub broker: BrokerSettings,
     /// Run an operator command instead of the service.
@@ -72,6 +75,7 @@ pub struct Settings {
 pub enum Command {
     /// Inspect or re-drive tasks in the dead-letter queue.
     DeadLetters {
+        /// What to do with them.
         #[command(subcommand)]
         action: DeadLetterAction,
     },
@@ -82,11 +86,13 @@ pub enum Command {
 pub enum DeadLetterAction {
     /// Show dead-lettered tasks (they stay in the queue).
     List {
+        /// Most tasks to show.
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
     /// Move dead-lettered tasks back to the queues they died in.
     Redrive {
+        /// Most tasks to move.
         #[arg(long, default_value_t = 10_000)]
         limit: usize,
     },
@@ -95,12 +101,16 @@ pub enum DeadLetterAction {
 /// Why the persister could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// PostgreSQL could not be reached or migrated.
     #[error(transparent)]
     Archive(#[from] huddle_archive::ArchiveError),
+    /// Redis could not be reached.
     #[error(transparent)]
     RoomLog(#[from] huddle_roomlog::RoomLogError),
+    /// RabbitMQ could not be reached or its queues declared.
     #[error(transparent)]
     Broker(#[from] huddle_broker::BrokerError),
+    /// The gRPC or ops port could not be bound, or the gRPC server not set up.
     #[error(transparent)]
     Worker(#[from] huddle_worker::WorkerError),
 }

@@ -1,3 +1,6 @@
+//! `huddle-persister`: the service that copies Redis room logs into PostgreSQL, and its
+//! `dead-letters` operator command.
+
 use clap::Parser;
 use huddle_persister::{Command, DeadLetterAction};
 

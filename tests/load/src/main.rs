@@ -60,17 +60,24 @@ pub struct RunArgs {
 /// One acked message.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash)]
 pub struct Acked {
+    /// The room it was sent to.
     pub room: String,
+    /// The seq the gateway's ack gave it.
     pub seq: u64,
+    /// The client's idempotency id, `<run>-<client>-<n>`.
     pub client_id: String,
 }
 
 /// What one client did and saw.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct ClientReport {
+    /// Every message acked, once per client_id.
     pub acked: Vec<Acked>,
+    /// Distinct messages sent (resends not counted).
     pub sent: usize,
+    /// Messages never acked by the deadline, including those never sent.
     pub unacked: usize,
+    /// Failed connection attempts and dropped connections.
     pub reconnects: usize,
     /// Acks that said `duplicate: true` (resends the server had already stored).
     pub duplicate_acks: usize,
@@ -89,10 +96,15 @@ pub struct ClientReport {
 /// The report of a run.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Report {
+    /// The id naming this run's rooms, users and client_ids.
     pub run_id: String,
+    /// The rooms the clients were spread over.
     pub rooms: Vec<String>,
+    /// How many clients ran.
     pub clients: usize,
+    /// Seconds from the clients' start (after sign-ups) until the last one finished.
     pub seconds: f64,
+    /// Every client's report, merged.
     pub totals: ClientReport,
 }
 
