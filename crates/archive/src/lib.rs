@@ -17,7 +17,7 @@ pub mod accounts;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use huddle_config::PostgresSettings;
-use huddle_domain::{LogEntry, RoomName, StoredMessage};
+use huddle_domain::{Post, RoomName, StoredMessage};
 
 mod embedded {
     refinery::embed_migrations!("migrations");
@@ -217,13 +217,13 @@ impl Archive {
                     savepoint.commit().await?;
                     if inserted < batch.len() {
                         for (message, reason) in reused_seqs(&tx, room_id, batch).await? {
-                            let raw = serde_json::to_vec(&message.entry).unwrap_or_default();
+                            let raw = row_json(&message);
                             if quarantine(&tx, room_id, message.seq, &raw, &reason, "").await? {
                                 quarantined.push(Quarantined { seq: message.seq, sqlstate: String::new(), reason });
                             }
                         }
                     }
-                    let newest = batch.iter().map(|m| m.entry.sent_at_ms).max();
+                    let newest = batch.iter().map(|m| m.post.sent_at_ms).max();
                     newest_stored = newest_stored.max(newest);
                 }
                 Err(error) if is_row_refusal(&error) => {
@@ -231,7 +231,7 @@ impl Archive {
                     if let [message] = batch {
                         let sqlstate = error.code().map(|c| c.code().to_owned()).unwrap_or_default();
                         let reason = describe(&error);
-                        let raw = serde_json::to_vec(&message.entry).unwrap_or_default();
+                        let raw = row_json(message);
                         if quarantine(&tx, room_id, message.seq, &raw, &reason, &sqlstate).await? {
                             quarantined.push(Quarantined { seq: message.seq, sqlstate, reason });
                         }
@@ -430,11 +430,11 @@ async fn insert_messages(
     messages: &[StoredMessage],
 ) -> std::result::Result<usize, tokio_postgres::Error> {
     let seqs: Vec<i64> = messages.iter().map(|m| m.seq as i64).collect();
-    let user_ids: Vec<i64> = messages.iter().map(|m| m.entry.user_id).collect();
-    let names: Vec<&str> = messages.iter().map(|m| m.entry.user_name.as_str()).collect();
-    let bodies: Vec<&str> = messages.iter().map(|m| m.entry.body.as_str()).collect();
-    let client_ids: Vec<&str> = messages.iter().map(|m| m.entry.client_id.as_str()).collect();
-    let sent_at: Vec<i64> = messages.iter().map(|m| m.entry.sent_at_ms).collect();
+    let user_ids: Vec<i64> = messages.iter().map(|m| m.post.user_id).collect();
+    let names: Vec<&str> = messages.iter().map(|m| m.post.user_name.as_str()).collect();
+    let bodies: Vec<&str> = messages.iter().map(|m| m.post.body.as_str()).collect();
+    let client_ids: Vec<&str> = messages.iter().map(|m| m.post.client_id.as_str()).collect();
+    let sent_at: Vec<i64> = messages.iter().map(|m| m.post.sent_at_ms).collect();
     tx.execute(
         "INSERT INTO messages (room_id, seq, user_id, user_name, body, client_id, sent_at)
          SELECT $1, s, u, n, b, c, to_timestamp(t / 1000.0)
@@ -463,14 +463,14 @@ async fn reused_seqs(
         .iter()
         .filter_map(|message| {
             let existing = stored.iter().find(|s| s.seq == message.seq)?;
-            let same = existing.entry.user_id == message.entry.user_id
-                && existing.entry.body == message.entry.body
-                && existing.entry.client_id == message.entry.client_id
-                && (existing.entry.sent_at_ms - message.entry.sent_at_ms).abs() <= 1;
+            let same = existing.post.user_id == message.post.user_id
+                && existing.post.body == message.post.body
+                && existing.post.client_id == message.post.client_id
+                && (existing.post.sent_at_ms - message.post.sent_at_ms).abs() <= 1;
             (!same).then(|| {
                 let reason = format!(
                     "seq {} already holds another message (user {}, sent {} ms): Redis handed the seq out twice",
-                    message.seq, existing.entry.user_id, existing.entry.sent_at_ms
+                    message.seq, existing.post.user_id, existing.post.sent_at_ms
                 );
                 (message.clone(), reason)
             })
@@ -497,7 +497,7 @@ async fn page_of_seqs(
 fn message_of_row(row: &tokio_postgres::Row) -> StoredMessage {
     StoredMessage {
         seq: row.get::<_, i64>(0) as u64,
-        entry: LogEntry {
+        post: Post {
             user_id: row.get(1),
             user_name: row.get(2),
             body: row.get(3),
@@ -505,6 +505,22 @@ fn message_of_row(row: &tokio_postgres::Row) -> StoredMessage {
             sent_at_ms: row.get(5),
         },
     }
+}
+
+/// A refused row as it is kept in quarantine: its values as JSON (full field names; an
+/// unreadable log entry keeps the log's own bytes instead).
+fn row_json(message: &StoredMessage) -> Vec<u8> {
+    let post = &message.post;
+    serde_json::json!({
+        "seq": message.seq,
+        "user_id": post.user_id,
+        "user_name": post.user_name,
+        "body": post.body,
+        "sent_at_ms": post.sent_at_ms,
+        "client_id": post.client_id,
+    })
+    .to_string()
+    .into_bytes()
 }
 
 /// Whether PostgreSQL refused a row for what it holds (a data exception, class 22, or an

@@ -2,9 +2,12 @@
 //!
 //! Anything that crosses a trust boundary (a room name in a URL, a username at
 //! registration, a message body on a socket) is parsed into one of these types first,
-//! so the rest of the code never handles unchecked input.
+//! so the rest of the code never handles unchecked input. A [`Post`] and its
+//! [`StoredMessage`] are the chat's own message types.
+//!
+//! It knows no storage and no transport: no Redis, PostgreSQL, AMQP, HTTP or wire
+//! format. Each store keeps its own record type and converts at its edge.
 
-use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 
 /// Longest message body accepted, in bytes of UTF-8.
@@ -144,27 +147,28 @@ pub fn validate_client_id(raw: &str) -> Result<(), ValidationError> {
     }
 }
 
-/// What the log holds for one seq. Short field names keep Redis memory and the
-/// pub/sub payload small; this is an internal format, not the client protocol.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogEntry {
-    #[serde(rename = "u")]
+/// What a user posts to a room: the message before the room gives it a seq.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Post {
+    /// The sender's account id.
     pub user_id: i64,
-    #[serde(rename = "n")]
+    /// The sender's name when they sent it.
     pub user_name: String,
-    #[serde(rename = "b")]
+    /// The text, as sent ([`MessageBody`] rules).
     pub body: String,
-    #[serde(rename = "t")]
+    /// When the gateway took it, in ms since the Unix epoch.
     pub sent_at_ms: i64,
-    #[serde(rename = "c", default, skip_serializing_if = "String::is_empty")]
+    /// The sender's idempotency key (empty: none); unique per (room, sender).
     pub client_id: String,
 }
 
-/// A log entry together with its seq.
+/// A post with the seq its room gave it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
+    /// Position in the room: 1, 2, 3, … without gaps.
     pub seq: u64,
-    pub entry: LogEntry,
+    /// What was posted.
+    pub post: Post,
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -243,20 +247,6 @@ mod tests {
         assert!(validate_client_id("c-1:abc.9").is_ok());
         assert!(validate_client_id("a b").is_err());
         assert!(validate_client_id(&"a".repeat(65)).is_err());
-    }
-
-    #[test]
-    fn log_entry_round_trips_and_omits_empty_client_id() {
-        let entry = LogEntry {
-            user_id: 7,
-            user_name: "ada".into(),
-            body: "hi \"there\"".into(),
-            sent_at_ms: 1_700_000_000_123,
-            client_id: String::new(),
-        };
-        let json = serde_json::to_string(&entry).unwrap();
-        assert!(!json.contains("\"c\""));
-        assert_eq!(serde_json::from_str::<LogEntry>(&json).unwrap(), entry);
     }
 
     #[test]

@@ -4,11 +4,46 @@
 //!   and [`v1::persister_server::Persister`] / [`v1::persister_client::PersisterClient`].
 //! * RabbitMQ task payloads: [`v1::FlushRoomTask`], [`v1::PersistChunkTask`],
 //!   [`v1::HydrateRoomTask`], encoded with prost.
+//! * Conversions between the wire's [`v1::ChatMessage`] and the domain's
+//!   [`StoredMessage`](huddle_domain::StoredMessage).
+//!
+//! It knows the wire formats only: no store, no service.
+
+use huddle_domain::{Post, StoredMessage};
 
 /// Package `huddle.v1`.
 #[allow(missing_docs, clippy::all)]
 pub mod v1 {
     tonic::include_proto!("huddle.v1");
+}
+
+impl From<StoredMessage> for v1::ChatMessage {
+    fn from(message: StoredMessage) -> Self {
+        let post = message.post;
+        Self {
+            seq: message.seq,
+            user_id: post.user_id,
+            user_name: post.user_name,
+            body: post.body,
+            sent_at_ms: post.sent_at_ms,
+            client_id: post.client_id,
+        }
+    }
+}
+
+impl From<v1::ChatMessage> for StoredMessage {
+    fn from(message: v1::ChatMessage) -> Self {
+        Self {
+            seq: message.seq,
+            post: Post {
+                user_id: message.user_id,
+                user_name: message.user_name,
+                body: message.body,
+                sent_at_ms: message.sent_at_ms,
+                client_id: message.client_id,
+            },
+        }
+    }
 }
 
 /// The encoded descriptors of every Huddle `.proto` file (for server reflection).

@@ -3,10 +3,10 @@
 
 use std::sync::LazyLock;
 
-use huddle_domain::{LogEntry, RoomName, StoredMessage};
+use huddle_domain::{Post, RoomName, StoredMessage};
 use redis::Script;
 
-use crate::{Readiness, Result, RoomLog, RoomLogError};
+use crate::{LogEntry, Readiness, Result, RoomLog};
 
 /// How long a client_id keeps deduplicating resends.
 pub const CLIENT_ID_TTL_SECS: u64 = 24 * 3600;
@@ -40,16 +40,15 @@ impl RoomLog {
 
     /// Appends one message atomically: seq INCR, XADD, client_id marker, dirty-index
     /// entry, PUBLISH.
-    pub async fn append(&self, room: &RoomName, entry: &LogEntry) -> Result<AppendOutcome> {
-        let json = serde_json::to_string(entry)
-            .map_err(|e| RoomLogError::CorruptEntry { id: String::new(), reason: e.to_string() })?;
-        let ttl = if entry.client_id.is_empty() { 0 } else { CLIENT_ID_TTL_SECS };
+    pub async fn append(&self, room: &RoomName, post: &Post) -> Result<AppendOutcome> {
+        let json = LogEntry::encode(post);
+        let ttl = if post.client_id.is_empty() { 0 } else { CLIENT_ID_TTL_SECS };
         let mut conn = self.conn().await?;
         let (seq, duplicate, unpersisted): (i64, i64, i64) = APPEND
             .key(self.keys.seq(room))
             .key(self.keys.log(room))
             .key(self.keys.persisted(room))
-            .key(self.keys.client_id(room, entry.user_id, &entry.client_id))
+            .key(self.keys.client_id(room, post.user_id, &post.client_id))
             .key(self.keys.dirty())
             .key(self.keys.checked_on(room))
             .arg(self.keys.channel(room))
@@ -74,7 +73,7 @@ impl RoomLog {
 /// Parses a pub/sub payload (`"<seq> <entry JSON>"`) published by the append script.
 pub fn parse_published(payload: &str) -> Option<StoredMessage> {
     let (seq, json) = payload.split_once(' ')?;
-    Some(StoredMessage { seq: seq.parse().ok()?, entry: serde_json::from_str(json).ok()? })
+    LogEntry::decode_at(seq.parse().ok()?, json.as_bytes()).ok()
 }
 
 #[cfg(test)]
@@ -85,7 +84,7 @@ mod tests {
     fn published_payload_parses() {
         let message = parse_published(r#"42 {"u":1,"n":"ada","b":"a b","t":5}"#).unwrap();
         assert_eq!(message.seq, 42);
-        assert_eq!(message.entry.body, "a b");
+        assert_eq!(message.post.body, "a b");
         assert!(parse_published("nonsense").is_none());
     }
 }

@@ -7,7 +7,7 @@ use huddle_domain::{RoomName, StoredMessage};
 use redis::Script;
 
 use crate::keys::client_id_marker;
-use crate::{Result, RoomLog, RoomLogError, CLIENT_ID_TTL_SECS};
+use crate::{LogEntry, Result, RoomLog, CLIENT_ID_TTL_SECS};
 
 static HYDRATE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/hydrate.lua")));
 static RECHECK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/recheck.lua")));
@@ -40,7 +40,7 @@ impl RoomLog {
             .arg(self.keys.channel(room))
             .arg(epoch)
             .arg(&*conn.run_id());
-        add_restored(&mut invocation, recent)?;
+        add_restored(&mut invocation, recent);
         let (initialised, seq): (i64, i64) = invocation.invoke_async(&mut conn).await?;
         Ok((initialised == 1, seq.max(0) as u64))
     }
@@ -76,7 +76,7 @@ impl RoomLog {
             .arg(epoch)
             .arg(CLIENT_ID_TTL_SECS)
             .arg(self.keys.channel(room));
-        add_restored(&mut invocation, above)?;
+        add_restored(&mut invocation, above);
         let seq: i64 = invocation.invoke_async(&mut conn).await?;
         Ok((seq >= 0).then_some(seq as u64))
     }
@@ -84,16 +84,14 @@ impl RoomLog {
 
 /// Adds (seq, entry JSON, client_id marker or "") per archived message to a script call,
 /// so a resend of a restored message stays a duplicate.
-fn add_restored(invocation: &mut redis::ScriptInvocation<'_>, messages: &[StoredMessage]) -> Result<()> {
+fn add_restored(invocation: &mut redis::ScriptInvocation<'_>, messages: &[StoredMessage]) {
     for message in messages {
-        let json = serde_json::to_string(&message.entry)
-            .map_err(|e| RoomLogError::CorruptEntry { id: message.seq.to_string(), reason: e.to_string() })?;
-        let marker = if message.entry.client_id.is_empty() {
+        let json = LogEntry::encode(&message.post);
+        let marker = if message.post.client_id.is_empty() {
             String::new()
         } else {
-            client_id_marker(message.entry.user_id, &message.entry.client_id)
+            client_id_marker(message.post.user_id, &message.post.client_id)
         };
         invocation.arg(message.seq).arg(json).arg(marker);
     }
-    Ok(())
 }

@@ -25,13 +25,14 @@
 //! [`RoomLog::recheck`]), so no seq the archive already holds is handed out again.
 
 //!
-//! One module per job: [`append`] (the write path), [`read`], [`flush`] (the persist
+//! One module per job: [`append`] (the write path), [`entry`] (the stored record), [`read`], [`flush`] (the persist
 //! path's bookkeeping), [`hydrate`] (restore and re-check), [`presence`], [`locks`],
 //! [`sessions`] (revoked tokens), [`keys`] (every key name); each script sits in `lua/`
 //! under the name of its module's operation.
 
 pub mod append;
 mod connection;
+pub mod entry;
 pub mod flush;
 pub mod hydrate;
 pub mod keys;
@@ -41,6 +42,7 @@ pub mod read;
 pub mod sessions;
 
 pub use append::{parse_published, AppendOutcome, CLIENT_ID_TTL_SECS};
+pub use entry::LogEntry;
 pub use flush::{FlushClaim, RoomState};
 pub use hydrate::RESET_PREFIX;
 pub use keys::Keyspace;

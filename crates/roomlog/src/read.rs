@@ -1,9 +1,9 @@
 //! Reading the log: the newest messages, pages, ranges, and the chunks the persister
 //! copies (with the epoch they belong to and, apart, entries that cannot be decoded).
 
-use huddle_domain::{LogEntry, RoomName, StoredMessage};
+use huddle_domain::{RoomName, StoredMessage};
 
-use crate::{Result, RoomLog, RoomLogError};
+use crate::{LogEntry, Result, RoomLog, RoomLogError};
 
 /// A stream entry as Redis returns it: id, then field names and values as bytes.
 type RawEntry = (String, Vec<Vec<u8>>);
@@ -85,10 +85,10 @@ impl RoomLog {
             let value = fields.chunks(2).find(|pair| pair[0] == b"m").and_then(|pair| pair.get(1));
             let decoded = match value {
                 None => Err("no field m".to_owned()),
-                Some(bytes) => serde_json::from_slice::<LogEntry>(bytes).map_err(|e| e.to_string()),
+                Some(bytes) => LogEntry::decode_at(seq, bytes).map_err(|e| e.to_string()),
             };
             match decoded {
-                Ok(entry) => chunk.messages.push(StoredMessage { seq, entry }),
+                Ok(message) => chunk.messages.push(message),
                 Err(reason) => chunk.unreadable.push(Unreadable { seq, raw: fields.concat(), reason }),
             }
         }
@@ -111,8 +111,7 @@ fn parse_entries(raw: Vec<(String, Vec<String>)>) -> Result<Vec<StoredMessage>> 
                 .find(|pair| pair[0] == "m")
                 .and_then(|pair| pair.get(1))
                 .ok_or_else(|| corrupt("no field m"))?;
-            let entry = serde_json::from_str(json).map_err(|e| corrupt(&e.to_string()))?;
-            Ok(StoredMessage { seq, entry })
+            LogEntry::decode_at(seq, json.as_bytes()).map_err(|e| corrupt(&e.to_string()))
         })
         .collect()
 }

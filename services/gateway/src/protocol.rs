@@ -95,10 +95,10 @@ impl<'a> MessageView<'a> {
         Self {
             room: room.as_str(),
             seq: message.seq,
-            user: UserView { id: message.entry.user_id, name: &message.entry.user_name },
-            body: &message.entry.body,
-            sent_at: rfc3339_from_ms(message.entry.sent_at_ms),
-            client_id: &message.entry.client_id,
+            user: UserView { id: message.post.user_id, name: &message.post.user_name },
+            body: &message.post.body,
+            sent_at: rfc3339_from_ms(message.post.sent_at_ms),
+            client_id: &message.post.client_id,
         }
     }
 }
@@ -279,7 +279,7 @@ mod tests {
         let room = RoomName::parse("lobby").unwrap();
         let message = StoredMessage {
             seq: 3,
-            entry: huddle_domain::LogEntry {
+            post: huddle_domain::Post {
                 user_id: 9,
                 user_name: "ada".into(),
                 body: "<b>hi</b>".into(),

@@ -1,9 +1,9 @@
 //! Room operations of the write path: make sure Redis holds a room (hydrating it over
 //! gRPC if not), append messages, read history, count members and trigger flushes.
 
-use huddle_domain::{LogEntry, RoomName, StoredMessage};
+use huddle_domain::{Post, RoomName, StoredMessage};
 use huddle_proto::v1::hydrator_client::HydratorClient;
-use huddle_proto::v1::{ChatMessage, GetHistoryRequest, HydrateRoomRequest};
+use huddle_proto::v1::{GetHistoryRequest, HydrateRoomRequest};
 use huddle_roomlog::{AppendOutcome, Presence, PresenceChange, Readiness, RoomLog, RoomPresence};
 use std::time::Duration;
 
@@ -71,7 +71,7 @@ impl RoomService {
 
     /// Appends a message. If Redis lost the room since the join, it is hydrated again
     /// first, so seq continues from the archive instead of restarting at 1.
-    pub async fn append(&self, room: &RoomName, entry: &LogEntry) -> Result<Accepted, ApiError> {
+    pub async fn append(&self, room: &RoomName, entry: &Post) -> Result<Accepted, ApiError> {
         let timer = APPEND_SECONDS.start_timer();
         let mut outcome = self.log.append(room, entry).await.map_err(ApiError::unavailable)?;
         if outcome == AppendOutcome::NotReady {
@@ -151,7 +151,7 @@ impl RoomService {
             .await
             .map_err(|status| ApiError::unavailable(format!("hydrator: {}", status.message())))?
             .into_inner();
-        Ok((page.messages.into_iter().map(from_proto).collect(), page.has_more))
+        Ok((page.messages.into_iter().map(StoredMessage::from).collect(), page.has_more))
     }
 
     /// Records a socket joining, refreshing or leaving the room's presence. A user's first
@@ -190,18 +190,5 @@ impl RoomService {
             .publish_ephemeral(room, &format!("{}{frame}", crate::hub::TYPING_PREFIX))
             .await
             .map_err(ApiError::unavailable)
-    }
-}
-
-fn from_proto(message: ChatMessage) -> StoredMessage {
-    StoredMessage {
-        seq: message.seq,
-        entry: LogEntry {
-            user_id: message.user_id,
-            user_name: message.user_name,
-            body: message.body,
-            sent_at_ms: message.sent_at_ms,
-            client_id: message.client_id,
-        },
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessageStream, CloseCode};
 use futures_util::StreamExt;
-use huddle_domain::{validate_client_id, LogEntry, MessageBody, RoomName};
+use huddle_domain::{validate_client_id, MessageBody, Post, RoomName};
 use serde::Deserialize;
 use tracing::Instrument;
 
@@ -386,7 +386,7 @@ impl Connection {
             let frame = protocol::send_error_frame("rate_limited", "too many messages; slow down", &client_id);
             return self.send_error(frame, "rate_limited").await;
         }
-        let entry = LogEntry {
+        let entry = Post {
             user_id: self.user.uid,
             user_name: self.user.name.clone(),
             body: body.into_inner(),

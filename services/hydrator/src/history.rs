@@ -2,7 +2,7 @@
 //! PostgreSQL below that. Redis holds every seq above the persisted watermark and the
 //! archive every seq at or below it, so the two halves meet without a gap.
 
-use huddle_domain::{RoomName, StoredMessage};
+use huddle_domain::RoomName;
 use huddle_proto::v1::{ChatMessage, GetHistoryResponse};
 use tonic::Status;
 
@@ -24,17 +24,6 @@ impl HydrateService {
             page = older;
         }
         let has_more = page.first().is_some_and(|m| m.seq > 1);
-        Ok(GetHistoryResponse { messages: page.into_iter().map(to_proto).collect(), has_more })
-    }
-}
-
-fn to_proto(message: StoredMessage) -> ChatMessage {
-    ChatMessage {
-        seq: message.seq,
-        user_id: message.entry.user_id,
-        user_name: message.entry.user_name,
-        body: message.entry.body,
-        sent_at_ms: message.entry.sent_at_ms,
-        client_id: message.entry.client_id,
+        Ok(GetHistoryResponse { messages: page.into_iter().map(ChatMessage::from).collect(), has_more })
     }
 }

@@ -329,7 +329,7 @@ async fn a_task_that_keeps_failing_is_retried_then_dead_lettered() -> Result<()>
     stack.env.make_archive_refuse_inserts().await?;
     let room = huddle_domain::RoomName::parse("doomed")?;
     log.hydrate(&room, 0, 0, &[]).await?;
-    let entry = huddle_domain::LogEntry {
+    let entry = huddle_domain::Post {
         user_id: uid,
         user_name: "ada".into(),
         body: "boo".into(),

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use huddle_domain::{LogEntry, RoomName};
+use huddle_domain::{Post, RoomName};
 use huddle_e2e::{eventually, sign_up, Stack, Ws};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -21,7 +21,7 @@ async fn a_refused_entry_is_quarantined_and_later_messages_are_persisted() -> Re
     // log entry at all.
     let log = stack.env.room_log(2000)?;
     let room = RoomName::parse("poisoned")?;
-    let bad = |body: &str, user_id: i64, sent_at_ms: i64| LogEntry {
+    let bad = |body: &str, user_id: i64, sent_at_ms: i64| Post {
         user_id,
         user_name: "ada".into(),
         body: body.into(),

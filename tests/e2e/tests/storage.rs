@@ -5,12 +5,12 @@
 use anyhow::Result;
 use huddle_archive::Archive;
 use huddle_config::PostgresSettings;
-use huddle_domain::{LogEntry, RoomName, StoredMessage};
+use huddle_domain::{Post, RoomName, StoredMessage};
 use huddle_e2e::{sign_up, Stack, TestEnv, Ws};
 use huddle_roomlog::AppendOutcome;
 
-fn entry(user_id: i64, body: &str, client_id: &str) -> LogEntry {
-    LogEntry {
+fn entry(user_id: i64, body: &str, client_id: &str) -> Post {
+    Post {
         user_id,
         user_name: "ada".into(),
         body: body.into(),
@@ -89,7 +89,7 @@ fn stored(watermark: u64) -> huddle_archive::ChunkOutcome {
 }
 
 fn messages(range: std::ops::RangeInclusive<u64>, user_id: i64) -> Vec<StoredMessage> {
-    range.map(|seq| StoredMessage { seq, entry: entry(user_id, &format!("m{seq}"), &format!("c{seq}")) }).collect()
+    range.map(|seq| StoredMessage { seq, post: entry(user_id, &format!("m{seq}"), &format!("c{seq}")) }).collect()
 }
 
 #[tokio::test]
@@ -135,7 +135,7 @@ async fn chunks_are_idempotent_and_the_watermark_only_crosses_gap_free_runs() ->
 
     let page = archive.history_before(&RoomName::parse("chunks")?, 11, 3).await?;
     assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![8, 9, 10]);
-    assert_eq!(page[0].entry, entry(uid, "m8", "c8"));
+    assert_eq!(page[0].post, entry(uid, "m8", "c8"));
     env.cleanup().await
 }
 
@@ -184,11 +184,11 @@ async fn every_row_postgres_refuses_is_quarantined_and_the_watermark_moves_past_
     let uid = user(&env).await?;
     let room = RoomName::parse("poison")?;
     let mut batch = messages(1..=12, uid);
-    batch[2].entry.body = "nul \0 in the body".into(); // seq 3: text cannot hold U+0000
-    batch[4].entry.user_name = "nul\0name".into(); // seq 5: same, another column
-    batch[7].entry.user_id = uid + 1000; // seq 8: no such user (foreign key)
-    batch[10].entry.sent_at_ms = i64::MAX; // seq 11: timestamp out of range
-    batch[11].entry.client_id = "\0".into(); // seq 12: NUL in the client_id
+    batch[2].post.body = "nul \0 in the body".into(); // seq 3: text cannot hold U+0000
+    batch[4].post.user_name = "nul\0name".into(); // seq 5: same, another column
+    batch[7].post.user_id = uid + 1000; // seq 8: no such user (foreign key)
+    batch[10].post.sent_at_ms = i64::MAX; // seq 11: timestamp out of range
+    batch[11].post.client_id = "\0".into(); // seq 12: NUL in the client_id
     let unreadable =
         [huddle_archive::UnreadableEntry { seq: 13, raw: b"m\xff{not json".to_vec(), reason: "not JSON".into() }];
 
@@ -213,11 +213,14 @@ async fn every_row_postgres_refuses_is_quarantined_and_the_watermark_moves_past_
     let written: Vec<i64> =
         db.query("SELECT seq FROM messages ORDER BY seq", &[]).await?.iter().map(|r| r.get(0)).collect();
     assert_eq!(written, vec![1, 2, 4, 6, 7, 9, 10]);
-    // The raw bytes are kept: the refused entry can be read back exactly.
+    // What was refused is kept: a refused row as its values, an unreadable entry as the
+    // log's own bytes.
     let kept = archive.quarantined(&room).await?;
     assert_eq!(kept.iter().map(|(seq, _, _)| *seq).collect::<Vec<_>>(), vec![3, 5, 8, 11, 12, 13]);
-    let raw_3: LogEntry = serde_json::from_slice(&kept[0].1)?;
-    assert_eq!(raw_3, batch[2].entry);
+    let row_3: serde_json::Value = serde_json::from_slice(&kept[0].1)?;
+    assert_eq!(row_3["seq"], 3);
+    assert_eq!(row_3["body"], batch[2].post.body.as_str());
+    assert_eq!(row_3["user_id"], batch[2].post.user_id);
     assert_eq!(kept[5].1, b"m\xff{not json".to_vec());
 
     // Redelivered: nothing new is quarantined or written, the watermark stays.
@@ -227,7 +230,7 @@ async fn every_row_postgres_refuses_is_quarantined_and_the_watermark_moves_past_
     // A re-open after a Redis loss continues above quarantined seqs, never reusing them.
     let room_q = RoomName::parse("poison-tail")?;
     let mut tail = messages(1..=2, uid);
-    tail[1].entry.body = "\0".into();
+    tail[1].post.body = "\0".into();
     archive.store_chunk(&room_q, 0, &tail, &[]).await?;
     assert_eq!(archive.reopen_room(&room_q, 10).await?.last_seq, 2);
     env.cleanup().await
@@ -272,7 +275,7 @@ async fn a_seq_handed_out_twice_quarantines_the_second_message_instead_of_droppi
     assert_eq!(archive.store_chunk(&room, 0, &messages(1..=3, uid), &[]).await?, stored(3));
     assert_eq!(archive.store_chunk(&room, 0, &messages(1..=3, uid), &[]).await?, stored(3), "redelivery");
     let mut reused = messages(3..=4, uid);
-    reused[0].entry.body = "a newer message that got seq 3 again".into();
+    reused[0].post.body = "a newer message that got seq 3 again".into();
     let huddle_archive::ChunkOutcome::Stored { watermark, quarantined } =
         archive.store_chunk(&room, 0, &reused, &[]).await?
     else {
@@ -282,8 +285,8 @@ async fn a_seq_handed_out_twice_quarantines_the_second_message_instead_of_droppi
     assert_eq!(quarantined.iter().map(|q| q.seq).collect::<Vec<_>>(), vec![3]);
     assert!(quarantined[0].reason.contains("twice"), "{}", quarantined[0].reason);
     let kept = archive.quarantined(&room).await?;
-    let entry: LogEntry = serde_json::from_slice(&kept[0].1)?;
-    assert_eq!(entry.body, "a newer message that got seq 3 again");
+    let row: serde_json::Value = serde_json::from_slice(&kept[0].1)?;
+    assert_eq!(row["body"], "a newer message that got seq 3 again");
 
     // Out of order: the reused seq arrives while the watermark is still below it; the
     // seq then stands in both tables and must count once for the watermark.
