@@ -8,6 +8,7 @@ use crate::{Archive, Result};
 /// An account as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
+    /// The account's key in `users`: the user id everywhere else.
     pub id: i64,
     /// The name as registered (lookups ignore case).
     pub username: String,

@@ -30,12 +30,16 @@ const MIGRATION_LOCK: i64 = 0x4875_6464_6c65; // "Huddle"
 /// SQLSTATE), never only "db error".
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
+    /// A statement failed in PostgreSQL, or the connection to it did.
     #[error("postgres: {}", describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
+    /// No pooled connection could be had (waiting timed out, or opening one failed).
     #[error("postgres pool: {}", describe_pool(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
+    /// The database URL does not parse, or the pool could not be built from the settings.
     #[error("postgres url: {0}")]
     Config(String),
+    /// Applying the schema migrations failed.
     #[error("migration: {0}")]
     Migration(#[from] refinery::Error),
 }
@@ -83,18 +87,22 @@ pub const LOST_IN_ROLLBACK: &str = "lost: Redis went back to an older state befo
 /// A log entry the persister could not even decode; it is quarantined as it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnreadableEntry {
+    /// The entry's seq in the room.
     pub seq: u64,
     /// The entry's bytes as Redis held them.
     pub raw: Vec<u8>,
+    /// Why it could not be decoded; recorded in the quarantine reason.
     pub reason: String,
 }
 
 /// One entry put into quarantine by [`Archive::store_chunk`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Quarantined {
+    /// The seq of the quarantined entry.
     pub seq: u64,
     /// SQLSTATE of PostgreSQL's refusal (`""` for an unreadable entry).
     pub sqlstate: String,
+    /// Why it was quarantined, as recorded in `quarantined_messages`.
     pub reason: String,
 }
 
@@ -103,7 +111,12 @@ pub struct Quarantined {
 pub enum ChunkOutcome {
     /// Written (or already there); the watermark is now this. `quarantined` lists the
     /// entries newly put into quarantine by this call.
-    Stored { watermark: u64, quarantined: Vec<Quarantined> },
+    Stored {
+        /// Top of the gap-free prefix now stored or quarantined: every seq up to it is archived.
+        watermark: u64,
+        /// Entries newly quarantined by this call (empty if everything went in).
+        quarantined: Vec<Quarantined>,
+    },
     /// The chunk was read before the room was re-opened from the archive: not written.
     StaleEpoch,
 }

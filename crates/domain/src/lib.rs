@@ -18,18 +18,25 @@ pub const MAX_ROOM_LEN: usize = 64;
 /// Why an input was refused. [`ValidationError::code`] is the stable, documented code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ValidationError {
+    /// A room name that is not a slug of the form [`RoomName::parse`] accepts.
     #[error("room names are 1-64 characters of a-z, 0-9, '-' and '_', starting with a letter or digit")]
     BadRoomName,
+    /// A username outside 3-32 characters of ASCII letters, digits, `_`, `-` and `.`.
     #[error("usernames are 3-32 characters of letters, digits, '_', '-' and '.'")]
     BadUsername,
+    /// A password shorter than 8 or longer than 128 characters.
     #[error("passwords are 8-128 characters")]
     BadPassword,
+    /// A message body that is empty or only whitespace.
     #[error("message body is empty")]
     EmptyBody,
+    /// A message body over [`MAX_BODY_BYTES`] bytes of UTF-8.
     #[error("message body is longer than {MAX_BODY_BYTES} bytes")]
     BodyTooLong,
+    /// A message body containing U+0000, which PostgreSQL `text` cannot store.
     #[error("message body contains a NUL character (U+0000), which cannot be stored")]
     NulInBody,
+    /// A client_id over 64 characters or with a character outside `[A-Za-z0-9_:.-]`.
     #[error("client_id is at most 64 characters of letters, digits, '-', '_', ':' and '.'")]
     BadClientId,
 }

@@ -17,9 +17,17 @@ static APPEND: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AppendOutcome {
     /// Stored under `seq`; `unpersisted` messages of the room are now above the watermark.
-    Appended { seq: u64, unpersisted: u64 },
+    Appended {
+        /// The seq the message got.
+        seq: u64,
+        /// How many of the room's seqs are above the persisted watermark, this one included.
+        unpersisted: u64,
+    },
     /// The client_id was already used in this room; `seq` is the original message's.
-    Duplicate { seq: u64 },
+    Duplicate {
+        /// The seq of the message first sent with this client_id.
+        seq: u64,
+    },
     /// Redis does not hold the room's counter, or this Redis process has not been
     /// checked against the archive for it yet: it must be hydrated first.
     NotReady,

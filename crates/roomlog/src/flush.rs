@@ -16,7 +16,9 @@ static CLAIM_FLUSH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!
 /// A range a flush claimed for chunking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlushClaim {
+    /// First seq of the claimed range (just above the watermark or the earlier claim).
     pub from: u64,
+    /// Last seq of the claimed range, inclusive: the room's counter when claimed.
     pub to: u64,
     /// The range includes seqs an earlier claim held without progress (now retried).
     pub reclaimed: bool,
@@ -25,8 +27,11 @@ pub struct FlushClaim {
 /// A room's write-back state as Redis sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RoomState {
+    /// Whether Redis holds the room's seq counter, i.e. the room is initialised there.
     pub in_redis: bool,
+    /// The last seq handed out (0 when the room is not in Redis).
     pub last_seq: u64,
+    /// Redis's watermark: every seq up to it is in PostgreSQL (0 when unset).
     pub persisted_seq: u64,
     /// When the room became dirty (epoch ms), if it is in the dirty index.
     pub dirty_since_ms: Option<i64>,

@@ -56,14 +56,23 @@ use huddle_config::RedisSettings;
 /// Errors of the hot log.
 #[derive(Debug, thiserror::Error)]
 pub enum RoomLogError {
+    /// A Redis command or script failed (connection lost, timeout or server error).
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// No pooled connection could be had (waiting timed out, or opening one failed).
     #[error("redis pool: {0}")]
     Pool(#[from] deadpool_redis::PoolError),
+    /// The connection pool could not be built from the settings.
     #[error("redis pool config: {0}")]
     PoolConfig(#[from] deadpool::managed::BuildError),
+    /// A stream entry read back is not a valid log entry.
     #[error("corrupt log entry {id:?}: {reason}")]
-    CorruptEntry { id: String, reason: String },
+    CorruptEntry {
+        /// The stream entry id (normally `<seq>-0`).
+        id: String,
+        /// What is wrong with it (bad id, no field `m`, or JSON that does not decode).
+        reason: String,
+    },
 }
 
 /// Result alias for this crate.
@@ -76,9 +85,15 @@ pub enum Readiness {
     Missing,
     /// Redis holds the room at `last_seq`, but this Redis process was never checked
     /// against the archive for it: it may have gone back to an older state.
-    Unchecked { last_seq: u64 },
+    Unchecked {
+        /// The last seq this Redis process's counter handed out.
+        last_seq: u64,
+    },
     /// Hydrated or re-checked on this Redis process.
-    Ready { last_seq: u64 },
+    Ready {
+        /// The last seq the room's counter handed out.
+        last_seq: u64,
+    },
 }
 
 /// The hot log, over a pooled Redis connection.

@@ -16,7 +16,9 @@ static PRESENCE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("l
 pub struct Presence {
     /// Unique per socket across gateways.
     pub socket: String,
+    /// The account id of the socket's user.
     pub user_id: i64,
+    /// The user's name, as listed to the room.
     pub user_name: String,
 }
 
@@ -29,8 +31,11 @@ impl Presence {
 /// What a presence call does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PresenceChange {
+    /// A socket enters the room: its entry is added, valid for the TTL.
     Join,
+    /// A socket still in the room pushes its entry's expiry on (heartbeat).
     Refresh,
+    /// A socket leaves the room: its entry is removed.
     Leave,
 }
 

@@ -23,9 +23,11 @@ pub struct Chunk {
 /// A log entry that cannot be decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unreadable {
+    /// The entry's seq, from its stream id.
     pub seq: u64,
     /// The entry's field bytes as Redis holds them.
     pub raw: Vec<u8>,
+    /// Why it could not be decoded (no field `m`, or the JSON error).
     pub reason: String,
 }
 

@@ -16,7 +16,9 @@ pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 pub enum ClientFrame {
     /// Post a message.
     Send {
+        /// The message text, checked against the body rules before it is stored.
         body: String,
+        /// The sender's idempotency key; empty (the default) for none.
         #[serde(default)]
         client_id: String,
     },
@@ -24,8 +26,10 @@ pub enum ClientFrame {
     Typing {},
     /// Page older history.
     History {
+        /// Return messages with a seq below this; 0 (the default) for the newest.
         #[serde(default)]
         before_seq: u64,
+        /// How many messages to return; 0 (the default) means 50, and at most 200 come back.
         #[serde(default)]
         limit: u32,
     },
@@ -74,18 +78,26 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
 /// A user as clients see one.
 #[derive(Debug, Serialize)]
 pub struct UserView<'a> {
+    /// The user's account id.
     pub id: i64,
+    /// The user's name.
     pub name: &'a str,
 }
 
 /// A message as clients see one (inside `message` and `history` frames).
 #[derive(Debug, Serialize)]
 pub struct MessageView<'a> {
+    /// The room's name.
     pub room: &'a str,
+    /// Position in the room: 1, 2, 3, … without gaps.
     pub seq: u64,
+    /// Who sent it (their name at the time).
     pub user: UserView<'a>,
+    /// The text as sent, to be rendered as plain text.
     pub body: &'a str,
+    /// When the gateway took it: RFC 3339 UTC with milliseconds.
     pub sent_at: String,
+    /// The sender's idempotency key (`""` if it sent none).
     pub client_id: &'a str,
 }
 

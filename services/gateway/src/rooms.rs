@@ -22,7 +22,9 @@ pub const PRESENCE_TTL_MS: u64 = 60_000;
 /// A message the room took (or had already taken, for a repeated client_id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Accepted {
+    /// The seq the message has in the room.
     pub seq: u64,
+    /// The sender had already used this client_id here: `seq` is the original message's.
     pub duplicate: bool,
 }
 
