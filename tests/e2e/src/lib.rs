@@ -38,12 +38,17 @@ pub fn amqp_url() -> String {
 
 /// One test's private slice of the shared servers.
 pub struct TestEnv {
+    /// Unique per test (creation time and a random part): every name below contains it.
     pub id: String,
     /// The Redis this test's services use (the shared one unless the test brought its own).
     pub redis_url: String,
+    /// URL of the test's own database.
     pub database_url: String,
+    /// Name of the test's own database.
     pub db_name: String,
+    /// Prefix of every Redis key and channel of the test.
     pub key_prefix: String,
+    /// Prefix of every RabbitMQ queue and exchange of the test.
     pub queue_prefix: String,
 }
 
@@ -196,9 +201,13 @@ impl TestEnv {
 
 /// The three services of one test, in-process, on random ports.
 pub struct Stack {
+    /// The stores the services use.
     pub env: TestEnv,
+    /// The hydrator every gateway calls.
     pub hydrator: huddle_hydrator::RunningHydrator,
+    /// The persister.
     pub persister: huddle_persister::RunningPersister,
+    /// The gateway replicas, each on its own port.
     pub gateways: Vec<huddle_gateway::RunningGateway>,
 }
 
@@ -261,9 +270,13 @@ pub async fn start_gateway(
 /// Extra flags for the services of a [`Stack`].
 #[derive(Default)]
 pub struct StackOptions<'a> {
+    /// How many gateway replicas.
     pub gateways: usize,
+    /// Extra gateway flags (they win over the defaults).
     pub gateway_args: &'a [&'a str],
+    /// Extra hydrator flags.
     pub hydrator_args: &'a [&'a str],
+    /// Extra persister flags (they win over the fast test defaults).
     pub persister_args: &'a [&'a str],
 }
 
@@ -328,8 +341,11 @@ impl Stack {
 /// A signed-in API user.
 #[derive(Clone, Debug)]
 pub struct User {
+    /// The account id.
     pub id: i64,
+    /// The username.
     pub name: String,
+    /// A session token from login.
     pub token: String,
 }
 
@@ -544,8 +560,11 @@ where
 /// One span received by a [`TraceCollector`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceivedSpan {
+    /// `service.name` of the exporting process.
     pub service: String,
+    /// The span's name.
     pub name: String,
+    /// The trace the span belongs to.
     pub trace_id: Vec<u8>,
 }
 
@@ -722,6 +741,7 @@ impl Drop for Service {
     }
 }
 
+/// Waits (up to 30 s) until `url` answers 200: service `name` is ready.
 pub async fn wait_ready(name: &str, url: &str) -> Result<()> {
     let client = http();
     eventually(Duration::from_secs(30), || async {
@@ -738,6 +758,7 @@ pub async fn wait_ready(name: &str, url: &str) -> Result<()> {
 /// [`FreezingProxy::freeze_open_connections`] they stay open but carry nothing, like a
 /// connection whose peer vanished without a FIN. New connections work normally.
 pub struct FreezingProxy {
+    /// Where clients connect instead of the upstream.
     pub addr: SocketAddr,
     frozen_below: std::sync::Arc<std::sync::atomic::AtomicU64>,
     next_id: std::sync::Arc<std::sync::atomic::AtomicU64>,
