@@ -7,6 +7,7 @@ use redis::Script;
 
 use crate::{Result, RoomLog};
 
+static TAKE_LOCK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/take_lock.lua")));
 static RELEASE_LOCK: LazyLock<Script> = LazyLock::new(|| {
     Script::new("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0")
 });
@@ -26,15 +27,8 @@ impl RoomLog {
             std::process::id(),
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos()
         );
-        let taken: Option<String> = redis::cmd("SET")
-            .arg(&key)
-            .arg(&token)
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl_ms)
-            .query_async(&mut self.conn().await?)
-            .await?;
-        Ok(taken.map(|_| LockGuard { key, token }))
+        let taken: i64 = TAKE_LOCK.key(&key).arg(&token).arg(ttl_ms).invoke_async(&mut self.conn().await?).await?;
+        Ok((taken == 1).then_some(LockGuard { key, token }))
     }
 
     /// Releases a lock if it is still ours.

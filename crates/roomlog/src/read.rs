@@ -3,7 +3,13 @@
 
 use huddle_domain::{RoomName, StoredMessage};
 
+use std::sync::LazyLock;
+
+use redis::Script;
+
 use crate::{LogEntry, Result, RoomLog, RoomLogError};
+
+static READ_CHUNK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/read_chunk.lua")));
 
 /// A stream entry as Redis returns it: id, then field names and values as bytes.
 type RawEntry = (String, Vec<Vec<u8>>);
@@ -67,18 +73,16 @@ impl RoomLog {
         parse_entries(raw)
     }
 
-    /// Entries with `from <= seq <= to` and the epoch they belong to, read atomically:
-    /// what a chunk task writes to the archive. Entries that cannot be decoded come back
+    /// Entries with `from <= seq <= to` and the epoch they belong to, read atomically
+    /// (even when Redis is at maxmemory): what a chunk task writes to the archive. Entries that cannot be decoded come back
     /// apart, with their raw bytes, instead of failing the whole chunk.
     pub async fn chunk(&self, room: &RoomName, from: u64, to: u64) -> Result<Chunk> {
-        let (epoch, raw): (Option<i64>, Vec<RawEntry>) = redis::pipe()
-            .atomic()
-            .get(self.keys.epoch(room))
-            .cmd("XRANGE")
-            .arg(self.keys.log(room))
+        let (epoch, raw): (Option<i64>, Vec<RawEntry>) = READ_CHUNK
+            .key(self.keys.epoch(room))
+            .key(self.keys.log(room))
             .arg(format!("{from}-0"))
             .arg(format!("{to}-0"))
-            .query_async(&mut self.conn().await?)
+            .invoke_async(&mut self.conn().await?)
             .await?;
         let mut chunk =
             Chunk { epoch: epoch.unwrap_or(0), messages: Vec::with_capacity(raw.len()), unreadable: Vec::new() };

@@ -828,6 +828,7 @@ async fn pump(
 pub struct OwnRedis {
     port: u16,
     dir: PathBuf,
+    args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -835,10 +836,15 @@ impl OwnRedis {
     /// Starts `redis-server` on a free port, keeping its files in a fresh directory and
     /// writing them only when told to ([`OwnRedis::save`]).
     pub fn start() -> Result<Self> {
+        Self::start_with(&[])
+    }
+
+    /// Like [`OwnRedis::start`], with extra `redis-server` flags (e.g. `--maxmemory 4mb`).
+    pub fn start_with(args: &[&str]) -> Result<Self> {
         let port: u16 = free_addr()?.rsplit(':').next().context("address has a port")?.parse()?;
         let dir = std::env::temp_dir().join(format!("huddle-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        let mut redis = Self { port, dir, child: None };
+        let mut redis = Self { port, dir, args: args.iter().map(|a| a.to_string()).collect(), child: None };
         redis.restart()?;
         Ok(redis)
     }
@@ -874,6 +880,7 @@ impl OwnRedis {
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.args)
             .stdout(Stdio::null())
             .spawn()
             .context("redis-server is not installed (scripts/services.sh installs it)")?;

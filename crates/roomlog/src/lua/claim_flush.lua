@@ -1,5 +1,8 @@
+#!lua flags=allow-oom
 -- Claims the range a FlushRoom master task should split into chunks: everything above
 -- both the watermark and what earlier masters already queued.
+-- Allowed at maxmemory: it writes a few bytes, and a full Redis must stay drainable by
+-- the persister.
 -- A claim ends two ways, so a range whose chunk tasks were lost or dead-lettered is
 -- queued again: the claim expires when no flush renews it for ARGV[1] ms (an idle room),
 -- and it is dropped when the watermark has not moved for ARGV[1] ms although the claim

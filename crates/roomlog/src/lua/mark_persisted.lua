@@ -1,4 +1,7 @@
+#!lua flags=allow-oom
 -- Records that every seq <= ARGV[1] is in PostgreSQL, then trims the log to its window.
+-- Allowed at maxmemory: it frees memory (trimming) and writes a few bytes; without it a
+-- full Redis could never be drained.
 -- Entries above the persisted watermark are never trimmed.
 -- KEYS[1] seq counter, KEYS[2] log stream, KEYS[3] persisted watermark
 -- ARGV[1] persisted seq, ARGV[2] window (entries to keep)
