@@ -12,6 +12,8 @@
 //!
 //! Every SQL statement of Huddle lives in this crate, behind typed functions; services
 //! never see a connection.
+//!
+//! It knows no Redis, no RabbitMQ and no HTTP.
 
 pub mod accounts;
 

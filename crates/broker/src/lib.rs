@@ -13,6 +13,8 @@
 //! Task queues are durable quorum queues with `x-delivery-limit`: a task that keeps
 //! failing is dead-lettered instead of looping forever. Publishing is persistent and
 //! waits for the broker's confirm; consumers ack after their work is committed.
+//!
+//! It carries opaque task payloads: it knows no task's meaning, no Redis and no PostgreSQL.
 
 mod consumer;
 

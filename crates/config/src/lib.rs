@@ -3,6 +3,8 @@
 //! developer machine needs no configuration at all.
 //!
 //! Each service's binary flattens the groups it needs into its own `clap::Parser`.
+//!
+//! It holds settings only: it connects to nothing and knows no service's behaviour.
 
 use clap::Args;
 

@@ -23,6 +23,9 @@
 //! (`checked_on`): after Redis restarts, possibly from an older state, the first write
 //! finds the room unchecked, and the hydrator compares it with the archive first (see
 //! [`RoomLog::recheck`]), so no seq the archive already holds is handed out again.
+//!
+//! It owns every Redis key and script of Huddle (the gateway's pub/sub connection only
+//! subscribes to the channels named here); it knows no PostgreSQL, no RabbitMQ, no HTTP.
 
 //!
 //! One module per job: [`append`] (the write path), [`entry`] (the stored record), [`read`], [`flush`] (the persist

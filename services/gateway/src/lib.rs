@@ -8,6 +8,9 @@
 //!   number of gateway replicas behave as one.
 //! * Flush triggers: a room's last member leaving, or its backlog reaching a threshold,
 //!   queues a FlushRoom task for the persister.
+//!
+//! It writes no SQL (crates/archive) and no Redis key by hand (crates/roomlog), and never
+//! touches PostgreSQL on the send path.
 
 mod abort;
 pub mod api;

@@ -7,6 +7,9 @@
 //!   PostgreSQL below it.
 //! * HydrateRoom tasks from RabbitMQ re-warm many rooms after a Redis loss, spread over
 //!   every hydrator replica; `huddle-hydrator rewarm` queues them for recently active rooms.
+//!
+//! Its service shell is crates/worker; the Redis and PostgreSQL steps are crates/roomlog
+//! and crates/archive. This crate keeps only the single-flight logic and the paging.
 
 mod history;
 mod hydrate;

@@ -5,6 +5,9 @@
 //! insert, advance the watermark and trim Redis. A sweep re-queues every dirty room
 //! periodically, so a room is flushed even if the gateway that held it died. The
 //! `Persister` gRPC service lets operators flush a room and read its flush lag.
+//!
+//! Its service shell (ports, health, shutdown) is crates/worker; the Redis and PostgreSQL
+//! steps are crates/roomlog and crates/archive. This crate keeps only the task logic.
 
 mod grpc;
 mod metrics;
