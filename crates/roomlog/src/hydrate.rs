@@ -28,13 +28,8 @@ impl RoomLog {
         recent: &[StoredMessage],
     ) -> Result<(bool, u64)> {
         let mut conn = self.conn().await?;
-        let mut invocation = HYDRATE.prepare_invoke();
+        let mut invocation = self.room_state_invocation(&HYDRATE, room);
         invocation
-            .key(self.keys.seq(room))
-            .key(self.keys.log(room))
-            .key(self.keys.persisted(room))
-            .key(self.keys.epoch(room))
-            .key(self.keys.checked_on(room))
             .arg(archived_seq)
             .arg(CLIENT_ID_TTL_SECS)
             .arg(self.keys.channel(room))
@@ -62,13 +57,8 @@ impl RoomLog {
         above: &[StoredMessage],
     ) -> Result<Option<u64>> {
         let mut conn = self.conn().await?;
-        let mut invocation = RECHECK.prepare_invoke();
+        let mut invocation = self.room_state_invocation(&RECHECK, room);
         invocation
-            .key(self.keys.seq(room))
-            .key(self.keys.log(room))
-            .key(self.keys.persisted(room))
-            .key(self.keys.epoch(room))
-            .key(self.keys.checked_on(room))
             .arg(&*conn.run_id())
             .arg(redis_seq)
             .arg(archived_seq)
@@ -79,6 +69,21 @@ impl RoomLog {
         add_restored(&mut invocation, above);
         let seq: i64 = invocation.invoke_async(&mut conn).await?;
         Ok((seq >= 0).then_some(seq as u64))
+    }
+}
+
+impl RoomLog {
+    /// A call of `script` with the keys both installing scripts take: counter, log,
+    /// watermark, epoch and `checked_on`.
+    fn room_state_invocation<'a>(&self, script: &'a Script, room: &RoomName) -> redis::ScriptInvocation<'a> {
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(self.keys.seq(room))
+            .key(self.keys.log(room))
+            .key(self.keys.persisted(room))
+            .key(self.keys.epoch(room))
+            .key(self.keys.checked_on(room));
+        invocation
     }
 }
 

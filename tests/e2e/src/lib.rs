@@ -425,6 +425,19 @@ impl Ws {
         ack["seq"].as_u64().context("ack seq")
     }
 
+    /// Sends a message and returns the server's answer to it: its `ack`, or an `error`
+    /// frame (a refusal the client may retry). Other frames in between are skipped.
+    pub async fn send_for_answer(&mut self, body: &str, client_id: &str) -> Result<Value> {
+        self.send_json(&json!({ "type": "send", "body": body, "client_id": client_id })).await?;
+        loop {
+            let frame = self.next().await?.context("socket closed before answering")?;
+            let answered = frame["type"] == "error" || (frame["type"] == "ack" && frame["client_id"] == client_id);
+            if answered {
+                return Ok(frame);
+            }
+        }
+    }
+
     /// The next JSON text frame (10 s timeout); `None` when the server closed.
     pub async fn next(&mut self) -> Result<Option<Value>> {
         loop {

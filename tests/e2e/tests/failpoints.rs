@@ -8,9 +8,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use huddle_e2e::{failpoint_binary, free_addr, sign_up, wait_ready, OwnRedis, Service, TestEnv, User, Ws};
-use serde_json::json;
 
 const MESSAGES: u64 = 30;
 const ROOM: &str = "faults";
@@ -187,15 +186,8 @@ impl Cluster {
 /// Sends one message: `Some(seq)` when acked, `None` on an error frame (retry), `Err`
 /// when the connection is gone.
 async fn send(ws: &mut Ws, client_id: &str) -> Result<Option<u64>> {
-    ws.send_json(&json!({ "type": "send", "body": format!("body of {client_id}"), "client_id": client_id })).await?;
-    loop {
-        let frame = ws.next().await?.context("connection closed")?;
-        match frame["type"].as_str() {
-            Some("ack") if frame["client_id"] == client_id => return Ok(frame["seq"].as_u64()),
-            Some("error") => return Ok(None),
-            _ => continue,
-        }
-    }
+    let answer = ws.send_for_answer(&format!("body of {client_id}"), client_id).await?;
+    Ok(if answer["type"] == "ack" { answer["seq"].as_u64() } else { None })
 }
 
 async fn crash_loses_and_duplicates_nothing(role: Role, point: &'static str) -> Result<()> {

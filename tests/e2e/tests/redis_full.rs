@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use huddle_e2e::{eventually, sign_up, OwnRedis, Stack, StackOptions, TestEnv, Ws};
-use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_redis_refuses_sends_and_loses_nothing_acked() -> Result<()> {
@@ -37,13 +36,7 @@ async fn a_full_redis_refuses_sends_and_loses_nothing_acked() -> Result<()> {
             bail!("Redis never filled up (4 MB, {} messages of 3.9 KB acked)", acked.len());
         }
         let client_id = format!("c{}", acked.len() + 1);
-        ws.send_json(&json!({ "type": "send", "body": body, "client_id": client_id })).await?;
-        let answer = loop {
-            let frame = ws.next().await?.context("socket closed")?;
-            if frame["type"] == "ack" || frame["type"] == "error" {
-                break frame;
-            }
-        };
+        let answer = ws.send_for_answer(&body, &client_id).await?;
         if answer["type"] == "error" {
             break answer;
         }
@@ -66,13 +59,7 @@ async fn a_full_redis_refuses_sends_and_loses_nothing_acked() -> Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let seq = loop {
         assert!(tokio::time::Instant::now() < deadline, "no send accepted within 20 s after Redis trimmed");
-        ws.send_json(&json!({ "type": "send", "body": "room for more", "client_id": "after" })).await?;
-        let answer = loop {
-            let frame = ws.next().await?.context("socket closed")?;
-            if frame["type"] == "ack" || frame["type"] == "error" {
-                break frame;
-            }
-        };
+        let answer = ws.send_for_answer("room for more", "after").await?;
         if answer["type"] == "ack" {
             break answer["seq"].as_u64().context("ack seq")?;
         }

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use huddle_e2e::{eventually, seqs, sign_up, OwnRedis, Stack, StackOptions, TestEnv, Ws};
-use serde_json::json;
 
 /// The persister's flush claim is short here, so ranges claimed on the old Redis are
 /// claimed again soon on the new one.
@@ -54,14 +53,7 @@ async fn a_redis_back_from_an_older_snapshot_never_reuses_an_archived_seq() -> R
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let seq = loop {
         assert!(tokio::time::Instant::now() < deadline, "no ack within 20 s of Redis coming back");
-        writer.send_json(&json!({ "type": "send", "body": "after the rollback", "client_id": "c-after" })).await?;
-        let answer = loop {
-            let frame = writer.next().await?.context("writer closed")?;
-            match frame["type"].as_str() {
-                Some("ack") | Some("error") => break frame,
-                _ => continue,
-            }
-        };
+        let answer = writer.send_for_answer("after the rollback", "c-after").await?;
         if answer["type"] == "ack" {
             break answer["seq"].as_u64().context("ack seq")?;
         }
