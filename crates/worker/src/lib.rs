@@ -12,6 +12,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -46,6 +47,7 @@ pub struct Worker {
     tasks: Vec<JoinHandle<()>>,
     grpc: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     ops: JoinHandle<()>,
+    last: Vec<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
 impl Worker {
@@ -62,7 +64,16 @@ impl Worker {
         let (grpc_addr, ops_addr) = (local(&grpc_listener, grpc_addr)?, local(&ops_listener, ops_addr)?);
         let (stop, stopped) = watch::channel(false);
         let ops = tokio::spawn(serve_ops(ops_listener, readiness, stopped));
-        Ok(Self { grpc_listener: Some(grpc_listener), grpc_addr, ops_addr, stop, tasks: Vec::new(), grpc: None, ops })
+        Ok(Self {
+            grpc_listener: Some(grpc_listener),
+            grpc_addr,
+            ops_addr,
+            stop,
+            tasks: Vec::new(),
+            grpc: None,
+            ops,
+            last: Vec::new(),
+        })
     }
 
     /// Where the gRPC server listens.
@@ -84,6 +95,12 @@ impl Worker {
     /// Runs a background task until it returns; [`Worker::stop`] waits for it.
     pub fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) {
         self.tasks.push(tokio::spawn(task));
+    }
+
+    /// Runs `step` at the very end of [`Worker::stop`], after everything that could still
+    /// use a connection has ended (e.g. closing the RabbitMQ connection).
+    pub fn finally(&mut self, step: impl Future<Output = ()> + Send + 'static) {
+        self.last.push(Box::pin(step));
     }
 
     /// Serves `routes` (the service's own gRPC service, named `service_name` in the
@@ -113,7 +130,8 @@ impl Worker {
     }
 
     /// Graceful stop: background tasks are told to stop and awaited, the gRPC server
-    /// finishes its in-flight calls, then the ops endpoints close.
+    /// finishes its in-flight calls, the ops endpoints close, then the
+    /// [`Worker::finally`] steps run.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         for task in self.tasks {
@@ -129,6 +147,9 @@ impl Worker {
             }
         }
         let _ = self.ops.await;
+        for step in self.last {
+            step.await;
+        }
     }
 }
 

@@ -95,29 +95,9 @@ pub enum StartError {
     Worker(#[from] huddle_worker::WorkerError),
 }
 
-/// A running hydrator.
-pub struct RunningHydrator {
-    worker: Worker,
-    broker: Broker,
-}
-
-impl RunningHydrator {
-    /// Where the gRPC server listens.
-    pub fn grpc_addr(&self) -> SocketAddr {
-        self.worker.grpc_addr()
-    }
-
-    /// Where the ops endpoints listen.
-    pub fn ops_addr(&self) -> SocketAddr {
-        self.worker.ops_addr()
-    }
-
-    /// Stops accepting calls and tasks, lets in-flight ones finish, then returns.
-    pub async fn stop(self) {
-        self.worker.stop().await;
-        self.broker.close().await;
-    }
-}
+/// A running hydrator: [`Worker::stop`] stops it gracefully (consumers take no new tasks,
+/// in-flight tasks and calls finish, then RabbitMQ is closed).
+pub type RunningHydrator = Worker;
 
 /// Migrates the archive, binds the listeners and starts serving.
 pub async fn start(settings: Settings) -> Result<RunningHydrator, StartError> {
@@ -151,5 +131,6 @@ pub async fn start(settings: Settings) -> Result<RunningHydrator, StartError> {
     worker.spawn(rewarm);
     worker.serve(HydratorServer::<HydrateService>::NAME, Routes::new(HydratorServer::new(service))).await?;
     tracing::info!(grpc_addr = %worker.grpc_addr(), ops_addr = %worker.ops_addr(), "hydrator listening");
-    Ok(RunningHydrator { worker, broker })
+    worker.finally(async move { broker.close().await });
+    Ok(worker)
 }

@@ -118,30 +118,9 @@ pub enum StartError {
     Worker(#[from] huddle_worker::WorkerError),
 }
 
-/// A running persister.
-pub struct RunningPersister {
-    worker: Worker,
-    broker: Broker,
-}
-
-impl RunningPersister {
-    /// Where the gRPC server listens.
-    pub fn grpc_addr(&self) -> SocketAddr {
-        self.worker.grpc_addr()
-    }
-
-    /// Where the ops endpoints listen.
-    pub fn ops_addr(&self) -> SocketAddr {
-        self.worker.ops_addr()
-    }
-
-    /// Graceful stop: consumers take no new tasks, in-flight tasks finish and are acked
-    /// (unstarted prefetched ones go back to the queue when the channel closes).
-    pub async fn stop(self) {
-        self.worker.stop().await;
-        self.broker.close().await;
-    }
-}
+/// A running persister: [`Worker::stop`] stops it gracefully (consumers take no new tasks,
+/// in-flight tasks and calls finish, then RabbitMQ is closed).
+pub type RunningPersister = Worker;
 
 /// Migrates the archive, connects to Redis and RabbitMQ, and starts the consumers, the
 /// sweep and the gRPC server.
@@ -177,7 +156,8 @@ pub async fn start(settings: Settings) -> Result<RunningPersister, StartError> {
     let service = PersisterServer::new(grpc::PersisterService { log, archive, broker: broker.clone() });
     worker.serve(PersisterServer::<grpc::PersisterService>::NAME, Routes::new(service)).await?;
     tracing::info!(grpc_addr = %worker.grpc_addr(), ops_addr = %worker.ops_addr(), "persister running");
-    Ok(RunningPersister { worker, broker })
+    worker.finally(async move { broker.close().await });
+    Ok(worker)
 }
 
 fn readiness(archive: &Archive, log: &RoomLog, broker: &Broker) -> Readiness {
