@@ -35,7 +35,8 @@ test("two people chat live, history survives a reload, bodies render as text", a
   });
   try {
     const ada = await (await browser.newContext()).newPage();
-    const bob = await (await browser.newContext()).newPage();
+    const bobContext = await browser.newContext();
+    const bob = await bobContext.newPage();
     await register(ada, "ada");
     await register(bob, "bob");
     await join(ada, "lobby");
@@ -58,6 +59,16 @@ test("two people chat live, history survives a reload, bodies render as text", a
     await ada.waitForSelector('.msg[data-seq="2"]');
     assert.deepEqual(await ada.locator(".msg span:last-child").allTextContents(), ["hello bob", markup]);
     await ada.screenshot({ path: process.env.HUDDLE_SCREENSHOT ?? "/tmp/huddle-chat.png" });
+
+    // Logging out in one tab ends the session in every tab: the server closes the other
+    // tab's socket (4001) and that tab asks for a login instead of reconnecting.
+    const bobElsewhere = await bobContext.newPage();
+    await bobElsewhere.goto(base);
+    await bobElsewhere.waitForSelector("#join:not([hidden])");
+    await join(bobElsewhere, "lobby");
+    await bob.click("#logout");
+    await bobElsewhere.waitForSelector('#auth-error:has-text("session ended")');
+    assert.ok(await bobElsewhere.isVisible("#auth"), "the other tab shows the login form");
   } finally {
     await browser.close();
   }

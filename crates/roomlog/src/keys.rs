@@ -76,6 +76,11 @@ impl Keyspace {
     pub fn revoked_token(&self, token_id: &str) -> String {
         format!("{}revoked:{}", self.prefix, token_id)
     }
+    /// Channel that carries the id of every session that ended (logout, revocation), so
+    /// every gateway closes that session's sockets.
+    pub fn ended_sessions(&self) -> String {
+        format!("{}sessions:ended", self.prefix)
+    }
 }
 
 /// The part of a client_id marker key after the room's prefix.

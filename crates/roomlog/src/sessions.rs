@@ -1,13 +1,22 @@
-//! Revoked session tokens, until they would have expired anyway.
+//! Revoked session tokens, until they would have expired anyway, and the notice every
+//! gateway gets when a session ends.
 
 use redis::AsyncCommands;
 
 use crate::{Result, RoomLog};
 
 impl RoomLog {
-    /// Marks a session token id as revoked until `ttl_secs` from now.
+    /// Marks a session token id as revoked until `ttl_secs` from now, and announces it on
+    /// [`Keyspace::ended_sessions`](crate::Keyspace::ended_sessions) in the same step.
     pub async fn revoke_token(&self, token_id: &str, ttl_secs: u64) -> Result<()> {
-        let _: () = self.conn().await?.set_ex(self.keys.revoked_token(token_id), 1, ttl_secs.max(1)).await?;
+        let _: () = redis::pipe()
+            .atomic()
+            .set_ex(self.keys.revoked_token(token_id), 1, ttl_secs.max(1))
+            .ignore()
+            .publish(self.keys.ended_sessions(), token_id)
+            .ignore()
+            .query_async(&mut self.conn().await?)
+            .await?;
         Ok(())
     }
 

@@ -55,6 +55,8 @@ pub enum Outbound {
     /// Live delivery was interrupted (pub/sub reconnected): re-read the log from the
     /// last seq sent, so nothing published meanwhile is missed.
     Resync,
+    /// The socket's session ended (logout or revocation, on any gateway): close it.
+    SessionEnded,
 }
 
 /// A socket's place in a room; leave with [`Hub::leave`].
@@ -65,7 +67,13 @@ pub struct Membership {
     pub rx: mpsc::Receiver<Outbound>,
 }
 
-type Members = HashMap<RoomName, HashMap<u64, mpsc::Sender<Outbound>>>;
+/// A local socket as the hub knows it: its queue, and the session it belongs to.
+struct Member {
+    tx: mpsc::Sender<Outbound>,
+    session: Arc<str>,
+}
+
+type Members = HashMap<RoomName, HashMap<u64, Member>>;
 
 struct Subscriptions {
     sink: PubSubSink,
@@ -103,7 +111,8 @@ impl Hub {
         keepalive: Duration,
     ) -> redis::RedisResult<Arc<Self>> {
         let client = redis::Client::open(redis_url)?;
-        let (sink, stream) = client.get_async_pubsub().await?.split();
+        let (mut sink, stream) = client.get_async_pubsub().await?.split();
+        sink.subscribe(keys.ended_sessions()).await?;
         let hub = Arc::new(Self {
             client,
             keys,
@@ -124,10 +133,12 @@ impl Hub {
     /// Adds a socket to `room`; once this returns, every message published to the room
     /// reaches the membership's queue. Fails after the deadline rather than waiting on
     /// a stuck pub/sub connection.
-    pub async fn join(&self, room: &RoomName) -> redis::RedisResult<Membership> {
+    /// `session` is the token id the socket was opened with: when that session ends, the
+    /// socket gets [`Outbound::SessionEnded`].
+    pub async fn join(&self, room: &RoomName, session: &str) -> redis::RedisResult<Membership> {
         let (tx, rx) = mpsc::channel(self.queue_capacity);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.lock_members().entry(room.clone()).or_default().insert(id, tx);
+        self.lock_members().entry(room.clone()).or_default().insert(id, Member { tx, session: session.into() });
         let subscribed = tokio::time::timeout(self.deadline, async {
             let mut subscriptions = self.subscriptions.lock().await;
             if !subscriptions.rooms.contains(room) {
@@ -185,7 +196,7 @@ impl Hub {
     fn deliver(&self, room: &RoomName, outbound: Outbound) {
         let mut members = self.lock_members();
         let Some(sockets) = members.get_mut(room) else { return };
-        sockets.retain(|_, tx| match tx.try_send(outbound.clone()) {
+        sockets.retain(|_, member| match member.tx.try_send(outbound.clone()) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 SLOW_CONSUMER_CLOSES.inc();
@@ -198,7 +209,21 @@ impl Hub {
         }
     }
 
+    /// Tells every local socket of `session` that it ended. A socket whose queue is full
+    /// is dropped instead, which closes it as well.
+    fn end_session(&self, session: &str) {
+        let mut members = self.lock_members();
+        for sockets in members.values_mut() {
+            sockets
+                .retain(|_, member| *member.session != *session || member.tx.try_send(Outbound::SessionEnded).is_ok());
+        }
+        members.retain(|_, sockets| !sockets.is_empty());
+    }
+
     fn dispatch_one(&self, channel: &str, payload: &str) {
+        if channel == self.keys.ended_sessions() {
+            return self.end_session(payload);
+        }
         let Some(room) = self.keys.room_of_channel(channel) else { return };
         let outbound = if let Some(seq) = payload.strip_prefix(RESET_PREFIX) {
             let Ok(seq) = seq.parse() else { return };
@@ -282,11 +307,10 @@ impl Hub {
             let (mut sink, stream) = pubsub.split();
             let mut subscriptions = self.subscriptions.lock().await;
             let mut failed = false;
-            for room in &subscriptions.rooms {
-                if !matches!(
-                    tokio::time::timeout(self.deadline, sink.subscribe(self.keys.channel(room))).await,
-                    Ok(Ok(()))
-                ) {
+            let channels = std::iter::once(self.keys.ended_sessions())
+                .chain(subscriptions.rooms.iter().map(|room| self.keys.channel(room)));
+            for channel in channels {
+                if !matches!(tokio::time::timeout(self.deadline, sink.subscribe(channel)).await, Ok(Ok(()))) {
                     failed = true;
                     break;
                 }

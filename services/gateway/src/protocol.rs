@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 
 /// Close code: the server is restarting; reconnect (with `since`).
 pub const CLOSE_SERVICE_RESTART: u16 = 1012;
+/// Close code: the socket's session ended (logout, revocation or expiry); log in again.
+pub const CLOSE_SESSION_ENDED: u16 = 4001;
 /// Close code: the client did not read its messages fast enough.
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 

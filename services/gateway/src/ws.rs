@@ -15,7 +15,9 @@ use crate::auth::{AuthUser, Claims};
 use crate::error::ApiError;
 use crate::hub::{Membership, Outbound};
 use crate::metrics::{CLIENT_ERRORS, CONNECTIONS};
-use crate::protocol::{self, ClientFrame, HistoryMode, PresenceEvent, CLOSE_SERVICE_RESTART, CLOSE_SLOW_CONSUMER};
+use crate::protocol::{
+    self, ClientFrame, HistoryMode, PresenceEvent, CLOSE_SERVICE_RESTART, CLOSE_SESSION_ENDED, CLOSE_SLOW_CONSUMER,
+};
 use crate::rooms::Accepted;
 use crate::socket::{close, Exit, Inbound, SocketWriter};
 use crate::AppState;
@@ -129,7 +131,7 @@ async fn run(
     socket: SocketWriter,
     mut stream: AggregatedMessageStream,
 ) {
-    let mut membership = match state.hub.join(&room).await {
+    let mut membership = match state.hub.join(&room, &user.jti).await {
         Ok(membership) => membership,
         Err(error) => {
             tracing::error!(%room, %error, "cannot subscribe to room");
@@ -163,6 +165,11 @@ async fn run(
     state.rooms.presence(&room, PresenceChange::Leave, &me).await;
     conn.socket.finish(&mut stream, exit).await;
     CONNECTIONS.dec();
+}
+
+/// The socket's session is over: close with 4001; the client must log in again.
+fn session_ended(reason: &'static str) -> Exit {
+    close(CloseCode::Other(CLOSE_SESSION_ENDED), reason)
 }
 
 /// The room cannot be read: the client is closed with 1011 and reconnects with `since`.
@@ -227,6 +234,9 @@ impl Connection {
         me: &Presence,
     ) -> Exit {
         let mut shutdown = self.state.shutdown.clone();
+        let session_left = u64::try_from(self.user.exp - crate::auth::now_secs()).unwrap_or(0);
+        let session_expires = tokio::time::sleep(Duration::from_secs(session_left));
+        tokio::pin!(session_expires);
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         let mut last_heard = Instant::now();
         loop {
@@ -263,6 +273,7 @@ impl Connection {
                 _ = shutdown.wait_for(|stop| *stop) => {
                     Err(close(CloseCode::Other(CLOSE_SERVICE_RESTART), "server restarting; reconnect"))
                 }
+                () = &mut session_expires => Err(session_ended("session expired; log in again")),
             };
             if let Err(exit) = step {
                 return exit;
@@ -281,6 +292,7 @@ impl Connection {
             Outbound::Typing { .. } => Ok(()),
             Outbound::Presence { frame } => self.send_text(frame.to_string()).await,
             Outbound::Resync => self.resync().await,
+            Outbound::SessionEnded => Err(session_ended("session ended (logged out or revoked); log in again")),
             // Redis lost the room and seq restarts below what this client saw: the
             // client gets a fresh `latest` history to replace its view.
             Outbound::Reset { seq } if seq < self.last_seq => self.send_initial_history(None).await,
@@ -305,6 +317,10 @@ impl Connection {
     /// and reconnects with `since`.
     async fn resync(&mut self) -> Result<(), Exit> {
         let unavailable = |error| unavailable("resync failed", error);
+        // A logout announced while pub/sub was down was missed: ask Redis.
+        if self.state.log.is_token_revoked(&self.user.jti).await.map_err(|e| unavailable(ApiError::unavailable(e)))? {
+            return Err(session_ended("session ended (logged out or revoked); log in again"));
+        }
         let state = self.state.rooms.state(&self.room).await.map_err(unavailable)?;
         if state.epoch != self.epoch || state.last_seq < self.last_seq {
             return self.send_initial_history(None).await;

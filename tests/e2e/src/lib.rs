@@ -362,11 +362,17 @@ pub async fn sign_up(base: &str, name: &str) -> Result<User> {
     if registered.status() != 201 {
         bail!("register {name}: {} {}", registered.status(), registered.text().await?);
     }
-    let login: Value = client.post(format!("{base}/api/login")).json(&credentials).send().await?.json().await?;
+    log_in(base, name).await
+}
+
+/// Logs `name` (password `password123`) in again: a new session with its own token.
+pub async fn log_in(base: &str, name: &str) -> Result<User> {
+    let credentials = json!({ "username": name, "password": "password123" });
+    let login: Value = http().post(format!("{base}/api/login")).json(&credentials).send().await?.json().await?;
     Ok(User {
         id: login["user"]["id"].as_i64().context("user id")?,
         name: name.to_owned(),
-        token: login["token"].as_str().context("token")?.to_owned(),
+        token: login["token"].as_str().with_context(|| format!("no token in {login}"))?.to_owned(),
     })
 }
 
