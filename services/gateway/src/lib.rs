@@ -35,11 +35,15 @@ use huddle_config::{BrokerSettings, PostgresSettings, RedisSettings};
 use huddle_proto::v1::hydrator_client::HydratorClient;
 use huddle_roomlog::RoomLog;
 use huddle_telemetry::Readiness;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::watch;
 
-/// The secret used when none is configured; fine on a laptop, refused nowhere, and
-/// loudly logged, because sessions signed with it can be forged by anyone.
+/// The secret used in dev mode when none is configured: anyone can forge sessions signed
+/// with it, so only `--dev` allows it.
 const DEV_SECRET: &str = "huddle-dev-secret-change-me";
+
+/// The shortest session secret accepted outside dev mode, in bytes.
+pub const MIN_SECRET_BYTES: usize = 32;
 
 /// Gateway settings (flags or `HUDDLE_*` environment variables).
 #[derive(Debug, Clone, clap::Parser)]
@@ -60,8 +64,13 @@ pub struct Settings {
     #[arg(long, env = "HUDDLE_HYDRATOR_URL", default_value = "http://127.0.0.1:50051")]
     pub hydrator_url: String,
     /// Secret that signs session tokens; the same on every replica.
-    #[arg(long, env = "HUDDLE_SESSION_SECRET", default_value = DEV_SECRET, hide_default_value = true)]
-    pub session_secret: String,
+    /// At least 32 bytes, e.g. `openssl rand -base64 48`; required unless `--dev`.
+    #[arg(long, env = "HUDDLE_SESSION_SECRET", hide_env_values = true)]
+    pub session_secret: Option<SecretString>,
+    /// Development mode: without a session secret, a built-in one (anyone can forge its
+    /// sessions) is used, and short secrets are accepted. Never in production.
+    #[arg(long, env = "HUDDLE_DEV", default_value_t = false)]
+    pub dev: bool,
     /// Session lifetime in seconds.
     #[arg(long, env = "HUDDLE_SESSION_TTL_SECS", default_value_t = 7 * 24 * 3600)]
     pub session_ttl_secs: u64,
@@ -164,6 +173,9 @@ pub enum StartError {
     /// The configured hydrator URL is not a valid URI.
     #[error("hydrator url: {0}")]
     HydratorUrl(String),
+    /// No usable session secret (missing or too short outside dev mode).
+    #[error("session secret: {0}")]
+    Secret(String),
 }
 
 /// A running gateway.
@@ -196,11 +208,33 @@ impl RunningGateway {
     }
 }
 
+/// The secret that signs sessions: the configured one if it is long enough; the
+/// development one only in dev mode.
+fn session_secret(settings: &Settings) -> Result<SecretString, StartError> {
+    match (&settings.session_secret, settings.dev) {
+        (Some(secret), _) if secret.expose_secret().len() >= MIN_SECRET_BYTES => Ok(secret.clone()),
+        (Some(secret), true) => {
+            tracing::warn!("HUDDLE_SESSION_SECRET is shorter than {MIN_SECRET_BYTES} bytes; accepted in dev mode only");
+            Ok(secret.clone())
+        }
+        (None, true) => {
+            tracing::warn!("dev mode without HUDDLE_SESSION_SECRET: sessions are signed with a public secret");
+            Ok(SecretString::from(DEV_SECRET))
+        }
+        (Some(_), false) => Err(StartError::Secret(format!(
+            "HUDDLE_SESSION_SECRET must be at least {MIN_SECRET_BYTES} bytes (e.g. `openssl rand -base64 48`)"
+        ))),
+        (None, false) => Err(StartError::Secret(
+            "HUDDLE_SESSION_SECRET is not set: set it (at least 32 random bytes, the same on every gateway), \
+             or pass --dev (HUDDLE_DEV=1) on a development machine"
+                .into(),
+        )),
+    }
+}
+
 /// Migrates the archive, connects to Redis, binds and starts the HTTP server.
 pub async fn start(settings: Settings) -> Result<RunningGateway, StartError> {
-    if settings.session_secret == DEV_SECRET {
-        tracing::warn!("HUDDLE_SESSION_SECRET is not set: using the development secret; never do this in production");
-    }
+    let session_secret = session_secret(&settings)?;
     let archive = Archive::connect(&settings.postgres)?;
     archive.migrate().await?;
     let log = RoomLog::connect(&settings.redis)?;
@@ -230,7 +264,7 @@ pub async fn start(settings: Settings) -> Result<RunningGateway, StartError> {
             settings.flush_backlog,
             std::time::Duration::from_millis(settings.join_timeout_ms.max(1)),
         ),
-        signer: auth::TokenSigner::new(&settings.session_secret),
+        signer: auth::TokenSigner::new(session_secret.expose_secret()),
         passwords: auth::PasswordHashing::new(settings.hash_concurrency, settings.hash_queue)?,
         settings: settings.clone(),
         log: log.clone(),

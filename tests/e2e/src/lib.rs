@@ -90,6 +90,11 @@ impl TestEnv {
         })
     }
 
+    /// The secret the test's gateways sign sessions with.
+    pub fn session_secret(&self) -> String {
+        format!("test-session-secret-of-{}", self.id)
+    }
+
     /// Flags shared by every service: this test's database, key and queue prefixes.
     pub fn store_args(&self) -> Vec<String> {
         vec![
@@ -258,7 +263,7 @@ pub async fn start_gateway(
         "--hydrator-url".into(),
         format!("http://{hydrator}"),
         "--session-secret".into(),
-        format!("test-secret-{}", env.id),
+        env.session_secret(),
     ];
     args.extend(env.store_args());
     args.extend(env.broker_args());

@@ -91,7 +91,7 @@ async fn refused_upgrades_are_json_http_errors() -> Result<()> {
     );
 
     // An expired token: signed with the right secret, but in the past.
-    let signer = huddle_gateway::auth::TokenSigner::new(&format!("test-secret-{}", stack.env.id));
+    let signer = huddle_gateway::auth::TokenSigner::new(&stack.env.session_secret());
     let expired =
         signer.sign(&huddle_gateway::auth::Claims { uid: ada.id, name: "ada".into(), exp: 1, jti: "old".into() });
     assert_eq!(upgrade("/ws/rooms/lobby".into(), Some(expired)).await?, (401, "session_expired".into()));
