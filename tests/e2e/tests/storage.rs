@@ -49,6 +49,10 @@ async fn appends_need_an_initialised_room_and_dedupe_client_ids() -> Result<()> 
 
     assert_eq!(log.append(&room, &entry(1, "one", "c1")).await?, AppendOutcome::Appended { seq: 42, unpersisted: 1 });
     assert_eq!(log.append(&room, &entry(1, "one again", "c1")).await?, AppendOutcome::Duplicate { seq: 42 });
+    // Deduplication lasts 24 hours (docs/PROTOCOL.md), not longer, not shorter.
+    let mut redis = redis::Client::open(env.redis_url.as_str())?.get_multiplexed_async_connection().await?;
+    let ttl: i64 = redis::cmd("TTL").arg(log.keys().client_id(&room, 1, "c1")).query_async(&mut redis).await?;
+    assert!((24 * 3600 - 60..=24 * 3600).contains(&ttl), "client_id marker TTL {ttl} s");
     assert_eq!(log.append(&room, &entry(1, "two", "")).await?, AppendOutcome::Appended { seq: 43, unpersisted: 2 });
     assert_eq!(log.append(&room, &entry(1, "three", "")).await?, AppendOutcome::Appended { seq: 44, unpersisted: 3 });
     let stored: Vec<u64> = log.range(&room, 1, u64::MAX).await?.iter().map(|m| m.seq).collect();
