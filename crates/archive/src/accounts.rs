@@ -1,5 +1,5 @@
-//! The `users` table and the room directory: what the gateway's account and room-list
-//! endpoints read and write.
+//! The `users` table, revoked sessions and the room directory: what the gateway's
+//! account, session and room-list endpoints read and write.
 
 use huddle_domain::Username;
 
@@ -42,6 +42,31 @@ impl Archive {
             .query_opt("SELECT id, username, password_hash FROM users WHERE lower(username) = lower($1)", &[&username])
             .await?;
         Ok(row.map(|row| Account { id: row.get(0), username: row.get(1), password_hash: row.get(2) }))
+    }
+
+    /// Records that session `jti` of `user_id` ended before its token expires at
+    /// `expires_at_secs` (Unix seconds). Idempotent.
+    pub async fn revoke_session(&self, jti: &str, user_id: i64, expires_at_secs: i64) -> Result<()> {
+        self.pool
+            .get()
+            .await?
+            .execute(
+                "INSERT INTO revoked_sessions (jti, user_id, expires_at) VALUES ($1, $2, to_timestamp($3::bigint))
+                 ON CONFLICT (jti) DO NOTHING",
+                &[&jti, &user_id, &expires_at_secs],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Every revoked session whose token has not expired yet: (jti, expiry in Unix
+    /// seconds). Rows of expired tokens are deleted on the way.
+    pub async fn live_revocations(&self) -> Result<Vec<(String, i64)>> {
+        let client = self.pool.get().await?;
+        client.execute("DELETE FROM revoked_sessions WHERE expires_at <= now()", &[]).await?;
+        let rows =
+            client.query("SELECT jti, extract(epoch FROM expires_at)::bigint FROM revoked_sessions", &[]).await?;
+        Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
     }
 
     /// Names of up to `limit` rooms, in name order.

@@ -76,6 +76,11 @@ impl Keyspace {
     pub fn revoked_token(&self, token_id: &str) -> String {
         format!("{}revoked:{}", self.prefix, token_id)
     }
+    /// Marker that the revoked-token cache holds every live revocation of the archive
+    /// (gone with the rest of Redis, which makes the next check reload it).
+    pub fn revocations_loaded(&self) -> String {
+        format!("{}revoked-loaded", self.prefix)
+    }
     /// Channel that carries the id of every session that ended (logout, revocation), so
     /// every gateway closes that session's sockets.
     pub fn ended_sessions(&self) -> String {

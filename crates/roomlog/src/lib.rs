@@ -52,6 +52,7 @@ pub use keys::Keyspace;
 pub use locks::LockGuard;
 pub use presence::{Presence, PresenceChange, RoomPresence};
 pub use read::{Chunk, Unreadable};
+pub use sessions::Revocation;
 
 use connection::{Conn, ServerManager, ServerPool};
 use huddle_config::RedisSettings;

@@ -85,8 +85,7 @@ async fn login(state: web::Data<AppState>, body: web::Json<Credentials>) -> Resu
 }
 
 async fn logout(state: web::Data<AppState>, user: AuthUser) -> Result<HttpResponse, ApiError> {
-    let ttl = (user.0.exp - now_secs()).max(1) as u64;
-    state.log.revoke_token(&user.0.jti, ttl).await.map_err(ApiError::unavailable)?;
+    crate::auth::end_session(&state, &user.0).await?;
     let mut removal = Cookie::build(SESSION_COOKIE, "").path("/").finish();
     removal.make_removal();
     Ok(HttpResponse::NoContent().cookie(removal).finish())

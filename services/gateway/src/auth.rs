@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::ApiError;
 use crate::AppState;
+use huddle_roomlog::Revocation;
 
 /// Name of the session cookie.
 pub const SESSION_COOKIE: &str = "huddle_session";
@@ -216,11 +217,38 @@ impl FromRequest for AuthUser {
                 TokenError::Expired => ApiError::SessionExpired,
                 _ => ApiError::Unauthorized("invalid session token"),
             })?;
-            if state.log.is_token_revoked(&claims.jti).await.map_err(ApiError::unavailable)? {
+            if is_revoked(&state, &claims.jti).await? {
                 return Err(ApiError::SessionExpired);
             }
             Ok(AuthUser(claims))
         })
+    }
+}
+
+/// Ends a session before its token expires: recorded in PostgreSQL (so it survives a
+/// Redis loss), cached in Redis, and announced to every gateway, which closes the
+/// session's sockets.
+pub async fn end_session(state: &AppState, claims: &Claims) -> Result<(), ApiError> {
+    state.archive.revoke_session(&claims.jti, claims.uid, claims.exp).await.map_err(ApiError::unavailable)?;
+    let ttl = (claims.exp - now_secs()).max(1) as u64;
+    state.log.revoke_token(&claims.jti, ttl).await.map_err(ApiError::unavailable)
+}
+
+/// Whether session `jti` was ended: Redis answers, and when Redis lost its cache, the
+/// cache is filled again from PostgreSQL first.
+pub async fn is_revoked(state: &AppState, jti: &str) -> Result<bool, ApiError> {
+    match state.log.revocation(jti).await.map_err(ApiError::unavailable)? {
+        Revocation::Revoked => Ok(true),
+        Revocation::Live => Ok(false),
+        Revocation::Unknown => {
+            let now = now_secs();
+            let revoked = state.archive.live_revocations().await.map_err(ApiError::unavailable)?;
+            let cached: Vec<(String, u64)> =
+                revoked.iter().map(|(id, expires)| (id.clone(), (expires - now).max(1) as u64)).collect();
+            state.log.load_revocations(&cached).await.map_err(ApiError::unavailable)?;
+            tracing::info!(revocations = cached.len(), "revoked sessions reloaded into Redis from PostgreSQL");
+            Ok(revoked.iter().any(|(id, _)| id == jti))
+        }
     }
 }
 

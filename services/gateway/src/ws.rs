@@ -318,7 +318,7 @@ impl Connection {
     async fn resync(&mut self) -> Result<(), Exit> {
         let unavailable = |error| unavailable("resync failed", error);
         // A logout announced while pub/sub was down was missed: ask Redis.
-        if self.state.log.is_token_revoked(&self.user.jti).await.map_err(|e| unavailable(ApiError::unavailable(e)))? {
+        if crate::auth::is_revoked(&self.state, &self.user.jti).await.map_err(unavailable)? {
             return Err(session_ended("session ended (logged out or revoked); log in again"));
         }
         let state = self.state.rooms.state(&self.room).await.map_err(unavailable)?;

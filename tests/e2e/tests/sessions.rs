@@ -51,3 +51,25 @@ async fn a_socket_closes_when_its_session_expires() -> Result<()> {
     assert!(joined.elapsed() < Duration::from_secs(4), "closed {:?} after joining", joined.elapsed());
     stack.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logged_out_token_stays_dead_after_redis_loses_everything() -> Result<()> {
+    let stack = Stack::start(1).await?;
+    let base = stack.url(0);
+    let ada = sign_up(&base, "ada").await?;
+    let other_session = log_in(&base, "ada").await?;
+    let me = |token: String| {
+        let base = base.clone();
+        async move { anyhow::Ok(http().get(format!("{base}/api/me")).bearer_auth(token).send().await?.status()) }
+    };
+    assert_eq!(http().post(format!("{base}/api/logout")).bearer_auth(&ada.token).send().await?.status(), 204);
+    assert_eq!(me(ada.token.clone()).await?, 401);
+
+    // Redis loses every key (FLUSHALL, a restart without persistence): the revocation is
+    // still in PostgreSQL.
+    assert!(stack.env.wipe_redis().await? > 0);
+    assert_eq!(me(ada.token.clone()).await?, 401, "a revoked token came back to life");
+    assert!(Ws::join(&base, "one", &ada.token, "").await.is_err(), "a revoked token opened a socket");
+    assert_eq!(me(other_session.token.clone()).await?, 200, "the other session is still valid");
+    stack.shutdown().await
+}
