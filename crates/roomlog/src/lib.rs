@@ -14,7 +14,10 @@
 //! | `{p}room:{r}:cid:<user id>:<id>` | string | seq of that sender's send with that client_id (expires) |
 //!
 //! Globally: `{p}dirty` (sorted set: rooms with unpersisted messages, scored by when
-//! they became dirty). Channel `{p}room:{r}` carries `"<seq> <entry JSON>"` per message,
+//! they became dirty); `{p}revoked:<token id>` (a revoked session, until its token
+//! expires) and `{p}revoked-loaded` (the revocation cache is complete; the archive holds
+//! the durable list); `{p}lock:<name>`; channel `{p}sessions:ended` (token ids of ended
+//! sessions, for every gateway). Channel `{p}room:{r}` carries `"<seq> <entry JSON>"` per message,
 //! and `"R <seq>"` when a hydration re-initialises the room's counter at `seq`.
 //!
 //! Every multi-step change is one Lua script, so it is atomic and one round-trip.
