@@ -43,6 +43,14 @@ pub enum ApiError {
     /// `overloaded`, with `Retry-After: 1`.
     #[error("{0}")]
     Overloaded(&'static str),
+    /// Too many requests of one kind from one account: 429 `rate_limited` (with
+    /// `Retry-After`).
+    #[error("{0}")]
+    RateLimited(&'static str),
+    /// The account already holds the most sockets allowed (the number): 429
+    /// `too_many_connections`.
+    #[error("this account already has {0} open sockets; close one first")]
+    TooManyConnections(usize),
     /// An unexpected failure; the detail is logged, not shown: 500 `internal`.
     #[error("internal error")]
     Internal(String),
@@ -72,6 +80,8 @@ impl ApiError {
             Self::NotFound => "not_found",
             Self::Unavailable(_) => "unavailable",
             Self::Overloaded(_) => "overloaded",
+            Self::RateLimited(_) => "rate_limited",
+            Self::TooManyConnections(_) => "too_many_connections",
             Self::Internal(_) => "internal",
         }
     }
@@ -97,6 +107,7 @@ impl ResponseError for ApiError {
             Self::UsernameTaken => StatusCode::CONFLICT,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Unavailable(_) | Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RateLimited(_) | Self::TooManyConnections(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -106,7 +117,7 @@ impl ResponseError for ApiError {
             tracing::error!(code = self.code(), %detail, "request failed");
         }
         let mut response = HttpResponse::build(self.status_code());
-        if let Self::Unavailable(_) | Self::Overloaded(_) = self {
+        if let Self::Unavailable(_) | Self::Overloaded(_) | Self::RateLimited(_) = self {
             // Overload and outages are passing: tell clients when to come back.
             response.insert_header((actix_web::http::header::RETRY_AFTER, "1"));
         }

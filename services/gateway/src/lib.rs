@@ -18,6 +18,7 @@ pub mod auth;
 pub mod error;
 mod flush;
 pub mod hub;
+pub mod limits;
 mod metrics;
 mod ops;
 pub mod protocol;
@@ -107,12 +108,27 @@ pub struct Settings {
     /// Outgoing frames queued per socket before it is closed as a slow consumer (4008).
     #[arg(long, env = "HUDDLE_SOCKET_QUEUE", default_value_t = 1024)]
     pub socket_queue: usize,
-    /// Sustained sends per second allowed per connection.
+    /// Sustained sends per second allowed per account (all its sockets on this gateway).
     #[arg(long, env = "HUDDLE_SEND_RATE", default_value_t = 20.0)]
     pub send_rate: f64,
-    /// Burst of sends allowed per connection.
-    #[arg(long, env = "HUDDLE_SEND_BURST", default_value_t = 50.0)]
-    pub send_burst: f64,
+    /// Burst of sends allowed per account.
+    #[arg(long, env = "HUDDLE_SEND_BURST", default_value_t = 50)]
+    pub send_burst: u32,
+    /// Typing notices and pings per second per account (burst: 4 times as many).
+    #[arg(long, env = "HUDDLE_NOTICE_RATE", default_value_t = 5.0)]
+    pub notice_rate: f64,
+    /// History pages per second per account (burst: 4 times as many).
+    #[arg(long, env = "HUDDLE_HISTORY_RATE", default_value_t = 5.0)]
+    pub history_rate: f64,
+    /// Joins (socket upgrades) per second per account (burst: 4 times as many).
+    #[arg(long, env = "HUDDLE_JOIN_RATE", default_value_t = 5.0)]
+    pub join_rate: f64,
+    /// Open sockets per account on this gateway.
+    #[arg(long, env = "HUDDLE_ACCOUNT_CONNECTIONS", default_value_t = 20)]
+    pub account_connections: usize,
+    /// Open sockets on this gateway (beyond: 503 `overloaded`).
+    #[arg(long, env = "HUDDLE_MAX_CONNECTIONS", default_value_t = 20_000)]
+    pub max_connections: usize,
     /// Serve `/ws/echo`, an unauthenticated echo socket on the rooms' transport, for
     /// WebSocket conformance tests (scripts/autobahn). Never in production.
     #[arg(long, env = "HUDDLE_WS_ECHO", default_value_t = false, hide = true)]
@@ -153,6 +169,8 @@ pub struct AppState {
     pub passwords: auth::PasswordHashing,
     /// Turns true when the gateway shuts down: sockets close with 1012.
     pub shutdown: watch::Receiver<bool>,
+    /// Per-account rates and connection counts.
+    pub limits: Arc<limits::Limits>,
 }
 
 /// Why the gateway could not start.
@@ -206,6 +224,31 @@ impl RunningGateway {
         let _ = self.flush_stop.send(true);
         let _ = self.flush_publisher.await;
     }
+}
+
+/// The limits as configured; idle accounts' buckets are dropped every minute, so their
+/// memory follows the active accounts.
+fn limits(settings: &Settings) -> Arc<limits::Limits> {
+    let burst = |rate: f64| (rate * 4.0).ceil().clamp(1.0, u32::MAX as f64) as u32;
+    let limits = limits::Limits::new(&limits::LimitSettings {
+        send: (settings.send_rate, settings.send_burst),
+        notices: (settings.notice_rate, burst(settings.notice_rate)),
+        history: (settings.history_rate, burst(settings.history_rate)),
+        joins: (settings.join_rate, burst(settings.join_rate)),
+        connections_per_account: settings.account_connections,
+        connections: settings.max_connections,
+    });
+    let weak = Arc::downgrade(&limits);
+    tokio::spawn(async move {
+        let mut every_minute = tokio::time::interval(std::time::Duration::from_secs(60));
+        while let Some(limits) = {
+            every_minute.tick().await;
+            weak.upgrade()
+        } {
+            limits.forget_idle();
+        }
+    });
+    limits
 }
 
 /// The secret that signs sessions: the configured one if it is long enough; the
@@ -266,6 +309,7 @@ pub async fn start(settings: Settings) -> Result<RunningGateway, StartError> {
         ),
         signer: auth::TokenSigner::new(session_secret.expose_secret()),
         passwords: auth::PasswordHashing::new(settings.hash_concurrency, settings.hash_queue)?,
+        limits: limits(&settings),
         settings: settings.clone(),
         log: log.clone(),
         archive: archive.clone(),

@@ -55,11 +55,19 @@ pub async fn upgrade(
 ) -> Result<HttpResponse, ApiError> {
     let room = RoomName::parse(&room)?;
     check_origin(&req, &state.settings.allowed_origins)?;
+    let ticket = state.limits.admit(user.0.uid)?;
     state.rooms.ensure_ready(&room).await?;
     let (response, writer, stream) = crate::socket::open(&req, body, state.settings.write_timeout())?;
     let span = tracing::info_span!("socket", %room, user_id = user.0.uid);
     let view = query.since.map(|since| ClientView { since, epoch: query.epoch });
-    actix_web::rt::spawn(run(state.into_inner(), user.0, room, view, writer, stream).instrument(span));
+    let session = run(state.into_inner(), user.0, room, view, writer, stream);
+    actix_web::rt::spawn(
+        async move {
+            session.await;
+            drop(ticket);
+        }
+        .instrument(span),
+    );
     Ok(response)
 }
 
@@ -84,32 +92,6 @@ struct ClientView {
     epoch: Option<i64>,
 }
 
-/// Per-connection send rate limit (token bucket).
-struct RateLimit {
-    tokens: f64,
-    last: Instant,
-    per_sec: f64,
-    burst: f64,
-}
-
-impl RateLimit {
-    fn new(per_sec: f64, burst: f64) -> Self {
-        Self { tokens: burst, last: Instant::now(), per_sec, burst }
-    }
-
-    fn allow(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.per_sec).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 struct Connection {
     state: Arc<AppState>,
     user: Claims,
@@ -120,7 +102,6 @@ struct Connection {
     /// The room's Redis epoch when this client's view was built: a different one means
     /// Redis lost the room meanwhile and seqs may have been reused.
     epoch: i64,
-    rate: RateLimit,
 }
 
 async fn run(
@@ -144,9 +125,7 @@ async fn run(
     let me =
         Presence { socket: uuid::Uuid::new_v4().simple().to_string(), user_id: user.uid, user_name: user.name.clone() };
     let online = state.rooms.presence(&room, PresenceChange::Join, &me).await.map(|p| p.online);
-    let rate = RateLimit::new(state.settings.send_rate, state.settings.send_burst);
-    let mut conn =
-        Connection { state: Arc::clone(&state), user, room: room.clone(), socket, last_seq: 0, epoch: 0, rate };
+    let mut conn = Connection { state: Arc::clone(&state), user, room: room.clone(), socket, last_seq: 0, epoch: 0 };
 
     let exit = match conn.send_initial_history(view).await {
         Ok(()) => match conn
@@ -355,6 +334,20 @@ impl Connection {
         };
         match frame {
             ClientFrame::Send { body, client_id } => self.on_send(body, client_id).await,
+            ClientFrame::Typing {} | ClientFrame::Ping {} if !self.state.limits.allow_notice(self.user.uid) => {
+                self.send_error(
+                    protocol::error_frame("rate_limited", "too many typing notices or pings; slow down"),
+                    "rate_limited",
+                )
+                .await
+            }
+            ClientFrame::History { .. } if !self.state.limits.allow_history(self.user.uid) => {
+                self.send_error(
+                    protocol::error_frame("rate_limited", "too many history requests; slow down"),
+                    "rate_limited",
+                )
+                .await
+            }
             ClientFrame::Typing {} => {
                 let frame = protocol::typing_frame(&self.room, self.user.uid, &self.user.name);
                 if let Err(error) = self.state.rooms.typing(&self.room, &frame).await {
@@ -398,7 +391,7 @@ impl Connection {
                     .await;
             }
         };
-        if !self.rate.allow() {
+        if !self.state.limits.allow_send(self.user.uid) {
             let frame = protocol::send_error_frame("rate_limited", "too many messages; slow down", &client_id);
             return self.send_error(frame, "rate_limited").await;
         }

@@ -718,6 +718,7 @@ impl Service {
             .env("HUDDLE_KEY_PREFIX", &env.key_prefix)
             .env("HUDDLE_AMQP_URL", amqp_url())
             .env("HUDDLE_QUEUE_PREFIX", &env.queue_prefix)
+            .env("HUDDLE_SESSION_SECRET", env.session_secret())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         if !otlp.is_empty() {

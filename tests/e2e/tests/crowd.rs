@@ -4,13 +4,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
-use huddle_e2e::{sign_up, Stack, Ws};
+use huddle_e2e::{sign_up, Stack, StackOptions, Ws};
+
+const ONE_ACCOUNT_CROWD: &[&str] = &["--join-rate", "100000", "--account-connections", "100000"];
 
 /// 500 sockets join 50 rooms Redis has never held, 64 upgrades in flight at a time: each
 /// is answered (history frame) quickly, and the gateway still serves cold joins afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_joins_to_cold_rooms_is_answered_without_hanging() -> Result<()> {
-    let stack = Stack::start(1).await?;
+    // One account opens every socket here: its join and socket limits are lifted.
+    let stack =
+        Stack::start_with(StackOptions { gateways: 1, gateway_args: ONE_ACCOUNT_CROWD, ..StackOptions::default() })
+            .await?;
     let base = stack.url(0);
     let ada = sign_up(&base, "ada").await?;
     let join = |room: String| {
@@ -56,7 +61,10 @@ async fn a_burst_of_joins_to_cold_rooms_is_answered_without_hanging() -> Result<
 /// answers) is refused with 503, a JSON error and Retry-After, at the deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_the_hydrator_cannot_serve_is_refused_at_the_deadline() -> Result<()> {
-    let stack = Stack::start(1).await?;
+    // One account opens every socket here: its join and socket limits are lifted.
+    let stack =
+        Stack::start_with(StackOptions { gateways: 1, gateway_args: ONE_ACCOUNT_CROWD, ..StackOptions::default() })
+            .await?;
     let ada = sign_up(&stack.url(0), "ada").await?;
     let black_hole = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let hole_addr = black_hole.local_addr()?;

@@ -89,7 +89,6 @@ impl Cluster {
                 ("HUDDLE_GATEWAY_ADDR", self.gateway_addr.clone()),
                 ("HUDDLE_GATEWAY_WORKERS", "2".into()),
                 ("HUDDLE_HYDRATOR_URL", format!("http://{}", self.hydrator_grpc)),
-                ("HUDDLE_SESSION_SECRET", "failpoint-test-session-secret-0123456789".into()),
                 ("HUDDLE_FLUSH_BACKLOG", "7".into()),
             ],
         };

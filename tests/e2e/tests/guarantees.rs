@@ -136,7 +136,16 @@ async fn reconnecting_with_since_gets_exactly_what_was_missed_from_redis_or_post
 async fn a_client_that_reads_too_slowly_is_closed_with_4008_and_slows_nobody() -> Result<()> {
     let stack = Stack::start_with(StackOptions {
         gateways: 1,
-        gateway_args: &["--socket-queue", "16", "--send-rate", "100000", "--send-burst", "100000"],
+        gateway_args: &[
+            "--socket-queue",
+            "16",
+            "--send-rate",
+            "100000",
+            "--send-burst",
+            "100000",
+            "--notice-rate",
+            "100000",
+        ],
         ..Default::default()
     })
     .await?;

@@ -42,7 +42,6 @@ async fn three_binaries_carry_messages_from_socket_to_postgres_and_stop_on_sigte
             ("HUDDLE_GATEWAY_ADDR", gateway_addr.clone()),
             ("HUDDLE_GATEWAY_WORKERS", "2".into()),
             ("HUDDLE_HYDRATOR_URL", format!("http://{hydrator_grpc}")),
-            ("HUDDLE_SESSION_SECRET", "process-test-session-secret-0123456789".into()),
         ],
     )?;
     let base = format!("http://{gateway_addr}");

@@ -1,0 +1,122 @@
+//! Limits hold per account, however many sockets it opens, and the room keeps working for
+//! everyone else: sends, typing, history pages, joins, sockets per account, and sockets
+//! per gateway, each refused with its documented code.
+
+use anyhow::{Context, Result};
+use huddle_e2e::{http, sign_up, Stack, StackOptions, Ws};
+use serde_json::json;
+
+/// The upgrade's refusal: (status, error code, Retry-After present).
+async fn refused_join(base: &str, room: &str, token: &str) -> Result<(u16, String, bool)> {
+    let key = "dGhlIHNhbXBsZSBub25jZQ==";
+    let response = http()
+        .get(format!("{base}/ws/rooms/{room}"))
+        .bearer_auth(token)
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header("Sec-WebSocket-Key", key)
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    let retry_after = response.headers().contains_key("retry-after");
+    let body: serde_json::Value = response.json().await.context("refusal body is JSON")?;
+    Ok((status, body["error"]["code"].as_str().unwrap_or_default().to_owned(), retry_after))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rates_hold_per_account_across_its_sockets_and_spare_everyone_else() -> Result<()> {
+    let stack = Stack::start_with(StackOptions {
+        gateways: 1,
+        gateway_args: &["--send-rate", "0.5", "--send-burst", "4", "--notice-rate", "1", "--history-rate", "1"],
+        ..StackOptions::default()
+    })
+    .await?;
+    let base = stack.url(0);
+    let (ada, bob) = (sign_up(&base, "ada").await?, sign_up(&base, "bob").await?);
+    let mut ada_one = Ws::join(&base, "lobby", &ada.token, "").await?;
+    ada_one.expect("history").await?;
+    let mut ada_two = Ws::join(&base, "lobby", &ada.token, "").await?;
+    ada_two.expect("history").await?;
+    let mut bob_ws = Ws::join(&base, "lobby", &bob.token, "").await?;
+    bob_ws.expect("history").await?;
+
+    // Four sends in a burst, spread over two sockets; the fifth is refused on either.
+    for i in 0..4 {
+        let ws = if i % 2 == 0 { &mut ada_one } else { &mut ada_two };
+        assert_eq!(ws.send_for_answer("hi", &format!("a{i}")).await?["type"], "ack");
+    }
+    let refused = ada_two.send_for_answer("one too many", "a5").await?;
+    assert_eq!((refused["type"].as_str(), refused["code"].as_str()), (Some("error"), Some("rate_limited")));
+    // Bob is not slowed by Ada.
+    assert_eq!(bob_ws.send_for_answer("hello", "b1").await?["type"], "ack");
+
+    // Typing notices and history pages have their own budgets (burst 4 at 1/s).
+    let mut limited = 0;
+    for _ in 0..8 {
+        ada_one.send_json(&json!({ "type": "typing" })).await?;
+    }
+    for _ in 0..8 {
+        ada_one.send_json(&json!({ "type": "history", "before_seq": 0, "limit": 1 })).await?;
+    }
+    let mut pages = 0;
+    while pages + limited < 12 {
+        let frame = ada_one.next().await?.context("socket closed")?;
+        match (frame["type"].as_str(), frame["code"].as_str()) {
+            (Some("error"), Some("rate_limited")) => limited += 1,
+            (Some("history"), _) if frame["mode"] == "page" => pages += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(pages, 4, "history pages in the burst");
+    assert!(limited >= 8, "typing and history beyond the burst are refused ({limited})");
+    stack.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_are_capped_per_account_and_per_gateway() -> Result<()> {
+    let stack = Stack::start_with(StackOptions {
+        gateways: 1,
+        gateway_args: &["--account-connections", "2", "--max-connections", "3", "--join-rate", "1000"],
+        ..StackOptions::default()
+    })
+    .await?;
+    let base = stack.url(0);
+    let (ada, bob, cy) = (sign_up(&base, "ada").await?, sign_up(&base, "bob").await?, sign_up(&base, "cyd").await?);
+    let mut first = Ws::join(&base, "lobby", &ada.token, "").await?;
+    first.expect("history").await?;
+    let mut second = Ws::join(&base, "lobby", &ada.token, "").await?;
+    second.expect("history").await?;
+    assert_eq!(refused_join(&base, "lobby", &ada.token).await?, (429, "too_many_connections".into(), false));
+
+    let mut bobs = Ws::join(&base, "lobby", &bob.token, "").await?;
+    bobs.expect("history").await?;
+    assert_eq!(refused_join(&base, "lobby", &cy.token).await?, (503, "overloaded".into(), true), "the gateway is full");
+
+    // A closed socket frees its places.
+    first.leave().await?;
+    let mut again = huddle_e2e::eventually(std::time::Duration::from_secs(5), || async {
+        Ok(Ws::join(&base, "lobby", &ada.token, "").await.ok())
+    })
+    .await?;
+    again.expect("history").await?;
+    assert_eq!(again.say("back", "x1").await?, 1);
+    stack.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_too_fast_is_refused_with_retry_after() -> Result<()> {
+    let stack = Stack::start_with(StackOptions {
+        gateways: 1,
+        gateway_args: &["--join-rate", "0.25"],
+        ..StackOptions::default()
+    })
+    .await?;
+    let base = stack.url(0);
+    let ada = sign_up(&base, "ada").await?;
+    // The burst is one join at this rate.
+    let mut ws = Ws::join(&base, "lobby", &ada.token, "").await?;
+    ws.expect("history").await?;
+    assert_eq!(refused_join(&base, "lobby", &ada.token).await?, (429, "rate_limited".into(), true));
+    stack.shutdown().await
+}
