@@ -7,7 +7,7 @@ use huddle_archive::Archive;
 use huddle_config::PostgresSettings;
 use huddle_domain::{Post, RoomName, StoredMessage};
 use huddle_e2e::{sign_up, Stack, TestEnv, Ws};
-use huddle_roomlog::AppendOutcome;
+use huddle_roomlog::{AppendOutcome, FlushClaim};
 
 fn entry(user_id: i64, body: &str, client_id: &str) -> Post {
     Post {
@@ -59,6 +59,49 @@ async fn appends_need_an_initialised_room_and_dedupe_client_ids() -> Result<()> 
     assert_eq!(stored, vec![42, 43, 44]);
     let dirty = log.dirty_rooms(10).await?;
     assert_eq!(dirty.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(), vec!["dedupe"]);
+    env.cleanup().await
+}
+
+/// A flush claims each unpersisted range once; a claim whose watermark does not move for
+/// the claim's lifetime is taken again (flagged), and a room stays in the dirty index,
+/// with the time it became dirty, until everything is persisted.
+#[tokio::test]
+async fn flush_claims_cover_each_range_once_and_are_taken_again_when_stuck() -> Result<()> {
+    let env = TestEnv::new().await?;
+    let log = env.room_log(100)?;
+    let room = RoomName::parse("claims")?;
+    log.hydrate(&room, 0, 0, &[]).await?;
+    assert_eq!(log.claim_flush(&room, 60_000).await?, None, "nothing to claim in an empty room");
+    for i in 1..=3 {
+        log.append(&room, &entry(1, &format!("m{i}"), "")).await?;
+    }
+    assert_eq!(log.claim_flush(&room, 300).await?, Some(FlushClaim { from: 1, to: 3, reclaimed: false }));
+    assert_eq!(log.claim_flush(&room, 300).await?, None, "the range is claimed already");
+    // The room stays busy (each flush renews the claim) but the watermark never moves: the
+    // whole range is claimed again, flagged, once the claim's lifetime has passed.
+    let mut reclaimed = None;
+    for i in 4..=10 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        log.append(&room, &entry(1, &format!("m{i}"), "")).await?;
+        match log.claim_flush(&room, 300).await? {
+            Some(claim) if claim.reclaimed => {
+                reclaimed = Some((claim, i));
+                break;
+            }
+            Some(claim) => assert_eq!((claim.from, claim.to), (i, i), "only the new seq is claimed"),
+            None => panic!("seq {i} was not claimed"),
+        }
+    }
+    let (claim, seq) = reclaimed.expect("a stuck range was never claimed again");
+    assert_eq!((claim.from, claim.to), (1, seq), "everything above the watermark, again");
+
+    let dirty_since = log.state(&room).await?.dirty_since_ms.expect("the room is dirty");
+    log.clear_dirty_if_clean(&room).await?;
+    assert_eq!(log.state(&room).await?.dirty_since_ms, Some(dirty_since), "a dirty room keeps its place");
+    log.mark_persisted(&room, seq).await?;
+    assert_eq!(log.claim_flush(&room, 300).await?, None, "everything is persisted");
+    log.clear_dirty_if_clean(&room).await?;
+    assert_eq!(log.state(&room).await?.dirty_since_ms, None);
     env.cleanup().await
 }
 
