@@ -58,6 +58,10 @@ pub struct Settings {
     /// Address to serve HTTP and WebSocket on.
     #[arg(long, env = "HUDDLE_GATEWAY_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
+    /// Address of the ops endpoints (`/metrics`, `/healthz`, `/readyz`): keep it off
+    /// the public network.
+    #[arg(long, env = "HUDDLE_GATEWAY_OPS_ADDR", default_value = "127.0.0.1:9100")]
+    pub ops_addr: SocketAddr,
     /// Worker threads (0: one per core).
     #[arg(long, env = "HUDDLE_GATEWAY_WORKERS", default_value_t = 0)]
     pub workers: usize,
@@ -199,6 +203,8 @@ pub enum StartError {
 /// A running gateway.
 pub struct RunningGateway {
     addr: SocketAddr,
+    ops_addr: SocketAddr,
+    ops: actix_web::dev::ServerHandle,
     handle: actix_web::dev::ServerHandle,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     shutdown: watch::Sender<bool>,
@@ -212,6 +218,11 @@ impl RunningGateway {
         self.addr
     }
 
+    /// Where the ops endpoints listen.
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.ops_addr
+    }
+
     /// Graceful stop: stop accepting, tell every socket to reconnect elsewhere (1012),
     /// which counts them out of their rooms and queues the emptied rooms' flushes.
     pub async fn stop(self) {
@@ -223,6 +234,7 @@ impl RunningGateway {
         // the rooms they left.
         let _ = self.flush_stop.send(true);
         let _ = self.flush_publisher.await;
+        self.ops.stop(true).await;
     }
 }
 
@@ -326,10 +338,13 @@ pub async fn start(settings: Settings) -> Result<RunningGateway, StartError> {
 
     let listener = TcpListener::bind(settings.addr)?;
     let addr = listener.local_addr()?;
+    let ops_listener = TcpListener::bind(settings.ops_addr)?;
+    let ops_addr = ops_listener.local_addr()?;
     let ws_echo = settings.ws_echo;
     if ws_echo {
         tracing::warn!("serving /ws/echo: a conformance-test route; never enable it in production");
     }
+    let ops_readiness = readiness.clone();
     let mut server = HttpServer::new(move || {
         let readiness = readiness.clone();
         let app = App::new();
@@ -337,7 +352,7 @@ pub async fn start(settings: Settings) -> Result<RunningGateway, StartError> {
         app.app_data(state.clone())
             .app_data(api::json_config())
             .app_data(api::query_config())
-            .configure(|cfg| ops::configure(cfg, readiness))
+            .configure(|cfg| ops::configure_probes(cfg, readiness))
             .configure(api::configure)
             .route("/ws/rooms/{room}", web::get().to(ws::upgrade))
             .route("/", web::get().to(index))
@@ -353,8 +368,18 @@ pub async fn start(settings: Settings) -> Result<RunningGateway, StartError> {
     let server = server.run();
     let handle = server.handle();
     let server = tokio::spawn(server);
-    tracing::info!(%addr, "gateway listening");
-    Ok(RunningGateway { addr, handle, server, shutdown: shutdown_tx, flush_stop, flush_publisher })
+    let ops_server = HttpServer::new(move || {
+        let readiness = ops_readiness.clone();
+        App::new().configure(|cfg| ops::configure(cfg, readiness))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(ops_listener)?
+    .run();
+    let ops = ops_server.handle();
+    tokio::spawn(ops_server);
+    tracing::info!(%addr, %ops_addr, "gateway listening");
+    Ok(RunningGateway { addr, ops_addr, ops, handle, server, shutdown: shutdown_tx, flush_stop, flush_publisher })
 }
 
 async fn index() -> HttpResponse {

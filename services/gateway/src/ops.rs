@@ -1,15 +1,21 @@
-//! `/healthz` (the process is alive), `/readyz` (PostgreSQL and Redis answer) and
-//! `/metrics` (Prometheus text) in the gateway's own app.
+//! The operator's endpoints: `/healthz` (the process is alive), `/readyz` (PostgreSQL and
+//! Redis answer) and `/metrics` (Prometheus text) on the ops port, which is not meant to
+//! be public; the probes only on the public port too, for load balancers.
 
 use actix_web::{web, HttpResponse};
 use huddle_telemetry::{metrics_text, status_body, Readiness};
 
-/// Registers the ops endpoints, with `readiness` behind `/readyz`.
-pub fn configure(cfg: &mut web::ServiceConfig, readiness: Readiness) {
+/// Registers the probes, with `readiness` behind `/readyz` (the public port has these).
+pub fn configure_probes(cfg: &mut web::ServiceConfig, readiness: Readiness) {
     cfg.app_data(web::Data::new(readiness))
         .route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics));
+        .route("/readyz", web::get().to(readyz));
+}
+
+/// Registers the probes and `/metrics` (the ops port).
+pub fn configure(cfg: &mut web::ServiceConfig, readiness: Readiness) {
+    configure_probes(cfg, readiness);
+    cfg.route("/metrics", web::get().to(metrics));
 }
 
 async fn healthz() -> HttpResponse {

@@ -258,6 +258,8 @@ pub async fn start_gateway(
     let mut args = vec![
         "--addr".into(),
         "127.0.0.1:0".into(),
+        "--ops-addr".into(),
+        "127.0.0.1:0".into(),
         "--workers".into(),
         "2".into(),
         "--hydrator-url".into(),
@@ -330,6 +332,11 @@ impl Stack {
     /// Base URL of gateway `i`.
     pub fn url(&self, i: usize) -> String {
         format!("http://{}", self.gateways[i].addr())
+    }
+
+    /// Base URL of gateway `i`'s ops endpoints (`/metrics`).
+    pub fn ops_url(&self, i: usize) -> String {
+        format!("http://{}", self.gateways[i].ops_addr())
     }
 
     /// Stops everything and removes the test's data.

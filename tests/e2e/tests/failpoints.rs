@@ -87,6 +87,7 @@ impl Cluster {
             ],
             Role::Gateway => vec![
                 ("HUDDLE_GATEWAY_ADDR", self.gateway_addr.clone()),
+                ("HUDDLE_GATEWAY_OPS_ADDR", free_addr()?),
                 ("HUDDLE_GATEWAY_WORKERS", "2".into()),
                 ("HUDDLE_HYDRATOR_URL", format!("http://{}", self.hydrator_grpc)),
                 ("HUDDLE_FLUSH_BACKLOG", "7".into()),

@@ -177,7 +177,7 @@ async fn a_client_that_reads_too_slowly_is_closed_with_4008_and_slows_nobody() -
     assert!(matches!(code, Some(4008) | None), "closed with {code:?} after {frames} frames");
     assert!(frames < 1500, "the slow client was cut off before the room's backlog reached it ({frames} frames)");
     assert!(elapsed < std::time::Duration::from_secs(60), "sending took {elapsed:?}");
-    let metrics = huddle_e2e::http().get(format!("{base}/metrics")).send().await?.text().await?;
+    let metrics = huddle_e2e::http().get(format!("{}/metrics", stack.ops_url(0))).send().await?.text().await?;
     assert!(metrics.contains("huddle_gateway_slow_consumer_closes_total 1"), "{metrics}");
     sender.leave().await?;
     reader.leave().await?;

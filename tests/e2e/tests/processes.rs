@@ -13,7 +13,7 @@ async fn three_binaries_carry_messages_from_socket_to_postgres_and_stop_on_sigte
     let otlp = format!("http://{collector_addr}");
     let (hydrator_grpc, hydrator_ops) = (free_addr()?, free_addr()?);
     let (persister_grpc, persister_ops) = (free_addr()?, free_addr()?);
-    let gateway_addr = free_addr()?;
+    let (gateway_addr, gateway_ops) = (free_addr()?, free_addr()?);
 
     let hydrator = Service::spawn(
         "huddle-hydrator",
@@ -40,6 +40,7 @@ async fn three_binaries_carry_messages_from_socket_to_postgres_and_stop_on_sigte
         &otlp,
         &[
             ("HUDDLE_GATEWAY_ADDR", gateway_addr.clone()),
+            ("HUDDLE_GATEWAY_OPS_ADDR", gateway_ops.clone()),
             ("HUDDLE_GATEWAY_WORKERS", "2".into()),
             ("HUDDLE_HYDRATOR_URL", format!("http://{hydrator_grpc}")),
         ],
@@ -74,7 +75,9 @@ async fn three_binaries_carry_messages_from_socket_to_postgres_and_stop_on_sigte
         .into_inner();
     assert_eq!((status.last_seq, status.persisted_seq, status.archived_seq), (10, 10, 10));
 
-    let metrics = http().get(format!("{base}/metrics")).send().await?.text().await?;
+    // Metrics are on the ops port only, not on the public one.
+    assert_eq!(http().get(format!("{base}/metrics")).send().await?.status(), 404);
+    let metrics = http().get(format!("http://{gateway_ops}/metrics")).send().await?.text().await?;
     assert!(metrics.contains("huddle_gateway_messages_accepted_total 10"), "{metrics}");
     for (grpc, service) in [(&hydrator_grpc, "huddle.v1.Hydrator"), (&persister_grpc, "huddle.v1.Persister")] {
         let services = reflected_services(grpc).await?;

@@ -24,7 +24,12 @@ fn memory_mib(pid: u32, field: &str) -> Result<u64> {
 async fn six_hundred_simultaneous_sign_ups_keep_memory_bounded_and_all_get_through() -> Result<()> {
     let env = TestEnv::new().await?;
     let addr = free_addr()?;
-    let gateway = Service::spawn("huddle-gateway", &env, "", &[("HUDDLE_GATEWAY_ADDR", addr.clone())])?;
+    let gateway = Service::spawn(
+        "huddle-gateway",
+        &env,
+        "",
+        &[("HUDDLE_GATEWAY_ADDR", addr.clone()), ("HUDDLE_GATEWAY_OPS_ADDR", free_addr()?)],
+    )?;
     let base = format!("http://{addr}");
     wait_ready("gateway", &format!("{base}/readyz")).await?;
     let before = memory_mib(gateway.pid(), "VmRSS")?;

@@ -56,7 +56,7 @@ async fn a_socket_that_never_reads_is_released_within_seconds_at_a_steady_pace()
     let mut silent = silent_socket(stack.gateways[0].addr(), "flooded", &bob.token).await?;
     let mut sender = Ws::join(&base, "flooded", &ada.token, "").await?;
     sender.expect("history").await?;
-    assert_eq!(open_connections(&base).await?, 2);
+    assert_eq!(open_connections(&stack.ops_url(0)).await?, 2);
 
     // ~5.9 MB: more than the kernel buffers take, less than the 1,024-frame queue would
     // need to overflow, so only a write deadline can notice that the socket is stuck.
@@ -66,9 +66,11 @@ async fn a_socket_that_never_reads_is_released_within_seconds_at_a_steady_pace()
         assert_eq!(sender.expect("message").await?["seq"], i);
     }
     let flooded = Instant::now();
-    eventually(Duration::from_secs(15), || async { Ok((open_connections(&base).await? == 1).then_some(())) })
-        .await
-        .context("the gateway still holds the silent connection")?;
+    eventually(Duration::from_secs(15), || async {
+        Ok((open_connections(&stack.ops_url(0)).await? == 1).then_some(()))
+    })
+    .await
+    .context("the gateway still holds the silent connection")?;
     eprintln!("silent socket released {:?} after the flood", flooded.elapsed());
 
     // Its TCP connection is gone too: reading now reaches the end (or a reset) at once,
