@@ -7,6 +7,7 @@
 //! It holds settings only: it connects to nothing and knows no service's behaviour.
 
 use clap::Args;
+use secrecy::{ExposeSecret, SecretString};
 
 /// Where the PostgreSQL archive lives.
 #[derive(Debug, Clone, Args)]
@@ -56,4 +57,35 @@ pub struct BrokerSettings {
     /// Deliveries of one task before it is dead-lettered as poison.
     #[arg(long, env = "HUDDLE_TASK_DELIVERY_LIMIT", default_value_t = 5)]
     pub delivery_limit: u32,
+}
+
+/// How the services trust each other (every service reads it).
+#[derive(Debug, Clone, Args)]
+pub struct TrustSettings {
+    /// Shared secret every internal gRPC call carries (`authorization: Bearer …`), at
+    /// least 32 bytes, the same on every service; required unless `--dev`.
+    #[arg(long, env = "HUDDLE_GRPC_TOKEN", hide_env_values = true)]
+    pub grpc_token: Option<SecretString>,
+    /// Development mode: secrets may be missing or short (the gateway then signs
+    /// sessions with a public secret, and gRPC calls go unauthenticated). Never in
+    /// production.
+    #[arg(long, env = "HUDDLE_DEV", default_value_t = false)]
+    pub dev: bool,
+}
+
+/// The shortest secret accepted outside dev mode, in bytes.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+impl TrustSettings {
+    /// The gRPC token to send and require: `None` only in dev mode without one.
+    pub fn grpc_token(&self) -> Result<Option<SecretString>, String> {
+        match (&self.grpc_token, self.dev) {
+            (Some(token), _) if token.expose_secret().len() >= MIN_SECRET_BYTES => Ok(Some(token.clone())),
+            (token, true) => Ok(token.clone()),
+            (Some(_), false) => Err(format!("HUDDLE_GRPC_TOKEN must be at least {MIN_SECRET_BYTES} bytes")),
+            (None, false) => Err("HUDDLE_GRPC_TOKEN is not set: set it (at least 32 random bytes, the same on every \
+                 service), or pass --dev (HUDDLE_DEV=1) on a development machine"
+                .into()),
+        }
+    }
 }

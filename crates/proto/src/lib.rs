@@ -7,9 +7,13 @@
 //! * Conversions between the wire's [`v1::ChatMessage`] and the domain's
 //!   [`StoredMessage`](huddle_domain::StoredMessage).
 //!
+//! * Service-to-service trust: a shared token on every internal call ([`auth`]).
+//!
 //! It knows the wire formats only: no store, no service.
 
 use huddle_domain::{Post, StoredMessage};
+
+pub mod auth;
 
 /// Package `huddle.v1`.
 #[allow(missing_docs, clippy::all)]

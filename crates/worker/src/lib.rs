@@ -17,7 +17,9 @@ use std::pin::Pin;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use huddle_proto::auth::RequireToken;
 use huddle_telemetry::Readiness;
+use secrecy::SecretString;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -104,19 +106,24 @@ impl Worker {
     }
 
     /// Serves `routes` (the service's own gRPC service, named `service_name` in the
-    /// health protocol) with the gRPC health and reflection services beside them.
+    /// health protocol) with the gRPC health and reflection services beside them. Every
+    /// call must carry `token` (none: dev mode, calls go unchecked). A second call
+    /// serves nothing more.
     pub async fn serve(
         &mut self,
         service_name: &'static str,
         routes: tonic::service::Routes,
+        token: Option<&SecretString>,
     ) -> Result<(), WorkerError> {
         let Some(listener) = self.grpc_listener.take() else {
-            panic!("Worker::serve called twice");
+            tracing::error!(service_name, "Worker::serve called twice; the port serves the first routes only");
+            return Ok(());
         };
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter.set_service_status(service_name, tonic_health::ServingStatus::Serving).await;
         let mut stopping = self.stopping();
         let server = tonic::transport::Server::builder()
+            .layer(tonic::service::InterceptorLayer::new(RequireToken::new(token)))
             .add_routes(routes)
             .add_service(health_service)
             .add_service(huddle_proto::reflection_service()?)

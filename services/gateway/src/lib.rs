@@ -32,7 +32,8 @@ use std::sync::Arc;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use huddle_archive::Archive;
 use huddle_broker::Broker;
-use huddle_config::{BrokerSettings, PostgresSettings, RedisSettings};
+use huddle_config::{BrokerSettings, PostgresSettings, RedisSettings, TrustSettings, MIN_SECRET_BYTES};
+use huddle_proto::auth::BearerToken;
 use huddle_proto::v1::hydrator_client::HydratorClient;
 use huddle_roomlog::RoomLog;
 use huddle_telemetry::Readiness;
@@ -42,9 +43,6 @@ use tokio::sync::watch;
 /// The secret used in dev mode when none is configured: anyone can forge sessions signed
 /// with it, so only `--dev` allows it.
 const DEV_SECRET: &str = "huddle-dev-secret-change-me";
-
-/// The shortest session secret accepted outside dev mode, in bytes.
-pub const MIN_SECRET_BYTES: usize = 32;
 
 /// Gateway settings (flags or `HUDDLE_*` environment variables).
 #[derive(Debug, Clone, clap::Parser)]
@@ -72,10 +70,9 @@ pub struct Settings {
     /// At least 32 bytes, e.g. `openssl rand -base64 48`; required unless `--dev`.
     #[arg(long, env = "HUDDLE_SESSION_SECRET", hide_env_values = true)]
     pub session_secret: Option<SecretString>,
-    /// Development mode: without a session secret, a built-in one (anyone can forge its
-    /// sessions) is used, and short secrets are accepted. Never in production.
-    #[arg(long, env = "HUDDLE_DEV", default_value_t = false)]
-    pub dev: bool,
+    /// Service-to-service trust (the gRPC token, dev mode).
+    #[command(flatten)]
+    pub trust: TrustSettings,
     /// Session lifetime in seconds.
     #[arg(long, env = "HUDDLE_SESSION_TTL_SECS", default_value_t = 7 * 24 * 3600)]
     pub session_ttl_secs: u64,
@@ -195,7 +192,7 @@ pub enum StartError {
     /// The configured hydrator URL is not a valid URI.
     #[error("hydrator url: {0}")]
     HydratorUrl(String),
-    /// No usable session secret (missing or too short outside dev mode).
+    /// No usable session secret or gRPC token (missing or too short outside dev mode).
     #[error("session secret: {0}")]
     Secret(String),
 }
@@ -266,7 +263,7 @@ fn limits(settings: &Settings) -> Arc<limits::Limits> {
 /// The secret that signs sessions: the configured one if it is long enough; the
 /// development one only in dev mode.
 fn session_secret(settings: &Settings) -> Result<SecretString, StartError> {
-    match (&settings.session_secret, settings.dev) {
+    match (&settings.session_secret, settings.trust.dev) {
         (Some(secret), _) if secret.expose_secret().len() >= MIN_SECRET_BYTES => Ok(secret.clone()),
         (Some(secret), true) => {
             tracing::warn!("HUDDLE_SESSION_SECRET is shorter than {MIN_SECRET_BYTES} bytes; accepted in dev mode only");
@@ -290,6 +287,7 @@ fn session_secret(settings: &Settings) -> Result<SecretString, StartError> {
 /// Migrates the archive, connects to Redis, binds and starts the HTTP server.
 pub async fn start(settings: Settings) -> Result<RunningGateway, StartError> {
     let session_secret = session_secret(&settings)?;
+    let grpc_token = settings.trust.grpc_token().map_err(StartError::Secret)?;
     let archive = Archive::connect(&settings.postgres)?;
     archive.migrate().await?;
     let log = RoomLog::connect(&settings.redis)?;
@@ -314,7 +312,7 @@ pub async fn start(settings: Settings) -> Result<RunningGateway, StartError> {
     let state = web::Data::new(AppState {
         rooms: rooms::RoomService::new(
             log.clone(),
-            HydratorClient::new(hydrator_channel),
+            HydratorClient::with_interceptor(hydrator_channel, BearerToken::new(grpc_token.as_ref())),
             flushes,
             settings.flush_backlog,
             std::time::Duration::from_millis(settings.join_timeout_ms.max(1)),

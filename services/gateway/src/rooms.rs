@@ -2,6 +2,7 @@
 //! gRPC if not), append messages, read history, count members and trigger flushes.
 
 use huddle_domain::{Post, RoomName, StoredMessage};
+use huddle_proto::auth::BearerToken;
 use huddle_proto::v1::hydrator_client::HydratorClient;
 use huddle_proto::v1::{GetHistoryRequest, HydrateRoomRequest};
 use huddle_roomlog::{AppendOutcome, Presence, PresenceChange, Readiness, RoomLog, RoomPresence};
@@ -19,6 +20,9 @@ use crate::protocol::{self, PresenceEvent};
 /// heartbeat, so a crashed gateway's sockets drop out within this).
 pub const PRESENCE_TTL_MS: u64 = 60_000;
 
+/// The hydrator's gRPC client; every call carries the service token.
+pub type Hydrator = HydratorClient<tonic::service::interceptor::InterceptedService<Channel, BearerToken>>;
+
 /// A message the room took (or had already taken, for a repeated client_id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Accepted {
@@ -32,7 +36,7 @@ pub struct Accepted {
 #[derive(Clone)]
 pub struct RoomService {
     log: RoomLog,
-    hydrator: HydratorClient<Channel>,
+    hydrator: Hydrator,
     flushes: FlushRequester,
     flush_backlog: u64,
     deadline: Duration,
@@ -43,7 +47,7 @@ impl RoomService {
     /// multiple of this. `deadline`: the longest a room may take to become ready.
     pub fn new(
         log: RoomLog,
-        hydrator: HydratorClient<Channel>,
+        hydrator: Hydrator,
         flushes: FlushRequester,
         flush_backlog: u64,
         deadline: Duration,

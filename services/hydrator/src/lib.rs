@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use huddle_archive::Archive;
 use huddle_broker::{Broker, TaskQueue};
-use huddle_config::{BrokerSettings, PostgresSettings, RedisSettings};
+use huddle_config::{BrokerSettings, PostgresSettings, RedisSettings, TrustSettings};
 use huddle_proto::v1::hydrator_server::HydratorServer;
 use huddle_roomlog::RoomLog;
 use huddle_telemetry::Readiness;
@@ -64,6 +64,9 @@ pub struct Settings {
     /// RabbitMQ, which carries the HydrateRoom re-warm tasks.
     #[command(flatten)]
     pub broker: BrokerSettings,
+    /// Service-to-service trust: the gRPC token every call must carry.
+    #[command(flatten)]
+    pub trust: TrustSettings,
     /// Run an operator command instead of the service.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -93,6 +96,9 @@ pub enum StartError {
     /// The gRPC or ops port could not be bound, or the gRPC server not set up.
     #[error(transparent)]
     Worker(#[from] huddle_worker::WorkerError),
+    /// No usable gRPC token (missing or too short outside dev mode).
+    #[error("grpc token: {0}")]
+    Trust(String),
 }
 
 /// A running hydrator: [`Worker::stop`] stops it gracefully (consumers take no new tasks,
@@ -101,6 +107,7 @@ pub type RunningHydrator = Worker;
 
 /// Migrates the archive, binds the listeners and starts serving.
 pub async fn start(settings: Settings) -> Result<RunningHydrator, StartError> {
+    let grpc_token = settings.trust.grpc_token().map_err(StartError::Trust)?;
     let archive = Archive::connect(&settings.postgres)?;
     archive.migrate().await?;
     let log = RoomLog::connect(&settings.redis)?;
@@ -129,7 +136,9 @@ pub async fn start(settings: Settings) -> Result<RunningHydrator, StartError> {
         worker.stopping(),
     );
     worker.spawn(rewarm);
-    worker.serve(HydratorServer::<HydrateService>::NAME, Routes::new(HydratorServer::new(service))).await?;
+    worker
+        .serve(HydratorServer::<HydrateService>::NAME, Routes::new(HydratorServer::new(service)), grpc_token.as_ref())
+        .await?;
     tracing::info!(grpc_addr = %worker.grpc_addr(), ops_addr = %worker.ops_addr(), "hydrator listening");
     worker.finally(async move { broker.close().await });
     Ok(worker)

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use huddle_archive::Archive;
 use huddle_broker::{Broker, TaskQueue};
-use huddle_config::{BrokerSettings, PostgresSettings, RedisSettings};
+use huddle_config::{BrokerSettings, PostgresSettings, RedisSettings, TrustSettings};
 use huddle_proto::v1::persister_server::PersisterServer;
 use huddle_roomlog::RoomLog;
 use huddle_telemetry::Readiness;
@@ -68,6 +68,9 @@ pub struct Settings {
     /// RabbitMQ, which carries the FlushRoom and PersistChunk tasks.
     #[command(flatten)]
     pub broker: BrokerSettings,
+    /// Service-to-service trust: the gRPC token every call must carry.
+    #[command(flatten)]
+    pub trust: TrustSettings,
     /// Run an operator command instead of the service.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -116,6 +119,9 @@ pub enum StartError {
     /// The gRPC or ops port could not be bound, or the gRPC server not set up.
     #[error(transparent)]
     Worker(#[from] huddle_worker::WorkerError),
+    /// No usable gRPC token (missing or too short outside dev mode).
+    #[error("grpc token: {0}")]
+    Trust(String),
 }
 
 /// A running persister: [`Worker::stop`] stops it gracefully (consumers take no new tasks,
@@ -125,6 +131,7 @@ pub type RunningPersister = Worker;
 /// Migrates the archive, connects to Redis and RabbitMQ, and starts the consumers, the
 /// sweep and the gRPC server.
 pub async fn start(settings: Settings) -> Result<RunningPersister, StartError> {
+    let grpc_token = settings.trust.grpc_token().map_err(StartError::Trust)?;
     let archive = Archive::connect(&settings.postgres)?;
     archive.migrate().await?;
     let log = RoomLog::connect(&settings.redis)?;
@@ -154,7 +161,7 @@ pub async fn start(settings: Settings) -> Result<RunningPersister, StartError> {
     let sweep_every = Duration::from_millis(settings.sweep_interval_ms);
     worker.spawn(sweep::run(log.clone(), broker.clone(), sweep_every, worker.stopping()));
     let service = PersisterServer::new(grpc::PersisterService { log, archive, broker: broker.clone() });
-    worker.serve(PersisterServer::<grpc::PersisterService>::NAME, Routes::new(service)).await?;
+    worker.serve(PersisterServer::<grpc::PersisterService>::NAME, Routes::new(service), grpc_token.as_ref()).await?;
     tracing::info!(grpc_addr = %worker.grpc_addr(), ops_addr = %worker.ops_addr(), "persister running");
     worker.finally(async move { broker.close().await });
     Ok(worker)

@@ -11,12 +11,18 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use futures_util::{SinkExt, StreamExt};
+use huddle_proto::v1::hydrator_client::HydratorClient;
+use huddle_proto::v1::persister_client::PersisterClient;
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// Where the shared servers are (override with the same variables the services read).
+/// A gRPC channel whose calls carry the service token.
+pub type Authenticated =
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, huddle_proto::auth::BearerToken>;
+
 fn server_url(var: &str, default: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| default.to_owned())
 }
@@ -88,6 +94,36 @@ impl TestEnv {
             redis_url,
             id,
         })
+    }
+
+    /// The token the test's services require on every internal gRPC call.
+    pub fn grpc_token(&self) -> String {
+        format!("test-grpc-token-of-{}-0123456789", self.id)
+    }
+
+    /// Flags every service takes to trust the others: the gRPC token.
+    pub fn trust_args(&self) -> Vec<String> {
+        vec!["--grpc-token".into(), self.grpc_token()]
+    }
+
+    /// A client of the persister at `addr`, sending the test's gRPC token.
+    pub async fn persister_client(&self, addr: SocketAddr) -> Result<PersisterClient<Authenticated>> {
+        Ok(PersisterClient::with_interceptor(self.grpc_channel(addr).await?, self.bearer()))
+    }
+
+    /// A client of the hydrator at `addr`, sending the test's gRPC token.
+    pub async fn hydrator_client(&self, addr: SocketAddr) -> Result<HydratorClient<Authenticated>> {
+        Ok(HydratorClient::with_interceptor(self.grpc_channel(addr).await?, self.bearer()))
+    }
+
+    /// The interceptor that adds the test's gRPC token to a call.
+    pub fn bearer(&self) -> huddle_proto::auth::BearerToken {
+        huddle_proto::auth::BearerToken::new(Some(&secrecy::SecretString::from(self.grpc_token())))
+    }
+
+    /// A gRPC channel to `addr`.
+    pub async fn grpc_channel(&self, addr: SocketAddr) -> Result<tonic::transport::Channel> {
+        Ok(tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect().await?)
     }
 
     /// The secret the test's gateways sign sessions with.
@@ -226,6 +262,7 @@ pub async fn start_hydrator(env: &TestEnv, extra: &[&str]) -> Result<huddle_hydr
     args.extend(extra.iter().map(|s| s.to_string()));
     args.extend(env.store_args());
     args.extend(env.broker_args());
+    args.extend(env.trust_args());
     Ok(huddle_hydrator::start(parse("huddle-hydrator", args)).await?)
 }
 
@@ -246,6 +283,7 @@ pub async fn start_persister(env: &TestEnv, extra: &[&str]) -> Result<huddle_per
     args.extend(extra.iter().map(|s| s.to_string()));
     args.extend(env.store_args());
     args.extend(env.broker_args());
+    args.extend(env.trust_args());
     Ok(huddle_persister::start(parse("huddle-persister", args)).await?)
 }
 
@@ -269,6 +307,7 @@ pub async fn start_gateway(
     ];
     args.extend(env.store_args());
     args.extend(env.broker_args());
+    args.extend(env.trust_args());
     // Last, so a test can override the stores too (later flags win).
     args.extend(extra.iter().map(|s| s.to_string()));
     Ok(huddle_gateway::start(parse("huddle-gateway", args)).await?)
@@ -323,8 +362,7 @@ impl Stack {
 
     /// Asks the persister to flush `room` now (Persister.FlushRoom over gRPC).
     pub async fn flush_room(&self, room: &str) -> Result<()> {
-        let url = format!("http://{}", self.persister.grpc_addr());
-        let mut persister = huddle_proto::v1::persister_client::PersisterClient::connect(url).await?;
+        let mut persister = self.env.persister_client(self.persister.grpc_addr()).await?;
         persister.flush_room(huddle_proto::v1::FlushRoomRequest { room: room.into() }).await?;
         Ok(())
     }
@@ -726,6 +764,7 @@ impl Service {
             .env("HUDDLE_AMQP_URL", amqp_url())
             .env("HUDDLE_QUEUE_PREFIX", &env.queue_prefix)
             .env("HUDDLE_SESSION_SECRET", env.session_secret())
+            .env("HUDDLE_GRPC_TOKEN", env.grpc_token())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         if !otlp.is_empty() {

@@ -147,9 +147,7 @@ async fn when_everyone_leaves_the_messages_land_in_postgres_exactly_once() -> Re
     assert_eq!(body, "message 56");
 
     // A flush requested again (redelivered master task) writes nothing twice.
-    let mut persister =
-        huddle_proto::v1::persister_client::PersisterClient::connect(format!("http://{}", stack.persister.grpc_addr()))
-            .await?;
+    let mut persister = stack.env.persister_client(stack.persister.grpc_addr()).await?;
     persister.flush_room(huddle_proto::v1::FlushRoomRequest { room: "persist-me".into() }).await?;
     let status =
         persister.room_status(huddle_proto::v1::RoomStatusRequest { room: "persist-me".into() }).await?.into_inner();

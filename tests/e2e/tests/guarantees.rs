@@ -301,9 +301,7 @@ async fn a_growing_backlog_is_flushed_while_the_room_stays_busy() -> Result<()> 
     }
     // Each time the backlog reaches 10 a flush is queued, so once they complete fewer
     // than 10 messages are unpersisted although the room never emptied.
-    let mut persister =
-        huddle_proto::v1::persister_client::PersisterClient::connect(format!("http://{}", stack.persister.grpc_addr()))
-            .await?;
+    let mut persister = stack.env.persister_client(stack.persister.grpc_addr()).await?;
     let status = huddle_e2e::eventually(std::time::Duration::from_secs(15), || {
         let mut persister = persister.clone();
         async move {
@@ -346,9 +344,7 @@ async fn a_task_that_keeps_failing_is_retried_then_dead_lettered() -> Result<()>
         client_id: String::new(),
     };
     log.append(&room, &entry).await?;
-    let mut persister =
-        huddle_proto::v1::persister_client::PersisterClient::connect(format!("http://{}", stack.persister.grpc_addr()))
-            .await?;
+    let mut persister = stack.env.persister_client(stack.persister.grpc_addr()).await?;
     persister.flush_room(huddle_proto::v1::FlushRoomRequest { room: "doomed".into() }).await?;
 
     let broker = stack.env.broker().await?;

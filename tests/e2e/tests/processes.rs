@@ -67,8 +67,12 @@ async fn three_binaries_carry_messages_from_socket_to_postgres_and_stop_on_sigte
         Ok((row.get::<_, i64>(0) == 10 && row.get::<_, i64>(1) == 10).then_some(()))
     })
     .await?;
-    let mut persister_client =
+    let mut persister_client = env.persister_client(persister_grpc.parse()?).await?;
+    // Without the service token, the internal port answers nothing.
+    let mut stranger =
         huddle_proto::v1::persister_client::PersisterClient::connect(format!("http://{persister_grpc}")).await?;
+    let refused = stranger.room_status(huddle_proto::v1::RoomStatusRequest { room: "processes".into() }).await;
+    assert_eq!(refused.map(|_| ()).unwrap_err().code(), tonic::Code::Unauthenticated);
     let status = persister_client
         .room_status(huddle_proto::v1::RoomStatusRequest { room: "processes".into() })
         .await?
@@ -80,13 +84,13 @@ async fn three_binaries_carry_messages_from_socket_to_postgres_and_stop_on_sigte
     let metrics = http().get(format!("http://{gateway_ops}/metrics")).send().await?.text().await?;
     assert!(metrics.contains("huddle_gateway_messages_accepted_total 10"), "{metrics}");
     for (grpc, service) in [(&hydrator_grpc, "huddle.v1.Hydrator"), (&persister_grpc, "huddle.v1.Persister")] {
-        let services = reflected_services(grpc).await?;
+        let services = reflected_services(&env, grpc).await?;
         assert!(services.iter().any(|s| s == service), "{services:?}");
         assert!(services.iter().any(|s| s == "grpc.health.v1.Health"), "{services:?}");
     }
     for (grpc, service) in [(&hydrator_grpc, "huddle.v1.Hydrator"), (&persister_grpc, "huddle.v1.Persister")] {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))?.connect().await?;
-        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+        let channel = env.grpc_channel(grpc.parse()?).await?;
+        let mut health = tonic_health::pb::health_client::HealthClient::with_interceptor(channel, env.bearer());
         for name in ["", service] {
             let reply = health.check(tonic_health::pb::HealthCheckRequest { service: name.into() }).await?.into_inner();
             assert_eq!(
@@ -134,18 +138,18 @@ async fn three_binaries_carry_messages_from_socket_to_postgres_and_stop_on_sigte
 }
 
 /// The services a gRPC server lists through server reflection (what `grpcurl list` shows).
-async fn reflected_services(addr: &str) -> Result<Vec<String>> {
+async fn reflected_services(env: &TestEnv, addr: &str) -> Result<Vec<String>> {
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
     use tonic_reflection::pb::v1::ServerReflectionRequest;
 
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect().await?;
+    let channel = env.grpc_channel(addr.parse()?).await?;
     let request = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut replies = ServerReflectionClient::new(channel)
+    let mut replies = ServerReflectionClient::with_interceptor(channel, env.bearer())
         .server_reflection_info(futures_util::stream::iter([request]))
         .await?
         .into_inner();

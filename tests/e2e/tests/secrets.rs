@@ -1,5 +1,5 @@
-//! The gateway never signs sessions with a secret anyone knows, unless asked to in dev
-//! mode, and never prints its secret.
+//! No service runs with a secret anyone knows unless asked to in dev mode: the gateway's
+//! session secret, the gRPC token between the services. Secrets are never printed.
 
 use anyhow::Result;
 use clap::Parser;
@@ -34,8 +34,36 @@ async fn the_gateway_refuses_a_missing_or_short_secret_outside_dev_mode() -> Res
     // Dev mode starts without one; a long secret starts anywhere.
     huddle_gateway::start(settings(&env, &["--dev"])).await?.stop().await;
     let secret = "a-long-enough-secret-0123456789abcdef";
-    let configured = settings(&env, &["--session-secret", secret]);
+    let token = env.grpc_token();
+    let configured = settings(&env, &["--session-secret", secret, "--grpc-token", &token]);
     assert!(!format!("{configured:?}").contains(secret), "Settings' Debug shows the secret");
+    assert!(!format!("{configured:?}").contains(&token), "Settings' Debug shows the gRPC token");
     huddle_gateway::start(configured).await?.stop().await;
+    env.cleanup().await
+}
+
+#[tokio::test]
+async fn workers_refuse_to_serve_grpc_without_a_token_outside_dev_mode() -> Result<()> {
+    let env = TestEnv::new().await?;
+    let mut args: Vec<String> = ["huddle-persister", "--grpc-addr", "127.0.0.1:0", "--ops-addr", "127.0.0.1:0"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(env.store_args());
+    args.extend(env.broker_args());
+    for (extra, expected) in
+        [(&[][..], "HUDDLE_GRPC_TOKEN is not set"), (&["--grpc-token", "short"][..], "at least 32")]
+    {
+        let mut with = args.clone();
+        with.extend(extra.iter().map(|s| s.to_string()));
+        match huddle_persister::start(huddle_persister::Settings::parse_from(with)).await {
+            Err(huddle_persister::StartError::Trust(reason)) => assert!(reason.contains(expected), "{reason}"),
+            Err(other) => panic!("refused for another reason: {other}"),
+            Ok(persister) => {
+                persister.stop().await;
+                panic!("served gRPC with {extra:?}");
+            }
+        }
+    }
     env.cleanup().await
 }

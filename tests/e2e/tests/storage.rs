@@ -200,10 +200,9 @@ async fn a_crowd_joining_a_cold_room_hydrates_it_once() -> Result<()> {
     stack.wait_persisted(3).await?;
     stack.env.wipe_redis().await?;
 
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", stack.hydrator.grpc_addr()))?.connect().await?;
+    let hydrator = stack.env.hydrator_client(stack.hydrator.grpc_addr()).await?;
     let calls = (0..30).map(|_| {
-        let mut client = huddle_proto::v1::hydrator_client::HydratorClient::new(channel.clone());
+        let mut client = hydrator.clone();
         tokio::spawn(async move {
             client
                 .hydrate_room(huddle_proto::v1::HydrateRoomRequest { room: "crowd".into() })
