@@ -7,10 +7,10 @@ use std::sync::LazyLock;
 use huddle_domain::RoomName;
 use redis::{AsyncCommands, Script};
 
-use crate::connection::Conn;
 use crate::{Result, RoomLog};
 
 static MARK_PERSISTED: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/mark_persisted.lua")));
+static CLEAR_DIRTY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/clear_dirty.lua")));
 static CLAIM_FLUSH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/claim_flush.lua")));
 
 /// A range a flush claimed for chunking.
@@ -69,29 +69,15 @@ impl RoomLog {
         Ok((from > 0).then_some(FlushClaim { from: from as u64, to: to as u64, reclaimed: reclaimed == 1 }))
     }
 
-    /// Drops a room from the dirty index if everything is persisted. Race-free against a
-    /// concurrent append: remove first, then re-add if the room turned out to be dirty.
+    /// Drops a room from the dirty index if everything Redis holds of it is persisted
+    /// (one atomic script: no append can slip between the check and the removal).
     pub async fn clear_dirty_if_clean(&self, room: &RoomName) -> Result<()> {
-        let state = self.state(room).await?;
-        if !state.in_redis || state.last_seq > state.persisted_seq {
-            return Ok(());
-        }
-        let mut conn = self.conn().await?;
-        let _: i64 = conn.zrem(self.keys.dirty(), room.as_str()).await?;
-        let state = self.state(room).await?;
-        if state.in_redis && state.last_seq > state.persisted_seq {
-            self.mark_dirty_with(&mut conn, room).await?;
-        }
-        Ok(())
-    }
-
-    async fn mark_dirty_with(&self, conn: &mut Conn, room: &RoomName) -> Result<()> {
-        let _: i64 = redis::cmd("ZADD")
-            .arg(self.keys.dirty())
-            .arg("NX")
-            .arg(huddle_domain::now_ms())
+        let _: i64 = CLEAR_DIRTY
+            .key(self.keys.seq(room))
+            .key(self.keys.persisted(room))
+            .key(self.keys.dirty())
             .arg(room.as_str())
-            .query_async(conn)
+            .invoke_async(&mut self.conn().await?)
             .await?;
         Ok(())
     }
