@@ -61,6 +61,12 @@ async fn a_redis_back_from_an_older_snapshot_never_reuses_an_archived_seq() -> R
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(seq, 16, "a seq the archive holds was handed out again");
+    let hydrator_ops = format!("http://{}", stack.hydrator.ops_addr());
+    let metrics = huddle_e2e::http().get(format!("{hydrator_ops}/metrics")).send().await?.text().await?;
+    assert!(
+        metrics.contains(r#"huddle_hydrations_total{outcome="rechecked"} 1"#),
+        "one re-check, no re-open: {metrics}"
+    );
 
     let mut late = Ws::join(&base, "lobby", &ada.token, "").await?;
     let history = late.expect("history").await?;
