@@ -58,13 +58,8 @@ impl PersistTasks {
             tracing::warn!(%room, from, to, claim_ms = self.flush_claim_ms,
                 "the watermark did not move for a whole claim: its chunk tasks were lost or dead-lettered; queuing the range again");
         }
-        let chunks: Vec<PersistChunkTask> = (from..=to)
-            .step_by(self.chunk_size as usize)
-            .map(|start| PersistChunkTask {
-                room: room.to_string(),
-                from_seq: start,
-                to_seq: (start + self.chunk_size - 1).min(to),
-            })
+        let chunks: Vec<PersistChunkTask> = chunk_ranges(from, to, self.chunk_size)
+            .map(|(from_seq, to_seq)| PersistChunkTask { room: room.to_string(), from_seq, to_seq })
             .collect();
         huddle_failpoints::crash_point!("persister::flush_claimed");
         tracing::debug!(%room, from, to, chunks = chunks.len(), reason = %task.reason, "flush fanned out");
@@ -109,5 +104,23 @@ impl PersistTasks {
         timer.observe_duration();
         tracing::debug!(%room, from = task.from_seq, to = task.to_seq, written = messages.len(), watermark, "chunk persisted");
         Ok(())
+    }
+}
+
+/// `from..=to` cut into consecutive ranges of at most `size` seqs, without overlap.
+fn chunk_ranges(from: u64, to: u64, size: u64) -> impl Iterator<Item = (u64, u64)> {
+    let size = size.max(1);
+    (from..=to).step_by(size as usize).map(move |start| (start, (start + size - 1).min(to)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunk_ranges;
+
+    #[test]
+    fn ranges_are_cut_without_gap_or_overlap() {
+        assert_eq!(chunk_ranges(1, 10, 4).collect::<Vec<_>>(), [(1, 4), (5, 8), (9, 10)]);
+        assert_eq!(chunk_ranges(7, 7, 100).collect::<Vec<_>>(), [(7, 7)]);
+        assert_eq!(chunk_ranges(3, 5, 0).collect::<Vec<_>>(), [(3, 3), (4, 4), (5, 5)]);
     }
 }
