@@ -69,9 +69,7 @@ impl PersistTasks {
     /// Chunk task: copy one range from Redis into PostgreSQL, then move the watermark.
     async fn persist_chunk(&self, task: &PersistChunkTask) -> Result<(), TaskError> {
         let room = parse_room(&task.room)?;
-        if task.from_seq == 0 || task.from_seq > task.to_seq {
-            return Err(TaskError::Poison(format!("bad range {}..={}", task.from_seq, task.to_seq)));
-        }
+        check_range(task.from_seq, task.to_seq)?;
         let timer = metrics::CHUNK_SECONDS.start_timer();
         let chunk = transient!(self.log.chunk(&room, task.from_seq, task.to_seq).await)?;
         let unreadable: Vec<UnreadableEntry> = chunk
@@ -107,6 +105,15 @@ impl PersistTasks {
     }
 }
 
+/// A chunk task's range must be a non-empty range of real seqs (they start at 1); any
+/// other can never succeed, so it is poison (dead-lettered, not retried).
+fn check_range(from: u64, to: u64) -> Result<(), TaskError> {
+    if from == 0 || from > to {
+        return Err(TaskError::Poison(format!("bad range {from}..={to}")));
+    }
+    Ok(())
+}
+
 /// `from..=to` cut into consecutive ranges of at most `size` seqs, without overlap.
 fn chunk_ranges(from: u64, to: u64, size: u64) -> impl Iterator<Item = (u64, u64)> {
     let size = size.max(1);
@@ -115,12 +122,22 @@ fn chunk_ranges(from: u64, to: u64, size: u64) -> impl Iterator<Item = (u64, u64
 
 #[cfg(test)]
 mod tests {
-    use super::chunk_ranges;
+    use super::{check_range, chunk_ranges};
+    use huddle_broker::TaskError;
 
     #[test]
     fn ranges_are_cut_without_gap_or_overlap() {
         assert_eq!(chunk_ranges(1, 10, 4).collect::<Vec<_>>(), [(1, 4), (5, 8), (9, 10)]);
         assert_eq!(chunk_ranges(7, 7, 100).collect::<Vec<_>>(), [(7, 7)]);
         assert_eq!(chunk_ranges(3, 5, 0).collect::<Vec<_>>(), [(3, 3), (4, 4), (5, 5)]);
+    }
+
+    #[test]
+    fn a_range_that_can_never_be_read_is_poison() {
+        assert!(check_range(1, 1).is_ok());
+        assert!(check_range(5, 9).is_ok());
+        for (from, to) in [(0, 5), (0, 0), (9, 5)] {
+            assert!(matches!(check_range(from, to), Err(TaskError::Poison(_))), "{from}..={to}");
+        }
     }
 }
