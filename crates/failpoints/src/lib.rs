@@ -37,9 +37,6 @@ pub fn setup() {
     std::mem::forget(fail::FailScenario::setup());
 }
 
-/// Whether this binary was built with crash points.
-pub const ENABLED: bool = cfg!(feature = "failpoints");
-
 #[cfg(feature = "failpoints")]
 #[doc(hidden)]
 pub fn crash(name: &str) -> ! {
