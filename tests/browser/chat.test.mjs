@@ -8,6 +8,17 @@ import { chromium } from "playwright-core";
 const base = process.env.HUDDLE_URL;
 const executablePath = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 
+// Every console error and page exception, so a Content Security Policy violation (the
+// page runs with no 'unsafe-inline') fails the test instead of passing unnoticed.
+const pageErrors = [];
+function watch(page) {
+  page.on("console", (message) => {
+    if (message.type() === "error" && !message.text().includes("WebSocket")) pageErrors.push(message.text());
+  });
+  page.on("pageerror", (error) => pageErrors.push(String(error)));
+  return page;
+}
+
 async function register(page, name) {
   await page.goto(base);
   await page.fill("#username", name);
@@ -34,9 +45,9 @@ test("two people chat live, history survives a reload, bodies render as text", a
     args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
   });
   try {
-    const ada = await (await browser.newContext()).newPage();
+    const ada = watch(await (await browser.newContext()).newPage());
     const bobContext = await browser.newContext();
-    const bob = await bobContext.newPage();
+    const bob = watch(await bobContext.newPage());
     await register(ada, "ada");
     await register(bob, "bob");
     await join(ada, "lobby");
@@ -62,13 +73,14 @@ test("two people chat live, history survives a reload, bodies render as text", a
 
     // Logging out in one tab ends the session in every tab: the server closes the other
     // tab's socket (4001) and that tab asks for a login instead of reconnecting.
-    const bobElsewhere = await bobContext.newPage();
+    const bobElsewhere = watch(await bobContext.newPage());
     await bobElsewhere.goto(base);
     await bobElsewhere.waitForSelector("#join:not([hidden])");
     await join(bobElsewhere, "lobby");
     await bob.click("#logout");
     await bobElsewhere.waitForSelector('#auth-error:has-text("session ended")');
     assert.ok(await bobElsewhere.isVisible("#auth"), "the other tab shows the login form");
+    assert.deepEqual(pageErrors.filter((e) => /Content.Security.Policy|Refused to/i.test(e)), [], "no CSP violations");
   } finally {
     await browser.close();
   }

@@ -17,29 +17,32 @@ pub struct Account {
 }
 
 impl Archive {
-    /// Creates an account; `None` if the name is taken (names are unique ignoring case).
+    /// Creates an account; `None` if the name is taken: by the same name in any case, or
+    /// by a look-alike ([`Username::lookalike_key`]).
     pub async fn create_account(&self, username: &Username, password_hash: &str) -> Result<Option<i64>> {
         let row = self
             .pool
             .get()
             .await?
             .query_opt(
-                "INSERT INTO users (username, password_hash) VALUES ($1, $2)
-                 ON CONFLICT (lower(username)) DO NOTHING RETURNING id",
-                &[&username.as_str(), &password_hash],
+                "INSERT INTO users (username, password_hash, lookalike_key) VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING RETURNING id",
+                &[&username.as_str(), &password_hash, &username.lookalike_key()],
             )
             .await?;
         Ok(row.map(|row| row.get(0)))
     }
 
-    /// The account named `username`, ignoring case. Takes any string: a login with a
-    /// name that could never be registered simply finds nothing.
-    pub async fn find_account(&self, username: &str) -> Result<Option<Account>> {
+    /// The account named `username`, ignoring case.
+    pub async fn find_account(&self, username: &Username) -> Result<Option<Account>> {
         let row = self
             .pool
             .get()
             .await?
-            .query_opt("SELECT id, username, password_hash FROM users WHERE lower(username) = lower($1)", &[&username])
+            .query_opt(
+                "SELECT id, username, password_hash FROM users WHERE lower(username) = lower($1)",
+                &[&username.as_str()],
+            )
             .await?;
         Ok(row.map(|row| Account { id: row.get(0), username: row.get(1), password_hash: row.get(2) }))
     }
@@ -75,4 +78,24 @@ impl Archive {
             self.pool.get().await?.query("SELECT name FROM rooms ORDER BY name LIMIT $1", &[&(limit as i64)]).await?;
         Ok(rows.iter().map(|row| row.get(0)).collect())
     }
+}
+
+/// Gives accounts registered before look-alike keys existed their key; returns how many.
+/// An account that looks like an older one keeps no key (it is not taken away from its
+/// owner, and the unique index admits any number of NULLs).
+pub(crate) async fn backfill_lookalike_keys(client: &tokio_postgres::Client) -> Result<u64> {
+    let rows = client.query("SELECT id, username FROM users WHERE lookalike_key IS NULL ORDER BY id", &[]).await?;
+    let mut keyed = 0;
+    for row in rows {
+        let (id, name): (i64, String) = (row.get(0), row.get(1));
+        let Ok(username) = Username::parse(&name) else { continue };
+        keyed += client
+            .execute(
+                "UPDATE users SET lookalike_key = $2 WHERE id = $1
+                 AND NOT EXISTS (SELECT 1 FROM users WHERE lookalike_key = $2)",
+                &[&id, &username.lookalike_key()],
+            )
+            .await?;
+    }
+    Ok(keyed)
 }

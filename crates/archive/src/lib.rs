@@ -163,11 +163,19 @@ impl Archive {
         client.batch_execute("SET statement_timeout = 0").await?;
         client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
         let report = embedded::migrations::runner().run_async(&mut **client).await;
+        let backfilled = match report {
+            Ok(_) => accounts::backfill_lookalike_keys(&client).await,
+            Err(_) => Ok(0),
+        };
         client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await?;
         client.batch_execute("RESET statement_timeout").await?;
         let report = report?;
         for migration in report.applied_migrations() {
             tracing::info!(version = migration.version(), name = migration.name(), "applied migration");
+        }
+        let backfilled = backfilled?;
+        if backfilled > 0 {
+            tracing::info!(accounts = backfilled, "look-alike keys computed for existing accounts");
         }
         Ok(())
     }

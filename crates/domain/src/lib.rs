@@ -86,17 +86,29 @@ impl std::fmt::Display for RoomName {
     }
 }
 
-/// A username as chosen at registration (case is kept; uniqueness ignores case).
+/// A username as chosen at registration: NFKC-normalised, then 3-32 characters of ASCII
+/// letters, digits, `_`, `-` and `.` (case is kept). Two names conflict when they are equal
+/// ignoring case, or when they look alike ([`Username::lookalike_key`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Username(String);
 
+/// Longest raw username looked at before normalising, in bytes: far above any name that
+/// could pass, so an oversized input is refused without normalising it.
+const MAX_RAW_USERNAME_BYTES: usize = 256;
+
 impl Username {
-    /// Parses 3-32 characters of ASCII letters, digits, `_`, `-` and `.`.
+    /// Normalises `raw` to NFKC (so `ａｄａ`, in full-width letters, is `ada`) and accepts
+    /// 3-32 characters of ASCII letters, digits, `_`, `-` and `.`.
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
-        let valid = (3..=32).contains(&raw.len())
-            && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+        use unicode_normalization::UnicodeNormalization;
+        if raw.len() > MAX_RAW_USERNAME_BYTES {
+            return Err(ValidationError::BadUsername);
+        }
+        let name: String = raw.nfkc().collect();
+        let valid = (3..=32).contains(&name.len())
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
         if valid {
-            Ok(Self(raw.to_owned()))
+            Ok(Self(name))
         } else {
             Err(ValidationError::BadUsername)
         }
@@ -105,6 +117,13 @@ impl Username {
     /// The name as text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// What the name looks like: its Unicode confusable skeleton (UTS #39), lowercased.
+    /// Names with the same key are look-alikes (`paypal` and `paypa1`, `Ian` and `lan`,
+    /// `rn` and `m`), and only the first of them may be registered.
+    pub fn lookalike_key(&self) -> String {
+        unicode_security::confusable_detection::skeleton(&self.0).collect::<String>().to_lowercase()
     }
 }
 
@@ -233,6 +252,27 @@ mod tests {
         assert!(Username::parse("ab").is_err());
         assert!(Username::parse("has space").is_err());
         assert!(Username::parse(&"x".repeat(33)).is_err());
+        assert!(Username::parse("ad\u{0}a").is_err());
+        assert!(Username::parse(&"ａ".repeat(1000)).is_err(), "oversized input is refused before normalising");
+    }
+
+    #[test]
+    fn usernames_are_nfkc_normalised() {
+        assert_eq!(Username::parse("ａｄａ").unwrap().as_str(), "ada", "full-width letters");
+        assert_eq!(Username::parse("ﬁona").unwrap().as_str(), "fiona", "the fi ligature");
+        assert!(Username::parse("аda").is_err(), "a Cyrillic а stays Cyrillic, and is refused");
+    }
+
+    #[test]
+    fn lookalike_names_share_a_key() {
+        let key = |name: &str| Username::parse(name).unwrap().lookalike_key();
+        for (a, b) in [("paypal", "paypa1"), ("Ian", "lan"), ("modern", "rnodern"), ("user0", "userO"), ("Ada", "ada")]
+        {
+            assert_eq!(key(a), key(b), "{a} and {b} look alike");
+        }
+        for (a, b) in [("ada", "bob"), ("alice", "alicia"), ("user1", "user2")] {
+            assert_ne!(key(a), key(b), "{a} and {b} are told apart");
+        }
     }
 
     #[test]
@@ -259,5 +299,42 @@ mod tests {
     #[test]
     fn timestamps_are_rfc3339_utc() {
         assert_eq!(rfc3339_from_ms(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2_000))]
+
+        /// Room names: accepted exactly when they are the documented slug.
+        #[test]
+        fn room_names_are_exactly_the_slugs(raw in "\\PC{0,70}|[a-z0-9_-]{0,70}") {
+            let slug = !raw.is_empty()
+                && raw.len() <= MAX_ROOM_LEN
+                && raw.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+                && raw.as_bytes()[0].is_ascii_alphanumeric();
+            proptest::prop_assert_eq!(RoomName::parse(&raw).is_ok(), slug);
+        }
+
+        /// Usernames: a parsed name is its own normal form, and parsing never panics.
+        #[test]
+        fn usernames_are_stable_under_parsing(raw in "\\PC{0,40}|[A-Za-z0-9_.-]{0,40}") {
+            if let Ok(name) = Username::parse(&raw) {
+                let again = Username::parse(name.as_str()).unwrap();
+                proptest::prop_assert_eq!(again.as_str(), name.as_str());
+                proptest::prop_assert_eq!(again.lookalike_key(), name.lookalike_key());
+                proptest::prop_assert!(name.as_str().is_ascii());
+            }
+        }
+
+        /// Bodies: refused exactly when blank, too long or holding NUL; kept as sent.
+        #[test]
+        fn bodies_are_kept_or_refused_with_their_reason(raw in "\\PC{0,50}|[ \\x00a]{0,5}|.{3990,4010}") {
+            match MessageBody::parse(raw.clone()) {
+                Ok(body) => proptest::prop_assert_eq!(body.into_inner(), raw),
+                Err(ValidationError::EmptyBody) => proptest::prop_assert!(raw.trim().is_empty()),
+                Err(ValidationError::BodyTooLong) => proptest::prop_assert!(raw.len() > MAX_BODY_BYTES),
+                Err(ValidationError::NulInBody) => proptest::prop_assert!(raw.contains('\0')),
+                Err(other) => proptest::prop_assert!(false, "unexpected {other:?}"),
+            }
+        }
     }
 }

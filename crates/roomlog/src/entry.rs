@@ -82,4 +82,33 @@ mod tests {
         let with_id = Post { client_id: "c1".into(), ..post };
         assert_eq!(LogEntry::decode(LogEntry::encode(&with_id).as_bytes()).unwrap(), with_id);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2_000))]
+
+        /// Any post survives the log, whatever its text (quotes, control characters,
+        /// any Unicode), and a published payload carries it with its seq.
+        #[test]
+        fn any_post_round_trips(
+            user_id in proptest::prelude::any::<i64>(),
+            user_name in "\\PC{0,40}",
+            body in "\\PC{0,200}",
+            sent_at_ms in proptest::prelude::any::<i64>(),
+            client_id in "[A-Za-z0-9_:.-]{0,64}",
+            seq in 1u64..u64::MAX,
+        ) {
+            let post = Post { user_id, user_name, body, sent_at_ms, client_id };
+            let json = LogEntry::encode(&post);
+            proptest::prop_assert_eq!(LogEntry::decode(json.as_bytes()).unwrap(), post.clone());
+            let published = crate::parse_published(&format!("{seq} {json}")).unwrap();
+            proptest::prop_assert_eq!((published.seq, published.post), (seq, post));
+        }
+
+        /// Bytes that are not an entry are an error, never a panic.
+        #[test]
+        fn any_bytes_decode_or_fail_cleanly(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let _ = LogEntry::decode(&bytes);
+            let _ = crate::parse_published(&String::from_utf8_lossy(&bytes));
+        }
+    }
 }

@@ -81,6 +81,14 @@ impl Keyspace {
     pub fn revocations_loaded(&self) -> String {
         format!("{}revoked-loaded", self.prefix)
     }
+    /// Failed logins in a row of an account (by its canonical name).
+    pub fn login_failures(&self, account: &str) -> String {
+        format!("{}login:{}:failures", self.prefix, account)
+    }
+    /// Lock on an account's logins after too many failures.
+    pub fn login_lock(&self, account: &str) -> String {
+        format!("{}login:{}:lock", self.prefix, account)
+    }
     /// Channel that carries the id of every session that ended (logout, revocation), so
     /// every gateway closes that session's sockets.
     pub fn ended_sessions(&self) -> String {

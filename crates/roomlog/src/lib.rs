@@ -16,7 +16,8 @@
 //! Globally: `{p}dirty` (sorted set: rooms with unpersisted messages, scored by when
 //! they became dirty); `{p}revoked:<token id>` (a revoked session, until its token
 //! expires) and `{p}revoked-loaded` (the revocation cache is complete; the archive holds
-//! the durable list); `{p}lock:<name>`; channel `{p}sessions:ended` (token ids of ended
+//! the durable list); `{p}login:<account>:failures` and `{p}login:<account>:lock` (failed
+//! logins and the back-off they earned); `{p}lock:<name>`; channel `{p}sessions:ended` (token ids of ended
 //! sessions, for every gateway). Channel `{p}room:{r}` carries `"<seq> <entry JSON>"` per message,
 //! and `"R <seq>"` when a hydration re-initialises the room's counter at `seq`.
 //!
@@ -33,7 +34,7 @@
 //!
 //! One module per job: [`append`] (the write path), [`entry`] (the stored record), [`read`], [`flush`] (the persist
 //! path's bookkeeping), [`hydrate`] (restore and re-check), [`presence`], [`locks`],
-//! [`sessions`] (revoked tokens), [`keys`] (every key name); each script sits in `lua/`
+//! [`sessions`] (revoked tokens), [`logins`] (failed-login back-off), [`keys`] (every key name); each script sits in `lua/`
 //! under the name of its module's operation.
 
 pub mod append;
@@ -43,6 +44,7 @@ pub mod flush;
 pub mod hydrate;
 pub mod keys;
 pub mod locks;
+pub mod logins;
 pub mod presence;
 pub mod read;
 pub mod sessions;
@@ -53,6 +55,7 @@ pub use flush::{FlushClaim, RoomState};
 pub use hydrate::RESET_PREFIX;
 pub use keys::Keyspace;
 pub use locks::LockGuard;
+pub use logins::LoginBackoff;
 pub use presence::{Presence, PresenceChange, RoomPresence};
 pub use read::{Chunk, Unreadable};
 pub use sessions::Revocation;

@@ -2,7 +2,7 @@
 //! `{"error": {"code": "...", "message": "..."}}` with a fitting status ([`ApiError`]).
 
 use actix_web::cookie::{time::Duration as CookieDuration, Cookie, SameSite};
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use huddle_domain::{validate_password, RoomName, StoredMessage, Username};
 use serde::{Deserialize, Serialize};
 
@@ -28,11 +28,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     );
 }
 
-/// Credentials for register and login.
-#[derive(Deserialize)]
-struct Credentials {
-    username: String,
-    password: String,
+/// The body of register and login.
+#[derive(Debug, Deserialize)]
+pub struct Credentials {
+    /// The name, before normalisation.
+    pub username: String,
+    /// The password, as typed.
+    pub password: String,
 }
 
 #[derive(Serialize)]
@@ -41,7 +43,22 @@ struct UserBody<'a> {
     username: &'a str,
 }
 
-async fn register(state: web::Data<AppState>, body: web::Json<Credentials>) -> Result<HttpResponse, ApiError> {
+/// Refuses a sign-up or login posted from another site, then spends one of the client
+/// address's sign-ups and logins.
+fn admit_auth(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
+    crate::page::check_origin(req, &state.settings.allowed_origins)?;
+    let Some(peer) = req.peer_addr() else { return Ok(()) };
+    let forwarded_for = req.headers().get("x-forwarded-for").and_then(|value| value.to_str().ok());
+    let address = crate::limits::client_address(peer.ip(), forwarded_for, &state.settings.trusted_proxies);
+    state.limits.admit_auth(address)
+}
+
+async fn register(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Json<Credentials>,
+) -> Result<HttpResponse, ApiError> {
+    admit_auth(&state, &req)?;
     let Credentials { username, password } = body.into_inner();
     let username = Username::parse(&username)?;
     validate_password(&password)?;
@@ -52,17 +69,43 @@ async fn register(state: web::Data<AppState>, body: web::Json<Credentials>) -> R
     Ok(HttpResponse::Created().json(serde_json::json!({ "user": UserBody { id, username: username.as_str() } })))
 }
 
-async fn login(state: web::Data<AppState>, body: web::Json<Credentials>) -> Result<HttpResponse, ApiError> {
+async fn login(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Json<Credentials>,
+) -> Result<HttpResponse, ApiError> {
+    admit_auth(&state, &req)?;
     let Credentials { username, password } = body.into_inner();
+    // A name that could never be registered has no account: no need to hash for it.
+    let username = Username::parse(&username).map_err(|_| ApiError::BadCredentials)?;
+    // Failed logins count per account, whatever its name's case, on every gateway.
+    let attempts_of = username.as_str().to_lowercase();
+    if let Some(lock) = state.log.login_lock(&attempts_of).await.map_err(ApiError::unavailable)? {
+        return Err(ApiError::LoginLocked(lock));
+    }
     let account = state.archive.find_account(&username).await.map_err(ApiError::unavailable)?;
-    let Some(Account { id, username: name, password_hash }) = account else {
-        // Same work as a wrong password, so response time does not reveal which names exist.
-        state.passwords.verify(password, state.passwords.dummy_hash().await?).await?;
+    let verified = match account {
+        Some(Account { id, username: name, password_hash }) => {
+            state.passwords.verify(password, password_hash).await?.then_some((id, name))
+        }
+        None => {
+            // Same work as a wrong password, so response time does not reveal which names exist.
+            state.passwords.verify(password, state.passwords.dummy_hash().await?).await?;
+            None
+        }
+    };
+    let Some((id, name)) = verified else {
+        let lock = state.log.login_failed(&attempts_of, &state.settings.login_backoff()).await;
+        if let Some(lock) = lock.map_err(ApiError::unavailable)? {
+            tracing::warn!(
+                username = username.as_str(),
+                lock_secs = lock.as_secs_f64(),
+                "logins locked after failures"
+            );
+        }
         return Err(ApiError::BadCredentials);
     };
-    if !state.passwords.verify(password, password_hash).await? {
-        return Err(ApiError::BadCredentials);
-    }
+    state.log.login_succeeded(&attempts_of).await.map_err(ApiError::unavailable)?;
     let claims = Claims {
         uid: id,
         name: name.clone(),
@@ -84,7 +127,8 @@ async fn login(state: web::Data<AppState>, body: web::Json<Credentials>) -> Resu
     })))
 }
 
-async fn logout(state: web::Data<AppState>, user: AuthUser) -> Result<HttpResponse, ApiError> {
+async fn logout(state: web::Data<AppState>, req: HttpRequest, user: AuthUser) -> Result<HttpResponse, ApiError> {
+    crate::page::check_origin(&req, &state.settings.allowed_origins)?;
     crate::auth::end_session(&state, &user.0).await?;
     let mut removal = Cookie::build(SESSION_COOKIE, "").path("/").finish();
     removal.make_removal();
@@ -100,13 +144,15 @@ async fn rooms(state: web::Data<AppState>, _user: AuthUser) -> Result<HttpRespon
     Ok(HttpResponse::Ok().json(serde_json::json!({ "rooms": names })))
 }
 
-/// Query of a history page.
-#[derive(Deserialize)]
-struct PageQuery {
+/// Query of a history page (`?before=…&limit=…`).
+#[derive(Debug, Deserialize)]
+pub struct PageQuery {
+    /// Messages with a seq below this; 0 (the default) for the newest.
     #[serde(default)]
-    before: u64,
+    pub before: u64,
+    /// How many; 0 (the default) means 50, and at most 200 come back.
     #[serde(default)]
-    limit: u32,
+    pub limit: u32,
 }
 
 async fn messages(

@@ -47,6 +47,14 @@ pub enum ApiError {
     /// `Retry-After`).
     #[error("{0}")]
     RateLimited(&'static str),
+    /// Too many sign-ups and logins from one client address: 429 `rate_limited`, with
+    /// `Retry-After` saying when the next one is allowed.
+    #[error("too many sign-ups and logins from this address; retry in {} s", retry_secs(.0))]
+    AddressThrottled(std::time::Duration),
+    /// Logins of this account are locked for a while after repeated wrong passwords:
+    /// 429 `login_locked`, with `Retry-After`.
+    #[error("too many failed logins for this account; retry in {} s", retry_secs(.0))]
+    LoginLocked(std::time::Duration),
     /// The account already holds the most sockets allowed (the number): 429
     /// `too_many_connections`.
     #[error("this account already has {0} open sockets; close one first")]
@@ -80,7 +88,8 @@ impl ApiError {
             Self::NotFound => "not_found",
             Self::Unavailable(_) => "unavailable",
             Self::Overloaded(_) => "overloaded",
-            Self::RateLimited(_) => "rate_limited",
+            Self::RateLimited(_) | Self::AddressThrottled(_) => "rate_limited",
+            Self::LoginLocked(_) => "login_locked",
             Self::TooManyConnections(_) => "too_many_connections",
             Self::Internal(_) => "internal",
         }
@@ -107,7 +116,9 @@ impl ResponseError for ApiError {
             Self::UsernameTaken => StatusCode::CONFLICT,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Unavailable(_) | Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::RateLimited(_) | Self::TooManyConnections(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited(_) | Self::AddressThrottled(_) | Self::LoginLocked(_) | Self::TooManyConnections(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -117,10 +128,21 @@ impl ResponseError for ApiError {
             tracing::error!(code = self.code(), %detail, "request failed");
         }
         let mut response = HttpResponse::build(self.status_code());
-        if let Self::Unavailable(_) | Self::Overloaded(_) | Self::RateLimited(_) = self {
+        match self {
             // Overload and outages are passing: tell clients when to come back.
-            response.insert_header((actix_web::http::header::RETRY_AFTER, "1"));
+            Self::Unavailable(_) | Self::Overloaded(_) | Self::RateLimited(_) => {
+                response.insert_header((actix_web::http::header::RETRY_AFTER, "1"));
+            }
+            Self::AddressThrottled(wait) | Self::LoginLocked(wait) => {
+                response.insert_header((actix_web::http::header::RETRY_AFTER, retry_secs(wait).to_string()));
+            }
+            _ => {}
         }
         response.json(ErrorEnvelope { error: ErrorDetail { code: self.code(), message: self.to_string() } })
     }
+}
+
+/// A wait in whole seconds, rounded up (a `Retry-After` of 0 would invite a retry storm).
+fn retry_secs(wait: &std::time::Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }

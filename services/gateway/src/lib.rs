@@ -21,6 +21,7 @@ pub mod hub;
 pub mod limits;
 mod metrics;
 mod ops;
+mod page;
 pub mod protocol;
 pub mod rooms;
 mod socket;
@@ -29,7 +30,7 @@ mod ws;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpServer};
 use huddle_archive::Archive;
 use huddle_broker::Broker;
 use huddle_config::{BrokerSettings, PostgresSettings, RedisSettings, TrustSettings, MIN_SECRET_BYTES};
@@ -124,6 +125,23 @@ pub struct Settings {
     /// Joins (socket upgrades) per second per account (burst: 4 times as many).
     #[arg(long, env = "HUDDLE_JOIN_RATE", default_value_t = 5.0)]
     pub join_rate: f64,
+    /// Sign-ups and logins per minute per client address (an IPv6 /64 counts as one).
+    #[arg(long, env = "HUDDLE_AUTH_RATE", default_value_t = 30.0)]
+    pub auth_rate: f64,
+    /// Burst of sign-ups and logins allowed per client address.
+    #[arg(long, env = "HUDDLE_AUTH_BURST", default_value_t = 10)]
+    pub auth_burst: u32,
+    /// Proxies whose `X-Forwarded-For` header names the client (comma-separated IP
+    /// addresses, e.g. the ingress controller's); from anyone else the header is ignored.
+    #[arg(long, env = "HUDDLE_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Wrong passwords in a row an account may get before its logins are locked.
+    #[arg(long, env = "HUDDLE_LOGIN_FREE_FAILURES", default_value_t = 5)]
+    pub login_free_failures: u32,
+    /// Longest lock on an account's logins, in seconds; the lock starts at 1 s after the
+    /// free failures and doubles with each further failure.
+    #[arg(long, env = "HUDDLE_LOGIN_MAX_LOCK_SECS", default_value_t = 900)]
+    pub login_max_lock_secs: u64,
     /// Open sockets per account on this gateway.
     #[arg(long, env = "HUDDLE_ACCOUNT_CONNECTIONS", default_value_t = 20)]
     pub account_connections: usize,
@@ -146,6 +164,15 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// What failed logins cost.
+    pub fn login_backoff(&self) -> huddle_roomlog::LoginBackoff {
+        huddle_roomlog::LoginBackoff {
+            free_failures: self.login_free_failures,
+            first_lock: std::time::Duration::from_secs(1),
+            max_lock: std::time::Duration::from_secs(self.login_max_lock_secs.max(1)),
+        }
+    }
+
     /// The write deadline of a socket frame.
     pub fn write_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.write_timeout_ms.max(1))
@@ -244,6 +271,7 @@ fn limits(settings: &Settings) -> Arc<limits::Limits> {
         notices: (settings.notice_rate, burst(settings.notice_rate)),
         history: (settings.history_rate, burst(settings.history_rate)),
         joins: (settings.join_rate, burst(settings.join_rate)),
+        auth: (settings.auth_rate / 60.0, settings.auth_burst),
         connections_per_account: settings.account_connections,
         connections: settings.max_connections,
     });
@@ -347,13 +375,14 @@ pub async fn start(settings: Settings) -> Result<RunningGateway, StartError> {
         let readiness = readiness.clone();
         let app = App::new();
         let app = if ws_echo { app.route("/ws/echo", web::get().to(socket::echo)) } else { app };
-        app.app_data(state.clone())
+        app.wrap(page::security_headers())
+            .app_data(state.clone())
             .app_data(api::json_config())
             .app_data(api::query_config())
             .configure(|cfg| ops::configure_probes(cfg, readiness))
             .configure(api::configure)
             .route("/ws/rooms/{room}", web::get().to(ws::upgrade))
-            .route("/", web::get().to(index))
+            .configure(page::configure)
             .default_service(web::to(api::not_found))
     })
     .on_connect(abort::ConnectionAbort::on_connect)
@@ -378,11 +407,4 @@ pub async fn start(settings: Settings) -> Result<RunningGateway, StartError> {
     tokio::spawn(ops_server);
     tracing::info!(%addr, %ops_addr, "gateway listening");
     Ok(RunningGateway { addr, ops_addr, ops, handle, server, shutdown: shutdown_tx, flush_stop, flush_publisher })
-}
-
-async fn index() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .insert_header(("Content-Security-Policy", "default-src 'self'; connect-src 'self' ws: wss:; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'"))
-        .body(include_str!("../static/index.html"))
 }

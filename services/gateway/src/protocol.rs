@@ -308,4 +308,33 @@ mod tests {
         assert_eq!(frame["body"], "<b>hi</b>");
         assert_eq!(frame["sent_at"], "1970-01-01T00:00:00Z");
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2_000))]
+
+        /// Any text: a frame or one of the documented errors, never a panic.
+        #[test]
+        fn any_text_parses_or_gets_a_documented_error(text in "\\PC{0,200}|\\{\"type\":\"[a-z]{0,8}\"(,\"[a-z_]{1,10}\":(1|\"x\"|null|\\[\\]))*\\}") {
+            match parse_client_frame(&text) {
+                Ok(_) => {}
+                Err(error) => {
+                    let event: serde_json::Value = serde_json::from_str(&error.to_event()).unwrap();
+                    let code = event["code"].as_str().unwrap_or_default().to_owned();
+                    proptest::prop_assert!(["bad_json", "unknown_type", "bad_frame"].contains(&code.as_str()), "{}", code);
+                }
+            }
+        }
+
+        /// A send frame carries its body and client_id through parsing exactly.
+        #[test]
+        fn send_frames_keep_their_text(body in "\\PC{0,100}", client_id in "\\PC{0,20}") {
+            let frame = serde_json::json!({ "type": "send", "body": body, "client_id": client_id }).to_string();
+            match parse_client_frame(&frame) {
+                Ok(ClientFrame::Send { body: parsed, client_id: parsed_id }) => {
+                    proptest::prop_assert_eq!((parsed, parsed_id), (body, client_id));
+                }
+                other => proptest::prop_assert!(false, "{:?}", other),
+            }
+        }
+    }
 }

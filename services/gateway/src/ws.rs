@@ -54,7 +54,7 @@ pub async fn upgrade(
     user: AuthUser,
 ) -> Result<HttpResponse, ApiError> {
     let room = RoomName::parse(&room)?;
-    check_origin(&req, &state.settings.allowed_origins)?;
+    crate::page::check_origin(&req, &state.settings.allowed_origins)?;
     let ticket = state.limits.admit(user.0.uid)?;
     state.rooms.ensure_ready(&room).await?;
     let (response, writer, stream) = crate::socket::open(&req, body, state.settings.write_timeout())?;
@@ -69,20 +69,6 @@ pub async fn upgrade(
         .instrument(span),
     );
     Ok(response)
-}
-
-/// Browsers send Origin; it must be the gateway's own host or an allowed origin.
-/// Non-browser clients send none and are let through (they hold a token anyway).
-fn check_origin(req: &HttpRequest, allowed: &[String]) -> Result<(), ApiError> {
-    let Some(origin) = req.headers().get(actix_web::http::header::ORIGIN) else { return Ok(()) };
-    let origin = origin.to_str().map_err(|_| ApiError::OriginNotAllowed)?;
-    let host = req.connection_info().host().to_owned();
-    let same_host = origin.split_once("://").is_some_and(|(_, rest)| rest == host);
-    if same_host || allowed.iter().any(|a| a == origin || a == "*") {
-        Ok(())
-    } else {
-        Err(ApiError::OriginNotAllowed)
-    }
 }
 
 /// Where a reconnecting client's view stands.

@@ -29,7 +29,7 @@ use tonic::server::NamedService;
 use tonic::service::Routes;
 
 pub use hydrate::HydrateService;
-pub use rewarm::queue_rewarm;
+pub use rewarm::{decode_rewarm_task, queue_rewarm};
 
 /// Hydrator settings (flags or `HUDDLE_*` environment variables).
 #[derive(Debug, Clone, clap::Parser)]

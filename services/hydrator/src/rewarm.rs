@@ -15,10 +15,16 @@ use crate::HydrateService;
 #[derive(Clone)]
 pub(crate) struct RewarmTasks(pub(crate) HydrateService);
 
+/// Decodes a HydrateRoom task into its room. Whatever the bytes, the answer is a room or
+/// [`TaskError::Poison`] (dead-lettered, never retried), never a panic.
+pub fn decode_rewarm_task(payload: &[u8]) -> Result<RoomName, TaskError> {
+    let task = HydrateRoomTask::decode(payload).map_err(|e| TaskError::Poison(e.to_string()))?;
+    RoomName::parse(&task.room).map_err(|e| TaskError::Poison(format!("room {:?}: {e}", task.room)))
+}
+
 impl TaskHandler for RewarmTasks {
     async fn handle(&self, _queue: TaskQueue, payload: &[u8]) -> Result<(), TaskError> {
-        let task = HydrateRoomTask::decode(payload).map_err(|e| TaskError::Poison(e.to_string()))?;
-        let room = RoomName::parse(&task.room).map_err(|e| TaskError::Poison(format!("room {:?}: {e}", task.room)))?;
+        let room = decode_rewarm_task(payload)?;
         self.0.hydrate(&room).await.map(|_| ()).map_err(|status| TaskError::Transient(status.message().to_owned()))
     }
 }

@@ -27,7 +27,7 @@ use huddle_worker::Worker;
 use tonic::server::NamedService;
 use tonic::service::Routes;
 
-pub use tasks::PersistTasks;
+pub use tasks::{decode_task, PersistTasks, Task};
 
 /// Persister settings (flags or `HUDDLE_*` environment variables).
 #[derive(Debug, Clone, clap::Parser)]

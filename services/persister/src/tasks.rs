@@ -28,27 +28,57 @@ fn parse_room(raw: &str) -> Result<RoomName, TaskError> {
     RoomName::parse(raw).map_err(|e| TaskError::Poison(format!("room {raw:?}: {e}")))
 }
 
+/// A task as taken off its queue, checked: anything else is poison.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Task {
+    /// Flush the room: fan its unpersisted range out as chunk tasks.
+    Flush {
+        /// The room.
+        room: RoomName,
+        /// Why the flush was asked for (logs only).
+        reason: String,
+    },
+    /// Copy seqs `from..=to` of the room into PostgreSQL.
+    PersistChunk {
+        /// The room.
+        room: RoomName,
+        /// First seq, at least 1.
+        from: u64,
+        /// Last seq, at least `from`.
+        to: u64,
+    },
+}
+
+/// Decodes and checks a task's payload. Whatever the bytes, the answer is a task or
+/// [`TaskError::Poison`] (dead-lettered, never retried), never a panic.
+pub fn decode_task(queue: TaskQueue, payload: &[u8]) -> Result<Task, TaskError> {
+    use prost::Message;
+    match queue {
+        TaskQueue::Flush => {
+            let task = FlushRoomTask::decode(payload).map_err(|e| TaskError::Poison(e.to_string()))?;
+            Ok(Task::Flush { room: parse_room(&task.room)?, reason: task.reason })
+        }
+        TaskQueue::PersistChunk => {
+            let task = PersistChunkTask::decode(payload).map_err(|e| TaskError::Poison(e.to_string()))?;
+            check_range(task.from_seq, task.to_seq)?;
+            Ok(Task::PersistChunk { room: parse_room(&task.room)?, from: task.from_seq, to: task.to_seq })
+        }
+        TaskQueue::Hydrate => Err(TaskError::Poison("the persister does not hydrate".into())),
+    }
+}
+
 impl TaskHandler for PersistTasks {
     async fn handle(&self, queue: TaskQueue, payload: &[u8]) -> Result<(), TaskError> {
-        use prost::Message;
-        match queue {
-            TaskQueue::Flush => {
-                let task = FlushRoomTask::decode(payload).map_err(|e| TaskError::Poison(e.to_string()))?;
-                self.flush(&task).await
-            }
-            TaskQueue::PersistChunk => {
-                let task = PersistChunkTask::decode(payload).map_err(|e| TaskError::Poison(e.to_string()))?;
-                self.persist_chunk(&task).await
-            }
-            TaskQueue::Hydrate => Err(TaskError::Poison("the persister does not hydrate".into())),
+        match decode_task(queue, payload)? {
+            Task::Flush { room, reason } => self.flush(room, &reason).await,
+            Task::PersistChunk { room, from, to } => self.persist_chunk(room, from, to).await,
         }
     }
 }
 
 impl PersistTasks {
     /// Master task: claim the unpersisted range and fan it out as chunk tasks.
-    async fn flush(&self, task: &FlushRoomTask) -> Result<(), TaskError> {
-        let room = parse_room(&task.room)?;
+    async fn flush(&self, room: RoomName, reason: &str) -> Result<(), TaskError> {
         let Some(claim) = transient!(self.log.claim_flush(&room, self.flush_claim_ms).await)? else {
             return transient!(self.log.clear_dirty_if_clean(&room).await);
         };
@@ -62,16 +92,14 @@ impl PersistTasks {
             .map(|(from_seq, to_seq)| PersistChunkTask { room: room.to_string(), from_seq, to_seq })
             .collect();
         huddle_failpoints::crash_point!("persister::flush_claimed");
-        tracing::debug!(%room, from, to, chunks = chunks.len(), reason = %task.reason, "flush fanned out");
+        tracing::debug!(%room, from, to, chunks = chunks.len(), reason, "flush fanned out");
         transient!(self.broker.publish(TaskQueue::PersistChunk, &chunks).await)
     }
 
     /// Chunk task: copy one range from Redis into PostgreSQL, then move the watermark.
-    async fn persist_chunk(&self, task: &PersistChunkTask) -> Result<(), TaskError> {
-        let room = parse_room(&task.room)?;
-        check_range(task.from_seq, task.to_seq)?;
+    async fn persist_chunk(&self, room: RoomName, from: u64, to: u64) -> Result<(), TaskError> {
         let timer = metrics::CHUNK_SECONDS.start_timer();
-        let chunk = transient!(self.log.chunk(&room, task.from_seq, task.to_seq).await)?;
+        let chunk = transient!(self.log.chunk(&room, from, to).await)?;
         let unreadable: Vec<UnreadableEntry> = chunk
             .unreadable
             .into_iter()
@@ -90,7 +118,7 @@ impl PersistTasks {
             ChunkOutcome::StaleEpoch => {
                 // Read before Redis lost the room: those entries are gone and their seqs are
                 // being reused. A later flush copies what Redis holds now.
-                tracing::warn!(%room, from = task.from_seq, to = task.to_seq, epoch, "stale chunk dropped");
+                tracing::warn!(%room, from, to, epoch, "stale chunk dropped");
                 return Ok(());
             }
         };
@@ -100,7 +128,7 @@ impl PersistTasks {
         huddle_failpoints::crash_point!("persister::watermark_moved");
         transient!(self.log.clear_dirty_if_clean(&room).await)?;
         timer.observe_duration();
-        tracing::debug!(%room, from = task.from_seq, to = task.to_seq, written = messages.len(), watermark, "chunk persisted");
+        tracing::debug!(%room, from, to, written = messages.len(), watermark, "chunk persisted");
         Ok(())
     }
 }
@@ -117,13 +145,55 @@ fn check_range(from: u64, to: u64) -> Result<(), TaskError> {
 /// `from..=to` cut into consecutive ranges of at most `size` seqs, without overlap.
 fn chunk_ranges(from: u64, to: u64, size: u64) -> impl Iterator<Item = (u64, u64)> {
     let size = size.max(1);
-    (from..=to).step_by(size as usize).map(move |start| (start, (start + size - 1).min(to)))
+    (from..=to).step_by(size as usize).map(move |start| (start, start.saturating_add(size - 1).min(to)))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{check_range, chunk_ranges};
-    use huddle_broker::TaskError;
+    use super::{check_range, chunk_ranges, decode_task, Task};
+    use huddle_broker::{TaskError, TaskQueue};
+    use huddle_proto::v1::{FlushRoomTask, PersistChunkTask};
+    use proptest::prelude::*;
+    use prost::Message;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        /// Any bytes on any queue: a checked task or poison, never a panic.
+        #[test]
+        fn any_payload_decodes_to_a_checked_task_or_poison(payload in proptest::collection::vec(any::<u8>(), 0..256)) {
+            for queue in [TaskQueue::Flush, TaskQueue::PersistChunk, TaskQueue::Hydrate] {
+                match decode_task(queue, &payload) {
+                    Ok(Task::PersistChunk { from, to, .. }) => prop_assert!(from >= 1 && from <= to),
+                    Ok(Task::Flush { .. }) | Err(TaskError::Poison(_)) => {}
+                    Err(other) => prop_assert!(false, "not poison: {other:?}"),
+                }
+            }
+        }
+
+        /// Well-formed chunk tasks with any room and range: accepted exactly when the room
+        /// is a room name and the range can be read.
+        #[test]
+        fn chunk_tasks_are_accepted_exactly_when_valid(room in "\\PC{0,70}", from in any::<u64>(), to in any::<u64>()) {
+            let payload = PersistChunkTask { room: room.clone(), from_seq: from, to_seq: to }.encode_to_vec();
+            let valid = huddle_domain::RoomName::parse(&room).is_ok() && from >= 1 && from <= to;
+            prop_assert_eq!(decode_task(TaskQueue::PersistChunk, &payload).is_ok(), valid);
+            let flush = FlushRoomTask { room: room.clone(), reason: "test".into(), ..Default::default() }.encode_to_vec();
+            prop_assert_eq!(decode_task(TaskQueue::Flush, &flush).is_ok(), huddle_domain::RoomName::parse(&room).is_ok());
+        }
+
+        /// Any range and chunk size: consecutive chunks that cover it exactly.
+        #[test]
+        fn any_range_is_cut_into_consecutive_chunks(from in 1u64..u64::MAX, len in 0u64..5_000, size in 0u64..u64::MAX) {
+            let to = from.saturating_add(len);
+            let chunks: Vec<_> = chunk_ranges(from, to, size).take(10_000).collect();
+            prop_assert_eq!(chunks.first().map(|c| c.0), Some(from));
+            prop_assert_eq!(chunks.last().map(|c| c.1), Some(to));
+            for pair in chunks.windows(2) {
+                prop_assert_eq!(pair[0].1 + 1, pair[1].0);
+            }
+        }
+    }
 
     #[test]
     fn ranges_are_cut_without_gap_or_overlap() {

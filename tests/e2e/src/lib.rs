@@ -304,6 +304,12 @@ pub async fn start_gateway(
         format!("http://{hydrator}"),
         "--session-secret".into(),
         env.session_secret(),
+        // Every test client signs up from 127.0.0.1: the per-address limit is lifted
+        // (limits.rs sets it back to test it).
+        "--auth-rate".into(),
+        "1000000".into(),
+        "--auth-burst".into(),
+        "1000000".into(),
     ];
     args.extend(env.store_args());
     args.extend(env.broker_args());
@@ -765,6 +771,8 @@ impl Service {
             .env("HUDDLE_QUEUE_PREFIX", &env.queue_prefix)
             .env("HUDDLE_SESSION_SECRET", env.session_secret())
             .env("HUDDLE_GRPC_TOKEN", env.grpc_token())
+            .env("HUDDLE_AUTH_RATE", "1000000")
+            .env("HUDDLE_AUTH_BURST", "1000000")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         if !otlp.is_empty() {
@@ -972,4 +980,22 @@ impl Drop for OwnRedis {
         let _ = self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `cargo metadata` of the workspace, resolved for this platform only (the dependencies
+/// the build fetched), read offline.
+pub fn cargo_metadata() -> Result<Value> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let rustc = Command::new("rustc").arg("-vV").output().context("rustc -vV")?;
+    let host = String::from_utf8(rustc.stdout)?
+        .lines()
+        .find_map(|line| line.strip_prefix("host: ").map(str::to_owned))
+        .context("rustc -vV names no host")?;
+    let output = Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--offline", "--filter-platform", &host, "--manifest-path"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.toml"))
+        .output()
+        .context("cargo metadata")?;
+    anyhow::ensure!(output.status.success(), "cargo metadata: {}", String::from_utf8_lossy(&output.stderr));
+    Ok(serde_json::from_slice(&output.stdout)?)
 }

@@ -248,3 +248,53 @@ async fn the_closing_handshake_is_answered_at_once_and_bad_frames_get_their_clos
     );
     stack.shutdown().await
 }
+
+/// Every response carries the security headers; the page runs under a policy with no
+/// inline code; a POST from another site is refused even with the session cookie.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_and_api_carry_security_headers_and_cross_site_posts_are_refused() -> Result<()> {
+    let stack = Stack::start(1).await?;
+    let base = stack.url(0);
+    let client = http();
+    for path in ["/", "/app.js", "/app.css", "/api/me", "/api/nope"] {
+        let response = client.get(format!("{base}{path}")).send().await?;
+        let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let csp = header("content-security-policy");
+        assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
+        assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"), "{path}: {csp}");
+        assert_eq!(header("x-content-type-options"), "nosniff", "{path}");
+        assert_eq!(header("x-frame-options"), "DENY", "{path}");
+    }
+    let page = client.get(format!("{base}/")).send().await?.text().await?;
+    assert!(!page.contains("<script>") && !page.contains("style="), "no inline script or style in the page");
+    let script = client.get(format!("{base}/app.js")).send().await?;
+    assert_eq!(script.headers()["content-type"], "text/javascript; charset=utf-8");
+
+    let ada = sign_up(&base, "ada").await?;
+    let cross_site = |path: &str| {
+        client
+            .post(format!("{base}{path}"))
+            .header("Origin", "https://evil.example")
+            .header("Cookie", format!("huddle_session={}", ada.token))
+            .json(&json!({"username": "ada", "password": "password123"}))
+            .send()
+    };
+    for path in ["/api/logout", "/api/login", "/api/register"] {
+        let refused = cross_site(path).await?;
+        assert_eq!(
+            (refused.status().as_u16(), refused.json::<Value>().await?["error"]["code"].clone()),
+            (403, json!("origin_not_allowed")),
+            "{path}"
+        );
+    }
+    let me = client.get(format!("{base}/api/me")).bearer_auth(&ada.token).send().await?;
+    assert_eq!(me.status(), 200, "the cross-site logout did not end the session");
+    let same_site = client
+        .post(format!("{base}/api/logout"))
+        .header("Origin", base.as_str())
+        .header("Cookie", format!("huddle_session={}", ada.token))
+        .send()
+        .await?;
+    assert_eq!(same_site.status(), 204, "the page's own origin may log out");
+    stack.shutdown().await
+}

@@ -120,3 +120,103 @@ async fn joining_too_fast_is_refused_with_retry_after() -> Result<()> {
     assert_eq!(refused_join(&base, "lobby", &ada.token).await?, (429, "rate_limited".into(), true));
     stack.shutdown().await
 }
+
+/// POSTs credentials to `/api/{what}`: (status, error code, Retry-After in seconds).
+async fn credentials(
+    base: &str,
+    what: &str,
+    name: &str,
+    password: &str,
+    forwarded_for: Option<&str>,
+) -> Result<(u16, String, Option<u64>)> {
+    let mut request =
+        http().post(format!("{base}/api/{what}")).json(&json!({ "username": name, "password": password }));
+    if let Some(forwarded_for) = forwarded_for {
+        request = request.header("X-Forwarded-For", forwarded_for);
+    }
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok());
+    let body: serde_json::Value = response.json().await.context("JSON body")?;
+    Ok((status, body["error"]["code"].as_str().unwrap_or_default().to_owned(), retry_after))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_ups_and_logins_are_limited_per_client_address() -> Result<()> {
+    // 3 at once, then one every 10 s; 127.0.0.1 is the one trusted proxy.
+    let stack = Stack::start_with(StackOptions {
+        gateways: 1,
+        gateway_args: &["--auth-rate", "6", "--auth-burst", "3", "--trusted-proxies", "127.0.0.1"],
+        ..StackOptions::default()
+    })
+    .await?;
+    let base = stack.url(0);
+    let client_a = Some("203.0.113.1");
+    assert_eq!(credentials(&base, "register", "ada", "password123", client_a).await?.0, 201);
+    assert_eq!(credentials(&base, "login", "ada", "password123", client_a).await?.0, 200);
+    assert_eq!(credentials(&base, "login", "ada", "wrong-password", client_a).await?.1, "bad_credentials");
+    let (status, code, retry_after) = credentials(&base, "login", "ada", "password123", client_a).await?;
+    assert_eq!((status, code.as_str()), (429, "rate_limited"), "the address's burst is spent");
+    let retry_after = retry_after.context("Retry-After")?;
+    assert!((1..=10).contains(&retry_after), "the next token is at most 10 s away: {retry_after}");
+    assert_eq!(credentials(&base, "register", "bob", "password123", client_a).await?.0, 429, "sign-ups share it");
+
+    // Another client behind the same proxy has its own budget, and a client cannot claim
+    // someone else's address by prepending it: only the hop the proxy added counts.
+    assert_eq!(credentials(&base, "login", "ada", "password123", Some("203.0.113.2")).await?.0, 200);
+    let spoofed = Some("203.0.113.9, 203.0.113.1");
+    assert_eq!(credentials(&base, "login", "ada", "password123", spoofed).await?.0, 429);
+    stack.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_passwords_lock_the_accounts_logins_for_a_doubling_time() -> Result<()> {
+    let stack = Stack::start_with(StackOptions {
+        gateways: 2,
+        gateway_args: &["--login-free-failures", "2", "--login-max-lock-secs", "2"],
+        ..StackOptions::default()
+    })
+    .await?;
+    let (one, two) = (stack.url(0), stack.url(1));
+    sign_up(&one, "ada").await?;
+    sign_up(&one, "bob").await?;
+    for _ in 0..2 {
+        assert_eq!(credentials(&one, "login", "ada", "guess-guess", None).await?.1, "bad_credentials");
+    }
+    // The third failure locks for 1 s: even the right password waits, on every gateway,
+    // whatever case the name is typed in.
+    assert_eq!(credentials(&one, "login", "ada", "guess-guess", None).await?.1, "bad_credentials");
+    let (status, code, retry_after) = credentials(&two, "login", "ADA", "password123", None).await?;
+    assert_eq!((status, code.as_str(), retry_after), (429, "login_locked", Some(1)));
+    assert_eq!(credentials(&two, "login", "bob", "password123", None).await?.0, 200, "other accounts log in");
+
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    // The next failure doubles the lock, capped at the 2 s maximum.
+    assert_eq!(credentials(&one, "login", "ada", "guess-guess", None).await?.1, "bad_credentials");
+    assert_eq!(credentials(&one, "login", "ada", "password123", None).await?.2, Some(2));
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert_eq!(credentials(&one, "login", "ada", "password123", None).await?.0, 200);
+    // A success forgets the failures: two more are free again.
+    for _ in 0..2 {
+        assert_eq!(credentials(&one, "login", "ada", "guess-guess", None).await?.1, "bad_credentials");
+    }
+    assert_eq!(credentials(&one, "login", "ada", "password123", None).await?.0, 200);
+    stack.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usernames_are_unique_after_nfkc_ignoring_case_and_look_alikes() -> Result<()> {
+    let stack = Stack::start(1).await?;
+    let base = stack.url(0);
+    let register = |name: &'static str| credentials(&base, "register", name, "password123", None);
+    assert_eq!(register("paypal").await?.0, 201);
+    for taken in ["PayPal", "paypa1", "ｐａｙｐａｌ", "PAYPAI"] {
+        assert_eq!(register(taken).await?, (409, "username_taken".into(), None), "{taken} looks like paypal");
+    }
+    assert_eq!(register("ｍｏｄｅｒｎ").await?.0, 201, "full-width letters register as their NFKC form");
+    assert_eq!(register("rnodern").await?.0, 409, "rn looks like m");
+    assert_eq!(credentials(&base, "login", "modern", "password123", None).await?.0, 200);
+    assert_eq!(credentials(&base, "login", "ＭＯＤＥＲＮ", "password123", None).await?.0, 200);
+    assert_eq!(register("pаypal").await?.1, "bad_username", "a Cyrillic а is not a username letter");
+    stack.shutdown().await
+}
