@@ -4,7 +4,6 @@
 //! dependency that breaks a rule fails here, not in review.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
 
 use anyhow::{Context, Result};
 use serde_json::Value;
@@ -19,20 +18,7 @@ struct Graph {
 }
 
 fn graph() -> Result<Graph> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    // Only this platform's dependencies: those are the ones the build fetched.
-    let rustc = Command::new("rustc").arg("-vV").output().context("rustc -vV")?;
-    let host = String::from_utf8(rustc.stdout)?
-        .lines()
-        .find_map(|line| line.strip_prefix("host: ").map(str::to_owned))
-        .context("rustc -vV names no host")?;
-    let output = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--offline", "--filter-platform", &host, "--manifest-path"])
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.toml"))
-        .output()
-        .context("cargo metadata")?;
-    anyhow::ensure!(output.status.success(), "cargo metadata: {}", String::from_utf8_lossy(&output.stderr));
-    let metadata: Value = serde_json::from_slice(&output.stdout)?;
+    let metadata = huddle_e2e::cargo_metadata()?;
     let name_of: BTreeMap<&str, &str> = metadata["packages"]
         .as_array()
         .context("packages")?
