@@ -235,21 +235,34 @@ pub async fn end_session(state: &AppState, claims: &Claims) -> Result<(), ApiErr
 }
 
 /// Whether session `jti` was ended: Redis answers, and when Redis lost its cache, the
-/// cache is filled again from PostgreSQL first.
+/// cache is filled again from PostgreSQL first — by one request at a time, so a Redis
+/// loss under load costs one archive read, not one per request.
 pub async fn is_revoked(state: &AppState, jti: &str) -> Result<bool, ApiError> {
-    match state.log.revocation(jti).await.map_err(ApiError::unavailable)? {
-        Revocation::Revoked => Ok(true),
-        Revocation::Live => Ok(false),
-        Revocation::Unknown => {
-            let now = now_secs();
-            let revoked = state.archive.live_revocations().await.map_err(ApiError::unavailable)?;
-            let cached: Vec<(String, u64)> =
-                revoked.iter().map(|(id, expires)| (id.clone(), (expires - now).max(1) as u64)).collect();
-            state.log.load_revocations(&cached).await.map_err(ApiError::unavailable)?;
-            tracing::info!(revocations = cached.len(), "revoked sessions reloaded into Redis from PostgreSQL");
-            Ok(revoked.iter().any(|(id, _)| id == jti))
-        }
+    if let Some(revoked) = cached_revocation(state, jti).await? {
+        return Ok(revoked);
     }
+    let _reloading = state.revocations_reload.lock().await;
+    // Whoever held the lock before may have reloaded the cache already.
+    if let Some(revoked) = cached_revocation(state, jti).await? {
+        return Ok(revoked);
+    }
+    let now = now_secs();
+    let revoked = state.archive.live_revocations().await.map_err(ApiError::unavailable)?;
+    let cached: Vec<(String, u64)> =
+        revoked.iter().map(|(id, expires)| (id.clone(), (expires - now).max(1) as u64)).collect();
+    state.log.load_revocations(&cached).await.map_err(ApiError::unavailable)?;
+    crate::metrics::REVOCATION_RELOADS.inc();
+    tracing::info!(revocations = cached.len(), "revoked sessions reloaded into Redis from PostgreSQL");
+    Ok(revoked.iter().any(|(id, _)| id == jti))
+}
+
+/// What the Redis cache says of `jti`; `None` if the cache was lost.
+async fn cached_revocation(state: &AppState, jti: &str) -> Result<Option<bool>, ApiError> {
+    Ok(match state.log.revocation(jti).await.map_err(ApiError::unavailable)? {
+        Revocation::Revoked => Some(true),
+        Revocation::Live => Some(false),
+        Revocation::Unknown => None,
+    })
 }
 
 #[cfg(test)]

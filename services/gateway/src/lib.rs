@@ -199,6 +199,8 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// Per-account rates and connection counts.
     pub limits: Arc<limits::Limits>,
+    /// Held while the revoked-session cache is reloaded from PostgreSQL (one at a time).
+    pub revocations_reload: tokio::sync::Mutex<()>,
 }
 
 /// Why the gateway could not start.
@@ -348,6 +350,7 @@ pub async fn start(settings: Settings) -> Result<RunningGateway, StartError> {
         signer: auth::TokenSigner::new(session_secret.expose_secret()),
         passwords: auth::PasswordHashing::new(settings.hash_concurrency, settings.hash_queue)?,
         limits: limits(&settings),
+        revocations_reload: tokio::sync::Mutex::new(()),
         settings: settings.clone(),
         log: log.clone(),
         archive: archive.clone(),

@@ -54,3 +54,12 @@ pub static STUCK_RESETS: LazyLock<IntCounter> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+
+/// Reloads of the revoked-session cache from PostgreSQL (after Redis lost it).
+pub static REVOCATION_RELOADS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "huddle_gateway_revocation_reloads_total",
+        "Reloads of the revoked-session cache from PostgreSQL after Redis lost it"
+    )
+    .expect("metric registers once")
+});
