@@ -1,0 +1,43 @@
+//! `huddle-bench`: the benchmark load generator (see docs/BENCHMARKS.md and
+//! `scripts/bench`, which starts the servers and runs it).
+//!
+//! * `huddle-bench fanout …`: the fan-out sweep against Huddle, Socket.IO or Django
+//!   Channels; one JSON line per step.
+//! * `huddle-bench plot --input results.jsonl --out plot.svg`: latency against
+//!   throughput, one line per server.
+
+mod cpu;
+mod fanout;
+mod plot;
+mod target;
+
+use anyhow::Result;
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(name = "huddle-bench", about = "Huddle benchmark load generator")]
+enum Cli {
+    /// Fan-out sweep: step the delivery rate up until p99 or delivery fails.
+    Fanout(fanout::FanoutArgs),
+    /// Plot fan-out results as SVG.
+    Plot {
+        /// JSON lines written by `fanout --out`.
+        #[arg(long)]
+        input: String,
+        /// Where to write the SVG.
+        #[arg(long)]
+        out: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    match Cli::parse() {
+        Cli::Fanout(args) => {
+            let results = fanout::sweep(args).await?;
+            anyhow::ensure!(!results.is_empty(), "no step ran");
+        }
+        Cli::Plot { input, out } => std::fs::write(out, plot::svg(&std::fs::read_to_string(input)?)?)?,
+    }
+    Ok(())
+}
