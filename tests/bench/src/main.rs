@@ -3,11 +3,13 @@
 //!
 //! * `huddle-bench fanout …`: the fan-out sweep against Huddle, Socket.IO or Django
 //!   Channels; one JSON line per step.
+//! * `huddle-bench join …`: join latency (a cold burst, then warm joins) against Huddle.
 //! * `huddle-bench plot --input results.jsonl --out plot.svg`: latency against
 //!   throughput, one line per server.
 
 mod cpu;
 mod fanout;
+mod join;
 mod plot;
 mod target;
 
@@ -19,6 +21,8 @@ use clap::Parser;
 enum Cli {
     /// Fan-out sweep: step the delivery rate up until p99 or delivery fails.
     Fanout(fanout::FanoutArgs),
+    /// Join latency: a burst of cold joins, then warm joins one at a time (Huddle).
+    Join(join::JoinArgs),
     /// Plot fan-out results as SVG.
     Plot {
         /// JSON lines written by `fanout --out`.
@@ -36,6 +40,9 @@ async fn main() -> Result<()> {
         Cli::Fanout(args) => {
             let results = fanout::sweep(args).await?;
             anyhow::ensure!(!results.is_empty(), "no step ran");
+        }
+        Cli::Join(args) => {
+            join::run(args).await?;
         }
         Cli::Plot { input, out } => std::fs::write(out, plot::svg(&std::fs::read_to_string(input)?)?)?,
     }
