@@ -6,7 +6,9 @@
 //! each connection reads it once when it opens, and the scripts compare it with the
 //! process each room was last checked on.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, RecycleResult};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
@@ -24,10 +26,45 @@ impl ServerManager {
     }
 }
 
-/// A connection and the `run_id` of the Redis process at its other end.
+/// A connection, the `run_id` of the Redis process at its other end, and what its last
+/// replies said about its health.
 pub(crate) struct ServerConnection {
     conn: MultiplexedConnection,
     run_id: Arc<str>,
+    health: Arc<Health>,
+}
+
+/// Whether a connection still works, as its own traffic shows: a reply within
+/// [`FRESH`] proves it without a PING, and a connection error condemns it.
+struct Health {
+    opened: Instant,
+    /// Milliseconds after `opened` of the last successful reply.
+    last_reply_ms: AtomicU64,
+    broken: AtomicBool,
+}
+
+/// How recent a reply must be for a connection to be handed out without a PING.
+const FRESH: Duration = Duration::from_secs(1);
+
+impl Health {
+    fn new() -> Self {
+        Self { opened: Instant::now(), last_reply_ms: AtomicU64::new(0), broken: AtomicBool::new(false) }
+    }
+
+    fn observe<T>(&self, result: &Result<T, RedisError>) {
+        match result {
+            Ok(_) => self.last_reply_ms.store(self.opened.elapsed().as_millis() as u64, Ordering::Relaxed),
+            Err(error) if error.is_unrecoverable_error() || error.is_io_error() || error.is_connection_dropped() => {
+                self.broken.store(true, Ordering::Relaxed);
+            }
+            Err(_) => {}
+        }
+    }
+
+    fn replied_recently(&self) -> bool {
+        let last = Duration::from_millis(self.last_reply_ms.load(Ordering::Relaxed));
+        self.opened.elapsed().saturating_sub(last) < FRESH
+    }
 }
 
 impl managed::Manager for ServerManager {
@@ -39,30 +76,59 @@ impl managed::Manager for ServerManager {
         let info: String = redis::cmd("INFO").arg("server").query_async(&mut conn).await?;
         let run_id = run_id_of(&info)
             .ok_or_else(|| RedisError::from((ErrorKind::UnexpectedReturnType, "INFO server reported no run_id")))?;
-        Ok(ServerConnection { conn, run_id: run_id.into() })
+        Ok(ServerConnection { conn, run_id: run_id.into(), health: Arc::new(Health::new()) })
     }
 
+    /// A connection that failed is dropped; one that answered within the last second is
+    /// handed out as it is (no PING round-trip on the send path); an idle one is PINGed.
     async fn recycle(&self, connection: &mut ServerConnection, metrics: &Metrics) -> RecycleResult<RedisError> {
-        managed::Manager::recycle(&self.inner, &mut connection.conn, metrics).await
+        if connection.health.broken.load(Ordering::Relaxed) {
+            return Err(managed::RecycleError::message("the connection failed"));
+        }
+        if connection.health.replied_recently() {
+            return Ok(());
+        }
+        let result = managed::Manager::recycle(&self.inner, &mut connection.conn, metrics).await;
+        if result.is_ok() {
+            connection.health.observe(&Ok::<(), RedisError>(()));
+        }
+        result
     }
 }
 
 /// The pool of tagged connections.
 pub(crate) type ServerPool = managed::Pool<ServerManager>;
 
-/// A connection checked out of the pool.
-pub(crate) struct Conn(pub(crate) managed::Object<ServerManager>);
+/// A pooled connection to use. The connection is multiplexed: many callers share it at
+/// once, each request pipelined behind the others, so it goes back to the pool as soon as
+/// it is handed out rather than after the caller's round-trip.
+pub(crate) struct Conn {
+    conn: MultiplexedConnection,
+    run_id: Arc<str>,
+    health: Arc<Health>,
+}
 
 impl Conn {
+    /// Takes a connection from the pool (checking it as [`ServerManager`] does) and
+    /// returns it to the pool at once.
+    pub(crate) async fn get(pool: &ServerPool) -> Result<Self, managed::PoolError<RedisError>> {
+        let pooled = pool.get().await?;
+        Ok(Self { conn: pooled.conn.clone(), run_id: Arc::clone(&pooled.run_id), health: Arc::clone(&pooled.health) })
+    }
+
     /// The `run_id` of the Redis process this connection talks to.
     pub(crate) fn run_id(&self) -> Arc<str> {
-        Arc::clone(&self.0.run_id)
+        Arc::clone(&self.run_id)
     }
 }
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        self.0.conn.req_packed_command(cmd)
+        Box::pin(async move {
+            let result = self.conn.req_packed_command(cmd).await;
+            self.health.observe(&result);
+            result
+        })
     }
 
     fn req_packed_commands<'a>(
@@ -71,11 +137,15 @@ impl ConnectionLike for Conn {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        self.0.conn.req_packed_commands(pipeline, offset, count)
+        Box::pin(async move {
+            let result = self.conn.req_packed_commands(pipeline, offset, count).await;
+            self.health.observe(&result);
+            result
+        })
     }
 
     fn get_db(&self) -> i64 {
-        self.0.conn.get_db()
+        self.conn.get_db()
     }
 }
 

@@ -134,7 +134,7 @@ impl RoomLog {
     }
 
     pub(crate) async fn conn(&self) -> Result<Conn> {
-        Ok(Conn(self.pool.get().await?))
+        Ok(Conn::get(&self.pool).await?)
     }
 
     /// Round-trips a PING (readiness).

@@ -347,3 +347,46 @@ async fn a_seq_handed_out_twice_quarantines_the_second_message_instead_of_droppi
     assert_eq!(archive.store_chunk(&room, 0, &messages(1..=2, uid), &[]).await?, stored(4));
     env.cleanup().await
 }
+
+/// The send path makes one Redis round-trip: a connection that answered within the last
+/// second is handed out without a PING, and many appends share the pool's multiplexed
+/// connections at once. A connection that failed (Redis restarted) is replaced, not
+/// handed out again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_connections_are_not_pinged_and_failed_ones_are_replaced() -> Result<()> {
+    let mut redis = huddle_e2e::OwnRedis::start()?;
+    let env = TestEnv::with_redis(redis.url()).await?;
+    let log = env.room_log(100)?;
+    let room = RoomName::parse("one-round-trip")?;
+    log.hydrate(&room, 0, 0, &[]).await?;
+    let mut admin = redis::Client::open(redis.url())?.get_multiplexed_async_connection().await?;
+    let pings = |stats: String| -> u64 {
+        stats
+            .lines()
+            .find_map(|line| line.strip_prefix("cmdstat_ping:calls="))
+            .and_then(|rest| rest.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut admin).await?;
+    let posts: Vec<Post> = (0..200).map(|i| entry(1, "hi", &format!("c{i}"))).collect();
+    let appends = posts.iter().map(|post| log.append(&room, post));
+    for outcome in futures_util::future::join_all(appends).await {
+        assert!(matches!(outcome?, AppendOutcome::Appended { .. }));
+    }
+    let stats: String = redis::cmd("INFO").arg("commandstats").query_async(&mut admin).await?;
+    assert!(pings(stats.clone()) <= 4, "200 appends cost {} PINGs (pool of 4)", pings(stats));
+
+    // Redis restarts: every pooled connection breaks. Appends fail until the pool has
+    // replaced them, then work again; no broken connection is handed out for ever.
+    redis.restart()?;
+    let mut recovered = false;
+    for _ in 0..20 {
+        if log.ping().await.is_ok() {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "the pool still hands out broken connections after a Redis restart");
+    env.cleanup().await
+}
