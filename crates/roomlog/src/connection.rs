@@ -22,8 +22,16 @@ pub(crate) struct ServerManager {
 
 impl ServerManager {
     pub(crate) fn new(url: &str) -> Result<Self, RedisError> {
-        Ok(Self { inner: deadpool_redis::Manager::new(url)? })
+        Ok(Self { inner: deadpool_redis::Manager::new(connection_info(url)?)? })
     }
+}
+
+/// Where `url` points, with Nagle's algorithm off: requests are small and pipelined, and
+/// a request held back until the previous one is acknowledged waits for the server's
+/// delayed ACK (tens of milliseconds).
+pub fn connection_info(url: &str) -> Result<redis::ConnectionInfo, RedisError> {
+    use redis::IntoConnectionInfo;
+    Ok(url.into_connection_info()?.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true)))
 }
 
 /// A connection, the `run_id` of the Redis process at its other end, and what its last

@@ -60,6 +60,7 @@ pub use presence::{Presence, PresenceChange, RoomPresence};
 pub use read::{Chunk, Unreadable};
 pub use sessions::Revocation;
 
+pub use connection::connection_info;
 use connection::{Conn, ServerManager, ServerPool};
 use huddle_config::RedisSettings;
 

@@ -110,7 +110,7 @@ impl Hub {
         deadline: Duration,
         keepalive: Duration,
     ) -> redis::RedisResult<Arc<Self>> {
-        let client = redis::Client::open(redis_url)?;
+        let client = redis::Client::open(huddle_roomlog::connection_info(redis_url)?)?;
         let (mut sink, stream) = client.get_async_pubsub().await?.split();
         sink.subscribe(keys.ended_sessions()).await?;
         let hub = Arc::new(Self {

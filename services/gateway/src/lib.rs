@@ -389,6 +389,8 @@ pub async fn start(settings: Settings) -> Result<RunningGateway, StartError> {
             .default_service(web::to(api::not_found))
     })
     .on_connect(abort::ConnectionAbort::on_connect)
+    // Frames are small and many: none may wait for the client's delayed ACK of the last.
+    .tcp_nodelay(true)
     .disable_signals()
     .shutdown_timeout(10)
     .listen(listener)?;

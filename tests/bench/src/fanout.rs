@@ -50,6 +50,9 @@ pub struct FanoutArgs {
     /// Process ids of the server under test, whose CPU is measured (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub server_pid: Vec<u32>,
+    /// The core the server is pinned to, whose whole use (kernel included) is measured.
+    #[arg(long)]
+    pub server_core: Option<usize>,
     /// Names this run's accounts (Huddle), so runs do not collide.
     #[arg(long, default_value = "bench")]
     pub run_id: String,
@@ -92,6 +95,9 @@ pub struct StepResult {
     pub generator_cpu: f64,
     /// The server's CPU (all its processes), in cores.
     pub server_cpu: f64,
+    /// How busy the server's core was (0 to 1), everything on it counted: its Redis and
+    /// the kernel's network work too.
+    pub server_core_busy: f64,
     /// Server CPU per delivery, microseconds.
     pub server_us_per_delivery: f64,
     /// The generator used most of its core: the result measures the generator, not the server.
@@ -206,7 +212,7 @@ impl Crowd {
         let sends_per_sec = rate as f64 / members;
         let interval = Duration::from_secs_f64(clients / sends_per_sec);
         let duration = Duration::from_secs(self.args.step_secs);
-        let meters = CpuMeter::start(&self.args.server_pid)?;
+        let meters = CpuMeter::start(&self.args.server_pid, self.args.server_core)?;
         let begin = Instant::now() + Duration::from_millis(50);
         let end = begin + duration;
         let body_bytes = self.args.body_bytes;
@@ -252,7 +258,7 @@ impl Crowd {
         }
         progress.abort();
         let seconds = duration.as_secs_f64();
-        let (generator_cpu, server_cpu) = meters.cores()?;
+        let (generator_cpu, server_cpu, server_core_busy) = meters.cores()?;
         let mut latencies = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?;
         let (mut delivered, mut refused) = (0, 0);
         for tally in &self.tallies {
@@ -280,6 +286,7 @@ impl Crowd {
             max_ms: latencies.max() as f64 / 1000.0,
             generator_cpu,
             server_cpu,
+            server_core_busy,
             server_us_per_delivery: if delivered == 0 { 0.0 } else { server_cpu * seconds * 1e6 / delivered as f64 },
             generator_bound: generator_cpu > 0.9,
             passed: expected > 0
@@ -342,7 +349,7 @@ pub async fn sweep(args: FanoutArgs) -> Result<Vec<StepResult>> {
 
 fn report(result: &StepResult, out: Option<&str>) -> Result<()> {
     eprintln!(
-        "{:?} {} {:>7}/s: sent {} delivered {}/{} ({:.2}%) refused {} | {:.0}/s | p50 {:.2} p99 {:.2} p999 {:.2} max {:.2} ms | cpu server {:.2} gen {:.2}{} | {}",
+        "{:?} {} {:>7}/s: sent {} delivered {}/{} ({:.2}%) refused {} | {:.0}/s | p50 {:.2} p99 {:.2} p999 {:.2} max {:.2} ms | cpu server {:.2} (core {:.0}% busy) gen {:.2}{} | {}",
         result.target,
         result.phase,
         result.rate,
@@ -357,6 +364,7 @@ fn report(result: &StepResult, out: Option<&str>) -> Result<()> {
         result.p999_ms,
         result.max_ms,
         result.server_cpu,
+        100.0 * result.server_core_busy,
         result.generator_cpu,
         if result.generator_bound { " (GENERATOR-BOUND)" } else { "" },
         if result.passed { "pass" } else { "FAIL" },

@@ -78,7 +78,10 @@ impl Target {
             Target::Socketio => format!("{ws_base}/socket.io/?EIO=4&transport=websocket"),
             Target::Channels => format!("{ws_base}/ws/chat/{room}/"),
         };
-        let (mut socket, _) = tokio_tungstenite::connect_async(&url).await.with_context(|| format!("connect {url}"))?;
+        // Nagle off, as browsers have it: small frames must not wait for the last one's ACK.
+        let (mut socket, _) = tokio_tungstenite::connect_async_with_config(&url, None, true)
+            .await
+            .with_context(|| format!("connect {url}"))?;
         match self {
             Target::Huddle => wait_for(&mut socket, |text| text.contains(r#""type":"history""#)).await?,
             Target::Socketio => {
