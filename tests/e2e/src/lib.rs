@@ -304,12 +304,19 @@ pub async fn start_gateway(
         format!("http://{hydrator}"),
         "--session-secret".into(),
         env.session_secret(),
-        // Every test client signs up from 127.0.0.1: the per-address limit is lifted
-        // (limits.rs sets it back to test it).
+        // Every test client signs up from 127.0.0.1, and test clients send as fast as the
+        // gateway answers: the per-address and per-account rates are lifted (limits.rs
+        // sets them back to test them).
         "--auth-rate".into(),
         "1000000".into(),
         "--auth-burst".into(),
         "1000000".into(),
+        "--send-rate".into(),
+        "100000".into(),
+        "--send-burst".into(),
+        "100000".into(),
+        "--notice-rate".into(),
+        "100000".into(),
     ];
     args.extend(env.store_args());
     args.extend(env.broker_args());

@@ -16,16 +16,7 @@ async fn a_full_redis_refuses_sends_and_loses_nothing_acked() -> Result<()> {
         env,
         StackOptions {
             gateways: 1,
-            gateway_args: &[
-                "--send-rate",
-                "100000",
-                "--send-burst",
-                "100000",
-                "--notice-rate",
-                "100000",
-                "--flush-backlog",
-                "100000",
-            ],
+            gateway_args: &["--flush-backlog", "100000"],
             // A small window: once persisted, the room's entries leave Redis.
             persister_args: &["--sweep-interval-ms", "200", "--flush-claim-ms", "1000", "--redis-window", "10"],
             ..Default::default()

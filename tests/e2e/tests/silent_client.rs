@@ -38,16 +38,7 @@ async fn open_connections(base: &str) -> Result<i64> {
 async fn a_socket_that_never_reads_is_released_within_seconds_at_a_steady_pace() -> Result<()> {
     let stack = Stack::start_with(StackOptions {
         gateways: 1,
-        gateway_args: &[
-            "--send-rate",
-            "100000",
-            "--send-burst",
-            "100000",
-            "--notice-rate",
-            "100000",
-            "--write-timeout-ms",
-            "2000",
-        ],
+        gateway_args: &["--write-timeout-ms", "2000"],
         ..Default::default()
     })
     .await?;
