@@ -4,6 +4,8 @@
 //! * `huddle-bench fanout …`: the fan-out sweep against Huddle, Socket.IO or Django
 //!   Channels; one JSON line per step.
 //! * `huddle-bench join …`: join latency (a cold burst, then warm joins) against Huddle.
+//! * `huddle-bench redis-append …`: the raw rate of Huddle's append script, called
+//!   straight from Rust: the baseline a send cannot beat.
 //! * `huddle-bench plot --input results.jsonl --out plot.svg`: latency against
 //!   throughput, one line per server.
 
@@ -11,6 +13,7 @@ mod cpu;
 mod fanout;
 mod join;
 mod plot;
+mod redis_append;
 mod target;
 
 use anyhow::Result;
@@ -23,6 +26,8 @@ enum Cli {
     Fanout(fanout::FanoutArgs),
     /// Join latency: a burst of cold joins, then warm joins one at a time (Huddle).
     Join(join::JoinArgs),
+    /// The append script's raw rate, with no gateway around it.
+    RedisAppend(redis_append::RedisAppendArgs),
     /// Plot fan-out results as SVG.
     Plot {
         /// JSON lines written by `fanout --out`.
@@ -43,6 +48,9 @@ async fn main() -> Result<()> {
         }
         Cli::Join(args) => {
             join::run(args).await?;
+        }
+        Cli::RedisAppend(args) => {
+            redis_append::run(args).await?;
         }
         Cli::Plot { input, out } => std::fs::write(out, plot::svg(&std::fs::read_to_string(input)?)?)?,
     }
