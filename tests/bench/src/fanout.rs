@@ -369,12 +369,7 @@ fn report(result: &StepResult, out: Option<&str>) -> Result<()> {
         if result.generator_bound { " (GENERATOR-BOUND)" } else { "" },
         if result.passed { "pass" } else { "FAIL" },
     );
-    if let Some(path) = out {
-        use std::io::Write;
-        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-        writeln!(file, "{}", serde_json::to_string(result)?)?;
-    }
-    Ok(())
+    crate::append_json_line(out, result)
 }
 
 #[cfg(test)]

@@ -122,11 +122,7 @@ pub async fn run(args: JoinArgs) -> Result<Vec<JoinResult>> {
             "join {}: {} joins, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
             result.phase, result.joins, result.p50_ms, result.p99_ms, result.max_ms
         );
-        if let Some(path) = &args.out {
-            use std::io::Write;
-            let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-            writeln!(file, "{}", serde_json::to_string(result)?)?;
-        }
+        crate::append_json_line(args.out.as_deref(), result)?;
     }
     Ok(results)
 }

@@ -19,6 +19,15 @@ mod target;
 use anyhow::Result;
 use clap::Parser;
 
+/// Appends `value` as one JSON line to `path`, if a path was given (`--out`).
+pub(crate) fn append_json_line(path: Option<&str>, value: &impl serde::Serialize) -> Result<()> {
+    use std::io::Write;
+    let Some(path) = path else { return Ok(()) };
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    writeln!(file, "{}", serde_json::to_string(value)?)?;
+    Ok(())
+}
+
 #[derive(Parser)]
 #[command(name = "huddle-bench", about = "Huddle benchmark load generator")]
 enum Cli {

@@ -110,10 +110,6 @@ pub async fn run(args: RedisAppendArgs) -> Result<RedisAppendResult> {
         "append script alone: {:.0} appends/s ({} in flight), p50 {:.2} ms, p99 {:.2} ms",
         result.appends_per_sec, args.in_flight, result.p50_ms, result.p99_ms
     );
-    if let Some(path) = &args.out {
-        use std::io::Write;
-        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-        writeln!(file, "{}", serde_json::to_string(&result)?)?;
-    }
+    crate::append_json_line(args.out.as_deref(), &result)?;
     Ok(result)
 }

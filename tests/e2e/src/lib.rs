@@ -1006,3 +1006,36 @@ pub fn cargo_metadata() -> Result<Value> {
     anyhow::ensure!(output.status.success(), "cargo metadata: {}", String::from_utf8_lossy(&output.stderr));
     Ok(serde_json::from_slice(&output.stdout)?)
 }
+
+/// A memory figure of a process from `/proc/<pid>/status`, in MiB: `VmRSS` (resident
+/// now) or `VmHWM` (peak resident).
+pub fn memory_mib(pid: u32, field: &str) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))?;
+    Ok(kib / 1024)
+}
+
+/// POSTs a name and password to `/api/{what}` (`register` or `login`), from the client
+/// address `forwarded_for` if given (the gateway must trust 127.0.0.1 as its proxy): (status, error code, Retry-After in seconds).
+pub async fn post_credentials(
+    base: &str,
+    what: &str,
+    name: &str,
+    password: &str,
+    forwarded_for: Option<&str>,
+) -> Result<(u16, String, Option<u64>)> {
+    let mut request =
+        http().post(format!("{base}/api/{what}")).json(&json!({ "username": name, "password": password }));
+    if let Some(forwarded_for) = forwarded_for {
+        request = request.header("X-Forwarded-For", forwarded_for);
+    }
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok());
+    let body: Value = response.json().await.context("JSON body")?;
+    Ok((status, body["error"]["code"].as_str().unwrap_or_default().to_owned(), retry_after))
+}

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use futures_util::future::join_all;
-use huddle_e2e::{eventually, free_addr, http, wait_ready, Service, TestEnv, User, Ws};
+use huddle_e2e::{eventually, free_addr, http, memory_mib, post_credentials, wait_ready, Service, TestEnv, User, Ws};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::frame::{
@@ -21,28 +21,10 @@ use tokio_tungstenite::tungstenite::protocol::frame::{
     Frame,
 };
 
-/// Resident memory of a process, MiB (`VmRSS`; `VmHWM` for the peak).
-fn memory_mib(pid: u32, field: &str) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no such field in /proc/<pid>/status")?;
-    Ok(kib / 1024)
-}
-
 /// POSTs credentials as a client at `address`: (status, error code).
 async fn credentials(base: &str, what: &str, name: &str, address: &str) -> Result<(u16, String)> {
-    let response = http()
-        .post(format!("{base}/api/{what}"))
-        .header("X-Forwarded-For", address)
-        .json(&json!({ "username": name, "password": "password123" }))
-        .send()
-        .await?;
-    let status = response.status().as_u16();
-    let body: Value = response.json().await.context("error bodies are JSON")?;
-    Ok((status, body["error"]["code"].as_str().unwrap_or_default().to_owned()))
+    let (status, code, _) = post_credentials(base, what, name, "password123", Some(address)).await?;
+    Ok((status, code))
 }
 
 /// Signs `name` up and in as a client at `address`.

@@ -3,7 +3,7 @@
 //! per gateway, each refused with its documented code.
 
 use anyhow::{Context, Result};
-use huddle_e2e::{http, sign_up, Stack, StackOptions, Ws};
+use huddle_e2e::{http, post_credentials as credentials, sign_up, Stack, StackOptions, Ws};
 use serde_json::json;
 
 /// The upgrade's refusal: (status, error code, Retry-After present).
@@ -119,26 +119,6 @@ async fn joining_too_fast_is_refused_with_retry_after() -> Result<()> {
     ws.expect("history").await?;
     assert_eq!(refused_join(&base, "lobby", &ada.token).await?, (429, "rate_limited".into(), true));
     stack.shutdown().await
-}
-
-/// POSTs credentials to `/api/{what}`: (status, error code, Retry-After in seconds).
-async fn credentials(
-    base: &str,
-    what: &str,
-    name: &str,
-    password: &str,
-    forwarded_for: Option<&str>,
-) -> Result<(u16, String, Option<u64>)> {
-    let mut request =
-        http().post(format!("{base}/api/{what}")).json(&json!({ "username": name, "password": password }));
-    if let Some(forwarded_for) = forwarded_for {
-        request = request.header("X-Forwarded-For", forwarded_for);
-    }
-    let response = request.send().await?;
-    let status = response.status().as_u16();
-    let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok());
-    let body: serde_json::Value = response.json().await.context("JSON body")?;
-    Ok((status, body["error"]["code"].as_str().unwrap_or_default().to_owned(), retry_after))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

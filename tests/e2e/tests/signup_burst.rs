@@ -6,19 +6,8 @@
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use huddle_e2e::{free_addr, http, wait_ready, Service, TestEnv};
+use huddle_e2e::{free_addr, http, memory_mib, wait_ready, Service, TestEnv};
 use serde_json::json;
-
-/// A memory figure of a process (`VmHWM`: peak resident, `VmRSS`: resident now), MiB.
-fn memory_mib(pid: u32, field: &str) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0);
-    Ok(kib / 1024)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn six_hundred_simultaneous_sign_ups_keep_memory_bounded_and_all_get_through() -> Result<()> {
