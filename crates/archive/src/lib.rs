@@ -16,6 +16,7 @@
 //! It knows no Redis, no RabbitMQ and no HTTP.
 
 pub mod accounts;
+mod baseline;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use huddle_config::PostgresSettings;

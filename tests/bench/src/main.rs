@@ -6,12 +6,15 @@
 //! * `huddle-bench join …`: join latency (a cold burst, then warm joins) against Huddle.
 //! * `huddle-bench redis-append …`: the raw rate of Huddle's append script, called
 //!   straight from Rust: the baseline a send cannot beat.
+//! * `huddle-bench persist …`: the persister through a backlog in Redis, against one raw
+//!   binary `COPY` of the same rows (the baseline).
 //! * `huddle-bench plot --input results.jsonl --out plot.svg`: latency against
 //!   throughput, one line per server.
 
 mod cpu;
 mod fanout;
 mod join;
+mod persist;
 mod plot;
 mod redis_append;
 mod target;
@@ -37,6 +40,8 @@ enum Cli {
     Join(join::JoinArgs),
     /// The append script's raw rate, with no gateway around it.
     RedisAppend(redis_append::RedisAppendArgs),
+    /// The persister through a backlog, against a raw binary COPY of the same rows.
+    Persist(persist::PersistArgs),
     /// Plot fan-out results as SVG.
     Plot {
         /// JSON lines written by `fanout --out`.
@@ -60,6 +65,9 @@ async fn main() -> Result<()> {
         }
         Cli::RedisAppend(args) => {
             redis_append::run(args).await?;
+        }
+        Cli::Persist(args) => {
+            persist::run(args).await?;
         }
         Cli::Plot { input, out } => std::fs::write(out, plot::svg(&std::fs::read_to_string(input)?)?)?,
     }
