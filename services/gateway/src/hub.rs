@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytestring::ByteString;
 use futures_util::StreamExt;
 use huddle_domain::RoomName;
 use huddle_roomlog::{parse_published, Keyspace, RESET_PREFIX};
@@ -31,20 +32,21 @@ pub enum Outbound {
     Message {
         /// The message's seq in the room's log.
         seq: u64,
-        /// The serialised `message` frame, shared by every socket in the room.
-        frame: Arc<str>,
+        /// The serialised `message` frame, shared by every socket in the room (a clone
+        /// is a reference count, not a copy).
+        frame: ByteString,
     },
     /// A typing frame from `user_id`.
     Typing {
         /// Who is typing; that user's own sockets skip the frame.
         user_id: i64,
         /// The `typing` frame JSON, as published.
-        frame: Arc<str>,
+        frame: ByteString,
     },
     /// A presence frame (someone joined or left).
     Presence {
         /// The `presence` frame JSON, as published.
-        frame: Arc<str>,
+        frame: ByteString,
     },
     /// The room was re-initialised from the archive at `seq` (Redis had lost it):
     /// anything a socket saw above `seq` is gone.

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use bytestring::ByteString;
+
 use huddle_domain::{rfc3339_from_ms, RoomName, StoredMessage};
 use serde::{Deserialize, Serialize};
 
@@ -130,7 +132,7 @@ fn tagged(kind: &'static str, inner: impl Serialize) -> String {
 }
 
 /// `message` frame, built once per message and shared by every local recipient.
-pub fn message_frame(room: &RoomName, message: &StoredMessage) -> Arc<str> {
+pub fn message_frame(room: &RoomName, message: &StoredMessage) -> ByteString {
     tagged("message", MessageView::new(room, message)).into()
 }
 

@@ -144,7 +144,7 @@ fn unavailable(what: &str, error: ApiError) -> Exit {
 }
 
 impl Connection {
-    async fn send_text(&mut self, text: String) -> Result<(), Exit> {
+    async fn send_text(&mut self, text: impl Into<bytestring::ByteString>) -> Result<(), Exit> {
         self.socket.text(text).await
     }
 
@@ -250,12 +250,12 @@ impl Connection {
         match outbound {
             Outbound::Message { seq, frame } if seq > self.last_seq => {
                 self.last_seq = seq;
-                self.send_text(frame.to_string()).await
+                self.send_text(frame).await
             }
             Outbound::Message { .. } => Ok(()),
-            Outbound::Typing { user_id, frame } if user_id != self.user.uid => self.send_text(frame.to_string()).await,
+            Outbound::Typing { user_id, frame } if user_id != self.user.uid => self.send_text(frame).await,
             Outbound::Typing { .. } => Ok(()),
-            Outbound::Presence { frame } => self.send_text(frame.to_string()).await,
+            Outbound::Presence { frame } => self.send_text(frame).await,
             Outbound::Resync => self.resync().await,
             Outbound::SessionEnded => Err(session_ended("session ended (logged out or revoked); log in again")),
             // Redis lost the room and seq restarts below what this client saw: the
@@ -300,7 +300,7 @@ impl Connection {
         for message in missed {
             if message.seq > self.last_seq {
                 self.last_seq = message.seq;
-                self.send_text(protocol::message_frame(&self.room, &message).to_string()).await?;
+                self.send_text(protocol::message_frame(&self.room, &message)).await?;
             }
         }
         Ok(())
