@@ -8,9 +8,14 @@
 //!   straight from Rust: the baseline a send cannot beat.
 //! * `huddle-bench persist …`: the persister through a backlog in Redis, against one raw
 //!   binary `COPY` of the same rows (the baseline).
+//! * `huddle-bench connections …`: idle sockets up to the server's open-file limit, and
+//!   its memory per socket (starts `connections-worker` copies of itself).
+//! * `huddle-bench trivial-server --port P`: an in-memory fan-out server speaking
+//!   Huddle's frames, the generator's own ceiling.
 //! * `huddle-bench plot --input results.jsonl --out plot.svg`: latency against
 //!   throughput, one line per server.
 
+mod connections;
 mod cpu;
 mod fanout;
 mod join;
@@ -18,6 +23,7 @@ mod persist;
 mod plot;
 mod redis_append;
 mod target;
+mod trivial;
 
 use anyhow::Result;
 use clap::Parser;
@@ -42,6 +48,13 @@ enum Cli {
     RedisAppend(redis_append::RedisAppendArgs),
     /// The persister through a backlog, against a raw binary COPY of the same rows.
     Persist(persist::PersistArgs),
+    /// Idle sockets up to the server's open-file limit, and its memory per socket.
+    Connections(connections::ConnectionsArgs),
+    /// One generator process of `connections` (its plan on stdin).
+    #[command(hide = true)]
+    ConnectionsWorker,
+    /// A trivial in-memory fan-out server with Huddle's frames: the generator's ceiling.
+    TrivialServer(trivial::TrivialArgs),
     /// Plot fan-out results as SVG.
     Plot {
         /// JSON lines written by `fanout --out`.
@@ -69,6 +82,11 @@ async fn main() -> Result<()> {
         Cli::Persist(args) => {
             persist::run(args).await?;
         }
+        Cli::Connections(args) => {
+            connections::run(args).await?;
+        }
+        Cli::ConnectionsWorker => connections::worker().await?,
+        Cli::TrivialServer(args) => trivial::serve(args).await?,
         Cli::Plot { input, out } => std::fs::write(out, plot::svg(&std::fs::read_to_string(input)?)?)?,
     }
     Ok(())

@@ -1,8 +1,11 @@
 //! The servers under test and how a client speaks to each: Huddle's own protocol, Socket.IO
 //! (Engine.IO 4 over a WebSocket, written out here so the generator needs no JS), and the
-//! Django Channels tutorial chat. Each gives the generator the same three things: join a
-//! room, send a body to it, and the bodies delivered to this client.
+//! Django Channels tutorial chat, plus the trivial in-memory server of `huddle-bench
+//! trivial-server` (Huddle's frames, nothing behind them: the generator's own ceiling).
+//! Each gives the generator the same three things: join a room, send a body to it, and
+//! the bodies delivered to this client.
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -10,13 +13,14 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Which server the generator talks to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Target {
     /// Huddle's gateway: accounts, `/ws/rooms/{room}`, `send` and `message` frames.
@@ -25,6 +29,9 @@ pub enum Target {
     Socketio,
     /// Django Channels with channels_redis: the tutorial's `/ws/chat/{room}/`.
     Channels,
+    /// `huddle-bench trivial-server`: Huddle's socket URL and frames, rooms in memory, no
+    /// accounts, no storage; what the generator can drive at most.
+    Trivial,
 }
 
 /// The sending half of one client's connection.
@@ -72,41 +79,103 @@ impl Target {
 
     /// Connects one client to `room` and waits until it is in the room.
     pub async fn connect(self, base: &str, room: &str, token: Option<&str>) -> Result<(Client, Receiver)> {
+        self.connect_from(base, room, token, None).await
+    }
+
+    /// [`Target::connect`], with the text of the frame that said the client is in the
+    /// room (Huddle's `history` frame; empty for Channels, which sends none).
+    pub async fn connect_with_answer(
+        self,
+        base: &str,
+        room: &str,
+        token: Option<&str>,
+    ) -> Result<(Client, Receiver, String)> {
+        self.open(base, room, token, None).await
+    }
+
+    /// [`Target::connect`] from the local address `source` (port chosen by the kernel),
+    /// with small socket buffers: many idle connections spread over several 127.0.0.x
+    /// addresses so that no one address runs out of ephemeral ports.
+    pub async fn connect_from(
+        self,
+        base: &str,
+        room: &str,
+        token: Option<&str>,
+        source: Option<IpAddr>,
+    ) -> Result<(Client, Receiver)> {
+        let (client, receiver, _) = self.open(base, room, token, source).await?;
+        Ok((client, receiver))
+    }
+
+    async fn open(
+        self,
+        base: &str,
+        room: &str,
+        token: Option<&str>,
+        source: Option<IpAddr>,
+    ) -> Result<(Client, Receiver, String)> {
         let ws_base = base.replacen("http", "ws", 1);
         let url = match self {
-            Target::Huddle => format!("{ws_base}/ws/rooms/{room}?token={}", token.unwrap_or_default()),
+            Target::Huddle | Target::Trivial => {
+                format!("{ws_base}/ws/rooms/{room}?token={}", token.unwrap_or_default())
+            }
             Target::Socketio => format!("{ws_base}/socket.io/?EIO=4&transport=websocket"),
             Target::Channels => format!("{ws_base}/ws/chat/{room}/"),
         };
         // Nagle off, as browsers have it: small frames must not wait for the last one's ACK.
-        let (mut socket, _) = tokio_tungstenite::connect_async_with_config(&url, None, true)
-            .await
-            .with_context(|| format!("connect {url}"))?;
-        match self {
-            Target::Huddle => wait_for(&mut socket, |text| text.contains(r#""type":"history""#)).await?,
+        let mut socket = match source {
+            None => {
+                tokio_tungstenite::connect_async_with_config(&url, None, true)
+                    .await
+                    .with_context(|| format!("connect {url}"))?
+                    .0
+            }
+            Some(source) => {
+                let server = server_address(base)?;
+                let tcp = tokio::net::TcpSocket::new_v4()?;
+                tcp.bind(SocketAddr::new(source, 0)).with_context(|| format!("bind {source}"))?;
+                let stream = tcp.connect(server).await.with_context(|| format!("connect {server} from {source}"))?;
+                stream.set_nodelay(true)?;
+                let config = WebSocketConfig::default().read_buffer_size(8 * 1024).write_buffer_size(0);
+                tokio_tungstenite::client_async_with_config(&url, MaybeTlsStream::Plain(stream), Some(config))
+                    .await
+                    .with_context(|| format!("upgrade {url} from {source}"))?
+                    .0
+            }
+        };
+        let answer = match self {
+            Target::Huddle | Target::Trivial => {
+                wait_for(&mut socket, |text| text.contains(r#""type":"history""#)).await?
+            }
             Target::Socketio => {
                 wait_for(&mut socket, |text| text.starts_with('0')).await?;
                 socket.send(Message::text("40")).await?;
                 wait_for(&mut socket, |text| text.starts_with("40")).await?;
                 socket.send(Message::text(format!(r#"42["join",{}]"#, json!(room)))).await?;
-                wait_for(&mut socket, |text| text.starts_with(r#"42["joined""#)).await?;
+                wait_for(&mut socket, |text| text.starts_with(r#"42["joined""#)).await?
             }
-            Target::Channels => {}
-        }
+            Target::Channels => String::new(),
+        };
         let (sink, stream) = socket.split();
         // Engine.IO pings arrive on the receiving half; their pongs go out on the sending one.
         let (pongs, pending_pongs) = tokio::sync::mpsc::unbounded_channel();
         let client = Client { sink, target: self, room: room.to_owned(), sent: 0, pongs: pending_pongs };
-        Ok((client, Receiver { target: self, stream, pongs }))
+        Ok((client, Receiver { target: self, stream, pongs }, answer))
     }
 }
 
-/// Reads frames until one satisfies `done` (10 s at most).
-async fn wait_for(socket: &mut Socket, done: impl Fn(&str) -> bool) -> Result<()> {
+/// `host:port` of an `http://` base URL, as a socket address.
+fn server_address(base: &str) -> Result<SocketAddr> {
+    let authority = base.split("://").nth(1).unwrap_or(base).split('/').next().unwrap_or_default();
+    authority.parse().with_context(|| format!("{base}: not http://IP:PORT"))
+}
+
+/// Reads frames until one satisfies `done` (10 s at most), and returns that one.
+async fn wait_for(socket: &mut Socket, done: impl Fn(&str) -> bool) -> Result<String> {
     tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(frame) = socket.next().await {
             match frame? {
-                Message::Text(text) if done(&text) => return Ok(()),
+                Message::Text(text) if done(&text) => return Ok(text.as_str().to_owned()),
                 Message::Text(text) if text.as_str() == "2" => socket.send(Message::text("3")).await?,
                 Message::Close(frame) => bail!("closed while joining: {frame:?}"),
                 _ => {}
@@ -124,7 +193,7 @@ impl Client {
         self.keep_alive().await?;
         self.sent += 1;
         let frame = match self.target {
-            Target::Huddle => {
+            Target::Huddle | Target::Trivial => {
                 json!({ "type": "send", "body": body, "client_id": format!("b{}", self.sent) }).to_string()
             }
             Target::Socketio => format!(r#"42["chat",{}]"#, json!({ "room": self.room, "body": body })),
@@ -154,7 +223,7 @@ impl Receiver {
                 _ => continue,
             };
             return Ok(Some(match self.target {
-                Target::Huddle => {
+                Target::Huddle | Target::Trivial => {
                     if text.starts_with(r#"{"type":"message""#) {
                         let frame: Value = serde_json::from_str(&text)?;
                         Incoming::Delivery(frame["body"].as_str().unwrap_or_default().to_owned())
@@ -181,5 +250,18 @@ impl Receiver {
                 }
             }));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_addresses_come_from_base_urls() -> Result<()> {
+        assert_eq!(server_address("http://127.0.0.1:8080")?, "127.0.0.1:8080".parse()?);
+        assert_eq!(server_address("http://127.0.0.1:3000/")?, "127.0.0.1:3000".parse()?);
+        assert!(server_address("http://localhost").is_err());
+        Ok(())
     }
 }
