@@ -113,6 +113,7 @@ pub struct RoomLog {
     pool: ServerPool,
     pub(crate) keys: Keyspace,
     pub(crate) window: u64,
+    settings: std::sync::Arc<RedisSettings>,
 }
 
 impl RoomLog {
@@ -126,7 +127,19 @@ impl RoomLog {
             })
             .runtime(deadpool::Runtime::Tokio1)
             .build()?;
-        Ok(Self { pool, keys: Keyspace::new(settings.key_prefix.clone()), window: settings.redis_window })
+        Ok(Self {
+            pool,
+            keys: Keyspace::new(settings.key_prefix.clone()),
+            window: settings.redis_window,
+            settings: std::sync::Arc::new(settings.clone()),
+        })
+    }
+
+    /// The same log over a pool of its own. A multiplexed connection's reader runs on
+    /// the runtime that opened it, so a thread that uses only its own pool gets its
+    /// replies without a wake-up from another thread.
+    pub fn with_own_pool(&self) -> Result<Self> {
+        Self::connect(&self.settings)
     }
 
     /// The key names in use.

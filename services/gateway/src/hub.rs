@@ -1,5 +1,5 @@
-//! Live fan-out: one Redis pub/sub connection per gateway process, shared by all its
-//! sockets. A room's channel is subscribed while at least one local socket is in it.
+//! Live fan-out: one Redis pub/sub connection per gateway worker thread, shared by the
+//! thread's sockets. A room's channel is subscribed while at least one of them is in it.
 //!
 //! Each socket has a bounded queue. Delivery never waits: a socket whose queue is full
 //! is dropped from the hub (its queue closes) and its session closes it with code 4008,
@@ -100,19 +100,59 @@ pub struct Hub {
     failed_generation: AtomicU64,
 }
 
+/// How a hub reaches Redis and treats its sockets.
+#[derive(Debug, Clone)]
+pub struct HubSettings {
+    /// The Redis whose pub/sub carries the rooms' messages.
+    pub redis_url: String,
+    /// The channel names.
+    pub keys: Keyspace,
+    /// Frames queued per socket before it is dropped as too slow.
+    pub queue_capacity: usize,
+    /// Deadline of connecting and of a subscribe, unsubscribe or keepalive round-trip.
+    pub deadline: Duration,
+    /// How often the pub/sub connection is PINGed.
+    pub keepalive: Duration,
+}
+
+/// The hub of one worker thread, opened by the first socket that joins on that thread.
+///
+/// Each worker thread has its own pub/sub connection, read on that thread, so a message
+/// reaches the thread's sockets without a wake-up from another thread (on a busy core
+/// each such hop waits for the scheduler). A room with sockets on two threads is
+/// subscribed twice.
+pub struct LocalHub {
+    settings: HubSettings,
+    hub: tokio::sync::OnceCell<Arc<Hub>>,
+}
+
+impl LocalHub {
+    /// A hub for the current worker thread, not connected yet.
+    pub fn new(settings: HubSettings) -> Self {
+        Self { settings, hub: tokio::sync::OnceCell::new() }
+    }
+
+    /// The thread's hub, opening it on first use (once, however many sockets wait for
+    /// it); a failed opening is tried again by the next caller.
+    pub async fn get(&self) -> redis::RedisResult<&Arc<Hub>> {
+        self.hub
+            .get_or_try_init(|| async {
+                tokio::time::timeout(self.settings.deadline, Hub::start(&self.settings)).await.unwrap_or_else(|_| {
+                    Err(redis::RedisError::from((redis::ErrorKind::Io, "pub/sub connect timed out")))
+                })
+            })
+            .await
+    }
+}
+
 impl Hub {
-    /// Opens the pub/sub connection and starts dispatching.
+    /// Opens the pub/sub connection and starts dispatching, on the calling thread's runtime.
     /// The connection is PINGed every `keepalive`: one that does not answer within
     /// `deadline` (a half-open TCP connection delivers nothing and reports no error) is
     /// replaced, and every local socket resyncs.
-    pub async fn start(
-        redis_url: &str,
-        keys: Keyspace,
-        queue_capacity: usize,
-        deadline: Duration,
-        keepalive: Duration,
-    ) -> redis::RedisResult<Arc<Self>> {
-        let client = redis::Client::open(huddle_roomlog::connection_info(redis_url)?)?;
+    async fn start(settings: &HubSettings) -> redis::RedisResult<Arc<Self>> {
+        let keys = settings.keys.clone();
+        let client = redis::Client::open(huddle_roomlog::connection_info(&settings.redis_url)?)?;
         let (mut sink, stream) = client.get_async_pubsub().await?.split();
         sink.subscribe(keys.ended_sessions()).await?;
         let hub = Arc::new(Self {
@@ -121,14 +161,14 @@ impl Hub {
             members: Mutex::new(HashMap::new()),
             subscriptions: tokio::sync::Mutex::new(Subscriptions { sink, rooms: HashSet::new() }),
             next_id: AtomicU64::new(1),
-            queue_capacity: queue_capacity.max(1),
-            deadline,
+            queue_capacity: settings.queue_capacity.max(1),
+            deadline: settings.deadline,
             reconnect_now: tokio::sync::Notify::new(),
             generation: AtomicU64::new(1),
             failed_generation: AtomicU64::new(0),
         });
         tokio::spawn(Arc::clone(&hub).dispatch(stream));
-        tokio::spawn(Arc::clone(&hub).keep_alive(keepalive));
+        tokio::spawn(Arc::clone(&hub).keep_alive(settings.keepalive));
         Ok(hub)
     }
 

@@ -4,8 +4,10 @@
 //! * WebSocket `/ws/rooms/{room}` ([`ws`]): each `send` is one atomic Redis append
 //!   (seq + log + publish), acked at once; nothing on that path waits for PostgreSQL
 //!   or RabbitMQ.
-//! * Live fan-out through one Redis pub/sub connection per process ([`hub`]), so any
-//!   number of gateway replicas behave as one.
+//! * Live fan-out through one Redis pub/sub connection per worker thread ([`hub`]), so
+//!   any number of gateway replicas behave as one.
+//! * Each worker thread has its own Redis connections and hub ([`AppState::for_worker`]):
+//!   a send and its deliveries never wait for another thread to be scheduled.
 //! * Flush triggers: a room's last member leaving, or its backlog reaching a threshold,
 //!   queues a FlushRoom task for the persister.
 //!
@@ -179,28 +181,54 @@ impl Settings {
     }
 }
 
-/// Shared state of every request and socket.
+/// State of every request and socket on one worker thread: its own Redis pool and hub,
+/// and the process-wide parts (limits, hashing threads, the archive) shared by all.
 pub struct AppState {
     /// The settings the gateway started with.
     pub settings: Settings,
-    /// The Redis room log; also holds the revoked session ids.
+    /// The Redis room log (this thread's connections); also holds the revoked session ids.
     pub log: RoomLog,
     /// The PostgreSQL archive: accounts and the room directory.
     pub archive: Archive,
     /// Room operations: hydration on join, sends, history, presence and flush triggers.
     pub rooms: rooms::RoomService,
-    /// Live fan-out to this process's sockets.
-    pub hub: Arc<hub::Hub>,
+    /// Live fan-out to this thread's sockets.
+    pub hub: hub::LocalHub,
     /// Signs and verifies session tokens.
     pub signer: auth::TokenSigner,
     /// The argon2id hashing threads for sign-ups and logins.
-    pub passwords: auth::PasswordHashing,
+    pub passwords: Arc<auth::PasswordHashing>,
     /// Turns true when the gateway shuts down: sockets close with 1012.
     pub shutdown: watch::Receiver<bool>,
     /// Per-account rates and connection counts.
     pub limits: Arc<limits::Limits>,
     /// Held while the revoked-session cache is reloaded from PostgreSQL (one at a time).
-    pub revocations_reload: tokio::sync::Mutex<()>,
+    pub revocations_reload: Arc<tokio::sync::Mutex<()>>,
+    hub_settings: hub::HubSettings,
+}
+
+impl AppState {
+    /// The state for a new worker thread: the shared parts, and a Redis pool and a hub of
+    /// its own (both open their connections on first use, on that thread).
+    fn for_worker(&self) -> Self {
+        let log = self.log.with_own_pool().unwrap_or_else(|error| {
+            tracing::error!(%error, "cannot build a Redis pool for this worker; it shares the process's pool");
+            self.log.clone()
+        });
+        Self {
+            settings: self.settings.clone(),
+            rooms: self.rooms.with_log(log.clone()),
+            log,
+            archive: self.archive.clone(),
+            hub: hub::LocalHub::new(self.hub_settings.clone()),
+            signer: self.signer.clone(),
+            passwords: Arc::clone(&self.passwords),
+            shutdown: self.shutdown.clone(),
+            limits: Arc::clone(&self.limits),
+            revocations_reload: Arc::clone(&self.revocations_reload),
+            hub_settings: self.hub_settings.clone(),
+        }
+    }
 }
 
 /// Why the gateway could not start.
@@ -215,9 +243,6 @@ pub enum StartError {
     /// Redis could not be reached.
     #[error(transparent)]
     RoomLog(#[from] huddle_roomlog::RoomLogError),
-    /// The hub's Redis pub/sub connection could not be opened.
-    #[error("redis pub/sub: {0}")]
-    PubSub(#[from] redis::RedisError),
     /// The configured hydrator URL is not a valid URI.
     #[error("hydrator url: {0}")]
     HydratorUrl(String),
@@ -328,18 +353,17 @@ pub async fn start(settings: Settings) -> Result<RunningGateway, StartError> {
         .connect_timeout(std::time::Duration::from_secs(3))
         .timeout(std::time::Duration::from_millis(settings.join_timeout_ms.max(1)))
         .connect_lazy();
-    let hub = hub::Hub::start(
-        &settings.redis.redis_url,
-        log.keys().clone(),
-        settings.socket_queue,
-        std::time::Duration::from_millis(settings.join_timeout_ms.max(1)),
-        std::time::Duration::from_millis(settings.pubsub_keepalive_ms.max(1)),
-    )
-    .await?;
+    let hub_settings = hub::HubSettings {
+        redis_url: settings.redis.redis_url.clone(),
+        keys: log.keys().clone(),
+        queue_capacity: settings.socket_queue,
+        deadline: std::time::Duration::from_millis(settings.join_timeout_ms.max(1)),
+        keepalive: std::time::Duration::from_millis(settings.pubsub_keepalive_ms.max(1)),
+    };
     let (shutdown_tx, shutdown) = watch::channel(false);
     let (flush_stop, flush_stopped) = watch::channel(false);
     let (flushes, flush_publisher) = flush::spawn(broker, flush_stopped);
-    let state = web::Data::new(AppState {
+    let template = Arc::new(AppState {
         rooms: rooms::RoomService::new(
             log.clone(),
             HydratorClient::with_interceptor(hydrator_channel, BearerToken::new(grpc_token.as_ref())),
@@ -348,13 +372,14 @@ pub async fn start(settings: Settings) -> Result<RunningGateway, StartError> {
             std::time::Duration::from_millis(settings.join_timeout_ms.max(1)),
         ),
         signer: auth::TokenSigner::new(session_secret.expose_secret()),
-        passwords: auth::PasswordHashing::new(settings.hash_concurrency, settings.hash_queue)?,
+        passwords: Arc::new(auth::PasswordHashing::new(settings.hash_concurrency, settings.hash_queue)?),
         limits: limits(&settings),
-        revocations_reload: tokio::sync::Mutex::new(()),
+        revocations_reload: Arc::new(tokio::sync::Mutex::new(())),
         settings: settings.clone(),
         log: log.clone(),
         archive: archive.clone(),
-        hub,
+        hub: hub::LocalHub::new(hub_settings.clone()),
+        hub_settings,
         shutdown,
     });
     let readiness = Readiness::new(move || {
@@ -376,6 +401,7 @@ pub async fn start(settings: Settings) -> Result<RunningGateway, StartError> {
     let ops_readiness = readiness.clone();
     let mut server = HttpServer::new(move || {
         let readiness = readiness.clone();
+        let state = web::Data::new(template.for_worker());
         let app = App::new();
         let app = if ws_echo { app.route("/ws/echo", web::get().to(socket::echo)) } else { app };
         app.wrap(page::security_headers())

@@ -55,6 +55,11 @@ impl RoomService {
         Self { log, hydrator, flushes, flush_backlog: flush_backlog.max(1), deadline }
     }
 
+    /// The same service over another connection pool to the same Redis.
+    pub fn with_log(&self, log: RoomLog) -> Self {
+        Self { log, ..self.clone() }
+    }
+
     /// Makes sure Redis holds the room's counter, checked against the archive on this
     /// Redis process, hydrating or re-checking it through the hydrator if not.
     /// Answers within the deadline, or refuses with `unavailable` (503, Retry-After).

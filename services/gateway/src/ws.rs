@@ -98,7 +98,15 @@ async fn run(
     socket: SocketWriter,
     mut stream: AggregatedMessageStream,
 ) {
-    let mut membership = match state.hub.join(&room, &user.jti).await {
+    let hub = match state.hub.get().await {
+        Ok(hub) => Arc::clone(hub),
+        Err(error) => {
+            tracing::error!(%room, %error, "cannot open the pub/sub connection");
+            socket.finish(&mut stream, close(CloseCode::Error, "unavailable")).await;
+            return;
+        }
+    };
+    let mut membership = match hub.join(&room, &user.jti).await {
         Ok(membership) => membership,
         Err(error) => {
             tracing::error!(%room, %error, "cannot subscribe to room");
@@ -126,7 +134,7 @@ async fn run(
     // Leave the room before ending the connection: a graceful shutdown waits for the
     // connection, not for this task, so cleanup after it could be cut short.
     tracing::debug!(%room, "socket left");
-    state.hub.leave(&room, membership.id).await;
+    hub.leave(&room, membership.id).await;
     state.rooms.presence(&room, PresenceChange::Leave, &me).await;
     conn.socket.finish(&mut stream, exit).await;
     CONNECTIONS.dec();
