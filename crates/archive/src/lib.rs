@@ -2,10 +2,10 @@
 //!
 //! * Versioned schema migrations ([`Archive::migrate`]), applied by every service at
 //!   start under an advisory lock, so replicas starting together do not race.
-//! * [`Archive::store_chunk`]: one batched, idempotent insert of a seq range plus the
-//!   watermark update, in one transaction. A row PostgreSQL refuses is isolated by
-//!   splitting the batch and goes to `quarantined_messages` with its reason, so no
-//!   single message can stop a room.
+//! * [`Archive::store_chunk`]: one idempotent write of a seq range (a binary `COPY` of
+//!   the rows not yet stored) plus the watermark update, in one transaction. A row
+//!   PostgreSQL refuses is isolated by splitting the batch and goes to
+//!   `quarantined_messages` with its reason, so no single message can stop a room.
 //! * [`Archive::reopen_room`], [`Archive::recheck_room`] and [`Archive::history_before`]:
 //!   what the hydrator reads.
 //! * Accounts and the room directory ([`accounts`]).
@@ -189,15 +189,7 @@ impl Archive {
 
     /// The room's id, creating the room on first use.
     pub async fn ensure_room(&self, room: &RoomName) -> Result<i64> {
-        let client = self.pool.get().await?;
-        let row = client
-            .query_one(
-                "WITH created AS (INSERT INTO rooms (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING id)
-                 SELECT id FROM created UNION SELECT id FROM rooms WHERE name = $1 LIMIT 1",
-                &[&room.as_str()],
-            )
-            .await?;
-        Ok(row.get(0))
+        ensure_room_on(&self.pool.get().await?, room).await
     }
 
     /// Writes `messages` of `room`, read from Redis under `epoch` (any order, any overlap
@@ -212,10 +204,17 @@ impl Archive {
         messages: &[StoredMessage],
         unreadable: &[UnreadableEntry],
     ) -> Result<ChunkOutcome> {
-        let room_id = self.ensure_room(room).await?;
         let mut client = self.pool.get().await?;
         let mut tx = client.transaction().await?;
-        let (watermark, current_epoch) = lock_room(&tx, room_id).await?;
+        // The room almost always exists: lock it by name, and create it only if not.
+        let (room_id, watermark, current_epoch) = match lock_room_by_name(&tx, room).await? {
+            Some(locked) => locked,
+            None => {
+                let room_id = ensure_room_on(&tx, room).await?;
+                let (watermark, epoch) = lock_room(&tx, room_id).await?;
+                (room_id, watermark, epoch)
+            }
+        };
         if epoch != current_epoch {
             return Ok(ChunkOutcome::StaleEpoch);
         }
@@ -227,10 +226,36 @@ impl Archive {
                 quarantined.push(Quarantined { seq: entry.seq, sqlstate: String::new(), reason });
             }
         }
-        // Most chunks go in whole. One that PostgreSQL refuses is split in halves, each
-        // under a savepoint, until every refused row stands alone and is quarantined.
-        let mut pending: Vec<&[StoredMessage]> = vec![messages];
+        // Most chunks go in whole, with one binary COPY of the rows the archive does not
+        // hold yet. One that PostgreSQL refuses is written again row by row below.
+        let mut pending: Vec<&[StoredMessage]> = Vec::new();
         let mut newest_stored: Option<i64> = None;
+        if !messages.is_empty() {
+            let savepoint = tx.savepoint("chunk_copy").await?;
+            match copy_new_messages(&savepoint, room_id, messages).await {
+                Ok(Some(stored)) => {
+                    savepoint.commit().await?;
+                    for (message, reason) in reused(messages, &stored) {
+                        let raw = row_json(&message);
+                        if quarantine(&tx, room_id, message.seq, &raw, &reason, "").await? {
+                            quarantined.push(Quarantined { seq: message.seq, sqlstate: String::new(), reason });
+                        }
+                    }
+                    newest_stored = messages.iter().map(|m| m.post.sent_at_ms).max();
+                }
+                Ok(None) => {
+                    savepoint.rollback().await?;
+                    pending.push(messages);
+                }
+                Err(error) if is_row_refusal(&error) => {
+                    savepoint.rollback().await?;
+                    pending.push(messages);
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        // The careful path: one INSERT per part, each under a savepoint; a part PostgreSQL
+        // refuses is split in halves until every refused row stands alone and is quarantined.
         while let Some(batch) = pending.pop() {
             if batch.is_empty() {
                 continue;
@@ -446,6 +471,77 @@ async fn page(
     Ok(messages)
 }
 
+/// The room's id, creating the room on first use.
+async fn ensure_room_on(client: &impl deadpool_postgres::GenericClient, room: &RoomName) -> Result<i64> {
+    let row = client
+        .query_one(
+            "WITH created AS (INSERT INTO rooms (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING id)
+             SELECT id FROM created UNION SELECT id FROM rooms WHERE name = $1 LIMIT 1",
+            &[&room.as_str()],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Earliest and latest `sent_at` the binary COPY is given (years 1 to 9999); a message
+/// outside goes the careful path, where PostgreSQL itself says what it thinks of it.
+const COPYABLE_SENT_AT_MS: std::ops::RangeInclusive<i64> = -62_135_596_800_000..=253_402_300_799_999;
+
+/// The fast write of a chunk: reads what the archive already holds in the chunk's seq
+/// range, then writes the other messages with one binary `COPY` (no conflict can occur:
+/// the room's row lock serialises its writers; if one did, the unique violation sends
+/// the chunk down the careful path). Returns the stored rows of seqs that were already
+/// present (a redelivered chunk, or a seq handed out twice), or `None` when the chunk
+/// holds a value the COPY cannot carry (nothing was written).
+async fn copy_new_messages(
+    tx: &deadpool_postgres::Transaction<'_>,
+    room_id: i64,
+    messages: &[StoredMessage],
+) -> std::result::Result<Option<Vec<StoredMessage>>, tokio_postgres::Error> {
+    if messages.iter().any(|m| !COPYABLE_SENT_AT_MS.contains(&m.post.sent_at_ms) || m.seq > i64::MAX as u64) {
+        return Ok(None);
+    }
+    let low = messages.iter().map(|m| m.seq).min().unwrap_or(0) as i64;
+    let high = messages.iter().map(|m| m.seq).max().unwrap_or(0) as i64;
+    let stored: Vec<StoredMessage> = tx
+        .query(
+            "SELECT seq, user_id, user_name, body, client_id, round(extract(epoch FROM sent_at) * 1000)::bigint
+             FROM messages WHERE room_id = $1 AND seq BETWEEN $2 AND $3",
+            &[&room_id, &low, &high],
+        )
+        .await?
+        .iter()
+        .map(message_of_row)
+        .collect();
+    let present: std::collections::HashSet<u64> = stored.iter().map(|m| m.seq).collect();
+    if messages.iter().any(|m| !present.contains(&m.seq)) {
+        let sink = tx
+            .copy_in(
+                "COPY messages (room_id, seq, user_id, user_name, body, client_id, sent_at) FROM STDIN (FORMAT binary)",
+            )
+            .await?;
+        let writer = tokio_postgres::binary_copy::BinaryCopyInWriter::new(sink, &baseline::MESSAGE_TYPES);
+        let mut writer = std::pin::pin!(writer);
+        for message in messages.iter().filter(|m| !present.contains(&m.seq)) {
+            let post = &message.post;
+            writer
+                .as_mut()
+                .write(&[
+                    &room_id,
+                    &(message.seq as i64),
+                    &post.user_id,
+                    &post.user_name,
+                    &post.body,
+                    &post.client_id,
+                    &baseline::sent_at(message),
+                ])
+                .await?;
+        }
+        writer.finish().await?;
+    }
+    Ok(Some(stored))
+}
+
 /// One batched insert; a conflict with a stored copy is not an error (idempotent).
 /// Returns how many rows were new.
 async fn insert_messages(
@@ -483,7 +579,16 @@ async fn reused_seqs(
 ) -> Result<Vec<(StoredMessage, String)>> {
     let seqs: Vec<i64> = batch.iter().map(|m| m.seq as i64).collect();
     let stored = page_of_seqs(tx, room_id, &seqs).await?;
-    Ok(batch
+    Ok(reused(batch, &stored))
+}
+
+/// The messages of `batch` whose seq `stored` holds with another message (see
+/// [`reused_seqs`]), each with the quarantine reason.
+fn reused(batch: &[StoredMessage], stored: &[StoredMessage]) -> Vec<(StoredMessage, String)> {
+    if stored.is_empty() {
+        return Vec::new();
+    }
+    batch
         .iter()
         .filter_map(|message| {
             let existing = stored.iter().find(|s| s.seq == message.seq)?;
@@ -499,7 +604,7 @@ async fn reused_seqs(
                 (message.clone(), reason)
             })
         })
-        .collect())
+        .collect()
 }
 
 /// The stored messages of a room with these seqs.
@@ -621,6 +726,18 @@ async fn gap_free_top(tx: &deadpool_postgres::Transaction<'_>, room_id: i64, wat
         .await?
         .get(0);
     Ok(top.unwrap_or(watermark).max(watermark))
+}
+
+/// Locks the room's row, found by name, for the transaction (see [`lock_room`]) and
+/// returns its id, watermark and epoch; `None` if the room does not exist.
+async fn lock_room_by_name(
+    tx: &deadpool_postgres::Transaction<'_>,
+    room: &RoomName,
+) -> Result<Option<(i64, i64, i64)>> {
+    let row = tx
+        .query_opt("SELECT id, persisted_seq, epoch FROM rooms WHERE name = $1 FOR NO KEY UPDATE", &[&room.as_str()])
+        .await?;
+    Ok(row.map(|row| (row.get(0), row.get(1), row.get(2))))
 }
 
 /// Locks the room's row for the transaction (serialising the room's archive writers)

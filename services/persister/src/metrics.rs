@@ -39,3 +39,15 @@ pub static RANGES_RECLAIMED: LazyLock<IntCounter> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+
+/// Time of each step of a chunk task, seconds: `read` (the range from Redis, decoded),
+/// `store` (the PostgreSQL transaction), `mark` (the Redis watermark, trim and dirty mark).
+pub static CHUNK_STEP_SECONDS: LazyLock<prometheus::HistogramVec> = LazyLock::new(|| {
+    prometheus::register_histogram_vec!(
+        "huddle_persister_chunk_step_seconds",
+        "Time of each step of a chunk task: read (Redis range, decoded), store (PostgreSQL transaction), mark (Redis watermark and dirty mark)",
+        &["step"],
+        vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]
+    )
+    .expect("metric registers once")
+});

@@ -99,14 +99,19 @@ impl PersistTasks {
     /// Chunk task: copy one range from Redis into PostgreSQL, then move the watermark.
     async fn persist_chunk(&self, room: RoomName, from: u64, to: u64) -> Result<(), TaskError> {
         let timer = metrics::CHUNK_SECONDS.start_timer();
+        let step = metrics::CHUNK_STEP_SECONDS.with_label_values(&["read"]).start_timer();
         let chunk = transient!(self.log.chunk(&room, from, to).await)?;
+        step.observe_duration();
         let unreadable: Vec<UnreadableEntry> = chunk
             .unreadable
             .into_iter()
             .map(|entry| UnreadableEntry { seq: entry.seq, raw: entry.raw, reason: entry.reason })
             .collect();
         let (epoch, messages) = (chunk.epoch, chunk.messages);
-        let watermark = match transient!(self.archive.store_chunk(&room, epoch, &messages, &unreadable).await)? {
+        let step = metrics::CHUNK_STEP_SECONDS.with_label_values(&["store"]).start_timer();
+        let stored = transient!(self.archive.store_chunk(&room, epoch, &messages, &unreadable).await)?;
+        step.observe_duration();
+        let watermark = match stored {
             ChunkOutcome::Stored { watermark, quarantined } => {
                 for entry in &quarantined {
                     tracing::warn!(%room, seq = entry.seq, sqlstate = %entry.sqlstate, reason = %entry.reason,
@@ -124,9 +129,11 @@ impl PersistTasks {
         };
         metrics::MESSAGES_WRITTEN.inc_by(messages.len() as u64);
         huddle_failpoints::crash_point!("persister::chunk_stored");
+        let step = metrics::CHUNK_STEP_SECONDS.with_label_values(&["mark"]).start_timer();
         transient!(self.log.mark_persisted(&room, watermark).await)?;
         huddle_failpoints::crash_point!("persister::watermark_moved");
         transient!(self.log.clear_dirty_if_clean(&room).await)?;
+        step.observe_duration();
         timer.observe_duration();
         tracing::debug!(%room, from, to, written = messages.len(), watermark, "chunk persisted");
         Ok(())
