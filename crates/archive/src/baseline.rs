@@ -28,44 +28,66 @@ pub(crate) fn sent_at(message: &StoredMessage) -> std::time::SystemTime {
     }
 }
 
+/// What the baseline measured: one binary `COPY` of the rows into each table.
+#[derive(Debug, Clone, Copy)]
+pub struct CopyBaseline {
+    /// Into a plain table shaped like `messages` (no foreign keys).
+    pub plain: Duration,
+    /// Into the same table with `messages`' two foreign keys (room, sender), whose
+    /// per-row checks any writer into `messages` pays.
+    pub with_foreign_keys: Duration,
+}
+
 impl Archive {
     /// Writes `rows` (room id, message) with one binary `COPY` into a fresh plain table
-    /// shaped like `messages`, and returns how long the `COPY` took (the table is
-    /// created before the clock starts and dropped afterwards).
-    pub async fn copy_baseline(&self, rows: &[(i64, StoredMessage)]) -> Result<Duration> {
+    /// shaped like `messages`, then into one that also has its foreign keys, and returns
+    /// how long each `COPY` took (the tables are created before the clock starts and
+    /// dropped afterwards).
+    pub async fn copy_baseline(&self, rows: &[(i64, StoredMessage)]) -> Result<CopyBaseline> {
         let client = self.pool.get().await?;
         client.batch_execute("SET statement_timeout = 0").await?;
+        let create = format!(
+            "DROP TABLE IF EXISTS {TABLE}; CREATE TABLE {TABLE} (LIKE messages INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES)"
+        );
+        client.batch_execute(&create).await?;
+        let plain = copy_into(&client, rows).await?;
+        client.batch_execute(&create).await?;
         client
             .batch_execute(&format!(
-                "DROP TABLE IF EXISTS {TABLE}; CREATE TABLE {TABLE} (LIKE messages INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES)"
+                "ALTER TABLE {TABLE} ADD FOREIGN KEY (room_id) REFERENCES rooms (id), ADD FOREIGN KEY (user_id) REFERENCES users (id)"
             ))
             .await?;
-        let started = Instant::now();
-        let sink = client
-            .copy_in(&format!(
-                "COPY {TABLE} (room_id, seq, user_id, user_name, body, client_id, sent_at) FROM STDIN (FORMAT binary)"
-            ))
-            .await?;
-        let writer = BinaryCopyInWriter::new(sink, &MESSAGE_TYPES);
-        let mut writer = std::pin::pin!(writer);
-        for (room_id, message) in rows {
-            let post = &message.post;
-            writer
-                .as_mut()
-                .write(&[
-                    room_id,
-                    &(message.seq as i64),
-                    &post.user_id,
-                    &post.user_name,
-                    &post.body,
-                    &post.client_id,
-                    &sent_at(message),
-                ])
-                .await?;
-        }
-        writer.finish().await?;
-        let took = started.elapsed();
+        let with_foreign_keys = copy_into(&client, rows).await?;
         client.batch_execute(&format!("DROP TABLE {TABLE}; RESET statement_timeout")).await?;
-        Ok(took)
+        Ok(CopyBaseline { plain, with_foreign_keys })
     }
+}
+
+/// One binary `COPY` of `rows` into the baseline table; how long it took.
+async fn copy_into(client: &tokio_postgres::Client, rows: &[(i64, StoredMessage)]) -> Result<Duration> {
+    let started = Instant::now();
+    let sink = client
+        .copy_in(&format!(
+            "COPY {TABLE} (room_id, seq, user_id, user_name, body, client_id, sent_at) FROM STDIN (FORMAT binary)"
+        ))
+        .await?;
+    let writer = BinaryCopyInWriter::new(sink, &MESSAGE_TYPES);
+    let mut writer = std::pin::pin!(writer);
+    for (room_id, message) in rows {
+        let post = &message.post;
+        writer
+            .as_mut()
+            .write(&[
+                room_id,
+                &(message.seq as i64),
+                &post.user_id,
+                &post.user_name,
+                &post.body,
+                &post.client_id,
+                &sent_at(message),
+            ])
+            .await?;
+    }
+    writer.finish().await?;
+    Ok(started.elapsed())
 }

@@ -18,6 +18,8 @@
 pub mod accounts;
 mod baseline;
 
+pub use baseline::CopyBaseline;
+
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use huddle_config::PostgresSettings;
 use huddle_domain::{Post, RoomName, StoredMessage};
@@ -205,105 +207,14 @@ impl Archive {
         unreadable: &[UnreadableEntry],
     ) -> Result<ChunkOutcome> {
         let mut client = self.pool.get().await?;
-        let mut tx = client.transaction().await?;
-        // The room almost always exists: lock it by name, and create it only if not.
-        let (room_id, watermark, current_epoch) = match lock_room_by_name(&tx, room).await? {
-            Some(locked) => locked,
-            None => {
-                let room_id = ensure_room_on(&tx, room).await?;
-                let (watermark, epoch) = lock_room(&tx, room_id).await?;
-                (room_id, watermark, epoch)
-            }
-        };
-        if epoch != current_epoch {
-            return Ok(ChunkOutcome::StaleEpoch);
+        // Most chunks go in whole: one transaction, one binary COPY of the rows the archive
+        // does not hold yet.
+        if let Some(outcome) = store_chunk_copy(&mut client, room, epoch, messages, unreadable).await? {
+            return Ok(outcome);
         }
-
-        let mut quarantined = Vec::new();
-        for entry in unreadable {
-            let reason = format!("unreadable log entry: {}", entry.reason);
-            if quarantine(&tx, room_id, entry.seq, &entry.raw, &reason, "").await? {
-                quarantined.push(Quarantined { seq: entry.seq, sqlstate: String::new(), reason });
-            }
-        }
-        // Most chunks go in whole, with one binary COPY of the rows the archive does not
-        // hold yet. One that PostgreSQL refuses is written again row by row below.
-        let mut pending: Vec<&[StoredMessage]> = Vec::new();
-        let mut newest_stored: Option<i64> = None;
-        if !messages.is_empty() {
-            let savepoint = tx.savepoint("chunk_copy").await?;
-            match copy_new_messages(&savepoint, room_id, messages).await {
-                Ok(Some(stored)) => {
-                    savepoint.commit().await?;
-                    for (message, reason) in reused(messages, &stored) {
-                        let raw = row_json(&message);
-                        if quarantine(&tx, room_id, message.seq, &raw, &reason, "").await? {
-                            quarantined.push(Quarantined { seq: message.seq, sqlstate: String::new(), reason });
-                        }
-                    }
-                    newest_stored = messages.iter().map(|m| m.post.sent_at_ms).max();
-                }
-                Ok(None) => {
-                    savepoint.rollback().await?;
-                    pending.push(messages);
-                }
-                Err(error) if is_row_refusal(&error) => {
-                    savepoint.rollback().await?;
-                    pending.push(messages);
-                }
-                Err(error) => return Err(error.into()),
-            }
-        }
-        // The careful path: one INSERT per part, each under a savepoint; a part PostgreSQL
-        // refuses is split in halves until every refused row stands alone and is quarantined.
-        while let Some(batch) = pending.pop() {
-            if batch.is_empty() {
-                continue;
-            }
-            let savepoint = tx.savepoint("chunk_part").await?;
-            match insert_messages(&savepoint, room_id, batch).await {
-                Ok(inserted) => {
-                    savepoint.commit().await?;
-                    if inserted < batch.len() {
-                        for (message, reason) in reused_seqs(&tx, room_id, batch).await? {
-                            let raw = row_json(&message);
-                            if quarantine(&tx, room_id, message.seq, &raw, &reason, "").await? {
-                                quarantined.push(Quarantined { seq: message.seq, sqlstate: String::new(), reason });
-                            }
-                        }
-                    }
-                    let newest = batch.iter().map(|m| m.post.sent_at_ms).max();
-                    newest_stored = newest_stored.max(newest);
-                }
-                Err(error) if is_row_refusal(&error) => {
-                    savepoint.rollback().await?;
-                    if let [message] = batch {
-                        let sqlstate = error.code().map(|c| c.code().to_owned()).unwrap_or_default();
-                        let reason = describe(&error);
-                        let raw = row_json(message);
-                        if quarantine(&tx, room_id, message.seq, &raw, &reason, &sqlstate).await? {
-                            quarantined.push(Quarantined { seq: message.seq, sqlstate, reason });
-                        }
-                    } else {
-                        let (left, right) = batch.split_at(batch.len() / 2);
-                        pending.push(right);
-                        pending.push(left);
-                    }
-                }
-                Err(error) => return Err(error.into()),
-            }
-        }
-
-        let new_watermark = gap_free_top(&tx, room_id, watermark).await?;
-        tx.execute(
-            "UPDATE rooms SET persisted_seq = $2,
-                    last_message_at = GREATEST(last_message_at, to_timestamp($3::bigint / 1000.0))
-             WHERE id = $1",
-            &[&room_id, &new_watermark, &newest_stored],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(ChunkOutcome::Stored { watermark: new_watermark as u64, quarantined })
+        // One that PostgreSQL refuses (or that holds a value the COPY cannot carry) is
+        // written again in a new transaction, part by part.
+        store_chunk_careful(&mut client, room, epoch, messages, unreadable).await
     }
 
     /// Quarantined entries of a room, by seq: (seq, raw bytes, reason).
@@ -483,63 +394,233 @@ async fn ensure_room_on(client: &impl deadpool_postgres::GenericClient, room: &R
     Ok(row.get(0))
 }
 
+/// Locks the room for a chunk (creating it on first use) and checks the chunk's epoch:
+/// the room's id and watermark, or `None` for a stale chunk.
+async fn lock_for_chunk(
+    tx: &deadpool_postgres::Transaction<'_>,
+    room: &RoomName,
+    epoch: i64,
+) -> Result<Option<(i64, i64)>> {
+    // The room almost always exists: lock it by name, and create it only if not.
+    let (room_id, watermark, current_epoch) = match lock_room_by_name(tx, room).await? {
+        Some(locked) => locked,
+        None => {
+            let room_id = ensure_room_on(tx, room).await?;
+            let (watermark, epoch) = lock_room(tx, room_id).await?;
+            (room_id, watermark, epoch)
+        }
+    };
+    Ok((epoch == current_epoch).then_some((room_id, watermark)))
+}
+
+/// Quarantines the chunk's unreadable entries; the ones newly quarantined.
+async fn quarantine_unreadable(
+    tx: &deadpool_postgres::Transaction<'_>,
+    room_id: i64,
+    unreadable: &[UnreadableEntry],
+) -> Result<Vec<Quarantined>> {
+    let mut quarantined = Vec::new();
+    for entry in unreadable {
+        let reason = format!("unreadable log entry: {}", entry.reason);
+        if quarantine(tx, room_id, entry.seq, &entry.raw, &reason, "").await? {
+            quarantined.push(Quarantined { seq: entry.seq, sqlstate: String::new(), reason });
+        }
+    }
+    Ok(quarantined)
+}
+
+/// Moves the room's watermark over the gap-free run above it and commits; every seq of
+/// the chunk is present (stored or quarantined) by now.
+async fn finish_chunk(
+    tx: deadpool_postgres::Transaction<'_>,
+    room_id: i64,
+    watermark: i64,
+    chunk_seqs: impl Iterator<Item = u64>,
+    newest_stored: Option<i64>,
+    quarantined: Vec<Quarantined>,
+) -> Result<ChunkOutcome> {
+    // The chunk's own seqs right above the watermark need no look-up: the run is searched
+    // from the top of them.
+    let start = covered_top(watermark, chunk_seqs);
+    let new_watermark = gap_free_top(&tx, room_id, start).await?;
+    let update = tx
+        .prepare_cached(
+            "UPDATE rooms SET persisted_seq = $2,
+                    last_message_at = GREATEST(last_message_at, to_timestamp($3::bigint / 1000.0))
+             WHERE id = $1",
+        )
+        .await?;
+    tx.execute(&update, &[&room_id, &new_watermark, &newest_stored]).await?;
+    tx.commit().await?;
+    Ok(ChunkOutcome::Stored { watermark: new_watermark as u64, quarantined })
+}
+
+/// The top of the run of consecutive `seqs` (any order, repeats allowed) that starts right
+/// above `watermark`; `watermark` if the seqs do not continue it.
+fn covered_top(watermark: i64, seqs: impl Iterator<Item = u64>) -> i64 {
+    let mut above: Vec<u64> = seqs.filter(|&seq| seq > watermark.max(0) as u64).collect();
+    above.sort_unstable();
+    above.dedup();
+    let mut top = watermark;
+    for seq in above {
+        if seq != top as u64 + 1 || seq > i64::MAX as u64 {
+            break;
+        }
+        top = seq as i64;
+    }
+    top
+}
+
+/// The fast write of a chunk: one transaction, one binary COPY. `None` when PostgreSQL
+/// refused a row or a value cannot go through the COPY (nothing was written).
+async fn store_chunk_copy(
+    client: &mut deadpool_postgres::Client,
+    room: &RoomName,
+    epoch: i64,
+    messages: &[StoredMessage],
+    unreadable: &[UnreadableEntry],
+) -> Result<Option<ChunkOutcome>> {
+    if messages.iter().any(|m| !COPYABLE_SENT_AT_MS.contains(&m.post.sent_at_ms) || m.seq > i64::MAX as u64) {
+        return Ok(None);
+    }
+    let tx = client.transaction().await?;
+    let Some((room_id, watermark)) = lock_for_chunk(&tx, room, epoch).await? else {
+        return Ok(Some(ChunkOutcome::StaleEpoch));
+    };
+    let mut quarantined = quarantine_unreadable(&tx, room_id, unreadable).await?;
+    let stored = match copy_new_messages(&tx, room_id, messages).await {
+        Ok(stored) => stored,
+        Err(error) if is_row_refusal(&error) => {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        Err(error) => return Err(error.into()),
+    };
+    for (message, reason) in reused(messages, &stored) {
+        let raw = row_json(&message);
+        if quarantine(&tx, room_id, message.seq, &raw, &reason, "").await? {
+            quarantined.push(Quarantined { seq: message.seq, sqlstate: String::new(), reason });
+        }
+    }
+    let newest_stored = messages.iter().map(|m| m.post.sent_at_ms).max();
+    let seqs = messages.iter().map(|m| m.seq).chain(unreadable.iter().map(|e| e.seq));
+    finish_chunk(tx, room_id, watermark, seqs, newest_stored, quarantined).await.map(Some)
+}
+
+/// The careful write of a chunk: one INSERT per part, each under a savepoint; a part
+/// PostgreSQL refuses is split in halves until every refused row stands alone and is
+/// quarantined.
+async fn store_chunk_careful(
+    client: &mut deadpool_postgres::Client,
+    room: &RoomName,
+    epoch: i64,
+    messages: &[StoredMessage],
+    unreadable: &[UnreadableEntry],
+) -> Result<ChunkOutcome> {
+    let mut tx = client.transaction().await?;
+    let Some((room_id, watermark)) = lock_for_chunk(&tx, room, epoch).await? else {
+        return Ok(ChunkOutcome::StaleEpoch);
+    };
+    let mut quarantined = quarantine_unreadable(&tx, room_id, unreadable).await?;
+    let mut pending: Vec<&[StoredMessage]> = vec![messages];
+    let mut newest_stored: Option<i64> = None;
+    while let Some(batch) = pending.pop() {
+        if batch.is_empty() {
+            continue;
+        }
+        let savepoint = tx.savepoint("chunk_part").await?;
+        match insert_messages(&savepoint, room_id, batch).await {
+            Ok(inserted) => {
+                savepoint.commit().await?;
+                if inserted < batch.len() {
+                    for (message, reason) in reused_seqs(&tx, room_id, batch).await? {
+                        let raw = row_json(&message);
+                        if quarantine(&tx, room_id, message.seq, &raw, &reason, "").await? {
+                            quarantined.push(Quarantined { seq: message.seq, sqlstate: String::new(), reason });
+                        }
+                    }
+                }
+                let newest = batch.iter().map(|m| m.post.sent_at_ms).max();
+                newest_stored = newest_stored.max(newest);
+            }
+            Err(error) if is_row_refusal(&error) => {
+                savepoint.rollback().await?;
+                if let [message] = batch {
+                    let sqlstate = error.code().map(|c| c.code().to_owned()).unwrap_or_default();
+                    let reason = describe(&error);
+                    let raw = row_json(message);
+                    if quarantine(&tx, room_id, message.seq, &raw, &reason, &sqlstate).await? {
+                        quarantined.push(Quarantined { seq: message.seq, sqlstate, reason });
+                    }
+                } else {
+                    let (left, right) = batch.split_at(batch.len() / 2);
+                    pending.push(right);
+                    pending.push(left);
+                }
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    let seqs = messages.iter().map(|m| m.seq).chain(unreadable.iter().map(|e| e.seq));
+    finish_chunk(tx, room_id, watermark, seqs, newest_stored, quarantined).await
+}
+
 /// Earliest and latest `sent_at` the binary COPY is given (years 1 to 9999); a message
 /// outside goes the careful path, where PostgreSQL itself says what it thinks of it.
 const COPYABLE_SENT_AT_MS: std::ops::RangeInclusive<i64> = -62_135_596_800_000..=253_402_300_799_999;
 
-/// The fast write of a chunk: reads what the archive already holds in the chunk's seq
-/// range, then writes the other messages with one binary `COPY` (no conflict can occur:
-/// the room's row lock serialises its writers; if one did, the unique violation sends
-/// the chunk down the careful path). Returns the stored rows of seqs that were already
-/// present (a redelivered chunk, or a seq handed out twice), or `None` when the chunk
-/// holds a value the COPY cannot carry (nothing was written).
+/// Reads what the archive already holds in the chunk's seq range, then writes the other
+/// messages with one binary `COPY` (no conflict can occur: the room's row lock
+/// serialises its writers; if one did, the unique violation sends the chunk down the
+/// careful path). Returns the stored rows of seqs that were already present (a
+/// redelivered chunk, or a seq handed out twice).
 async fn copy_new_messages(
     tx: &deadpool_postgres::Transaction<'_>,
     room_id: i64,
     messages: &[StoredMessage],
-) -> std::result::Result<Option<Vec<StoredMessage>>, tokio_postgres::Error> {
-    if messages.iter().any(|m| !COPYABLE_SENT_AT_MS.contains(&m.post.sent_at_ms) || m.seq > i64::MAX as u64) {
-        return Ok(None);
+) -> std::result::Result<Vec<StoredMessage>, tokio_postgres::Error> {
+    if messages.is_empty() {
+        return Ok(Vec::new());
     }
     let low = messages.iter().map(|m| m.seq).min().unwrap_or(0) as i64;
     let high = messages.iter().map(|m| m.seq).max().unwrap_or(0) as i64;
-    let stored: Vec<StoredMessage> = tx
-        .query(
+    let select = tx
+        .prepare_cached(
             "SELECT seq, user_id, user_name, body, client_id, round(extract(epoch FROM sent_at) * 1000)::bigint
              FROM messages WHERE room_id = $1 AND seq BETWEEN $2 AND $3",
-            &[&room_id, &low, &high],
         )
-        .await?
-        .iter()
-        .map(message_of_row)
-        .collect();
+        .await?;
+    let stored: Vec<StoredMessage> =
+        tx.query(&select, &[&room_id, &low, &high]).await?.iter().map(message_of_row).collect();
     let present: std::collections::HashSet<u64> = stored.iter().map(|m| m.seq).collect();
-    if messages.iter().any(|m| !present.contains(&m.seq)) {
-        let sink = tx
-            .copy_in(
-                "COPY messages (room_id, seq, user_id, user_name, body, client_id, sent_at) FROM STDIN (FORMAT binary)",
-            )
-            .await?;
-        let writer = tokio_postgres::binary_copy::BinaryCopyInWriter::new(sink, &baseline::MESSAGE_TYPES);
-        let mut writer = std::pin::pin!(writer);
-        for message in messages.iter().filter(|m| !present.contains(&m.seq)) {
-            let post = &message.post;
-            writer
-                .as_mut()
-                .write(&[
-                    &room_id,
-                    &(message.seq as i64),
-                    &post.user_id,
-                    &post.user_name,
-                    &post.body,
-                    &post.client_id,
-                    &baseline::sent_at(message),
-                ])
-                .await?;
-        }
-        writer.finish().await?;
+    if messages.iter().all(|m| present.contains(&m.seq)) {
+        return Ok(stored);
     }
-    Ok(Some(stored))
+    let copy = tx
+        .prepare_cached(
+            "COPY messages (room_id, seq, user_id, user_name, body, client_id, sent_at) FROM STDIN (FORMAT binary)",
+        )
+        .await?;
+    let writer =
+        tokio_postgres::binary_copy::BinaryCopyInWriter::new(tx.copy_in(&copy).await?, &baseline::MESSAGE_TYPES);
+    let mut writer = std::pin::pin!(writer);
+    for message in messages.iter().filter(|m| !present.contains(&m.seq)) {
+        let post = &message.post;
+        writer
+            .as_mut()
+            .write(&[
+                &room_id,
+                &(message.seq as i64),
+                &post.user_id,
+                &post.user_name,
+                &post.body,
+                &post.client_id,
+                &baseline::sent_at(message),
+            ])
+            .await?;
+    }
+    writer.finish().await?;
+    Ok(stored)
 }
 
 /// One batched insert; a conflict with a stored copy is not an error (idempotent).
@@ -712,8 +793,8 @@ async fn gap_free_top(tx: &deadpool_postgres::Transaction<'_>, room_id: i64, wat
     // to the watermark. Quarantined seqs count as present: they will never arrive as
     // messages. (UNION, not UNION ALL: a seq handed out twice is in both tables, and
     // must count once.)
-    let top: Option<i64> = tx
-        .query_one(
+    let query = tx
+        .prepare_cached(
             "SELECT max(seq) FROM (
                  SELECT seq, seq - row_number() OVER (ORDER BY seq) AS run FROM (
                      SELECT seq FROM messages WHERE room_id = $1 AND seq > $2
@@ -721,10 +802,9 @@ async fn gap_free_top(tx: &deadpool_postgres::Transaction<'_>, room_id: i64, wat
                      SELECT seq FROM quarantined_messages WHERE room_id = $1 AND seq > $2
                  ) present
              ) runs WHERE run = $2",
-            &[&room_id, &watermark],
         )
-        .await?
-        .get(0);
+        .await?;
+    let top: Option<i64> = tx.query_one(&query, &[&room_id, &watermark]).await?.get(0);
     Ok(top.unwrap_or(watermark).max(watermark))
 }
 
@@ -734,9 +814,9 @@ async fn lock_room_by_name(
     tx: &deadpool_postgres::Transaction<'_>,
     room: &RoomName,
 ) -> Result<Option<(i64, i64, i64)>> {
-    let row = tx
-        .query_opt("SELECT id, persisted_seq, epoch FROM rooms WHERE name = $1 FOR NO KEY UPDATE", &[&room.as_str()])
-        .await?;
+    let lock =
+        tx.prepare_cached("SELECT id, persisted_seq, epoch FROM rooms WHERE name = $1 FOR NO KEY UPDATE").await?;
+    let row = tx.query_opt(&lock, &[&room.as_str()]).await?;
     Ok(row.map(|row| (row.get(0), row.get(1), row.get(2))))
 }
 
@@ -746,4 +826,19 @@ async fn lock_room(tx: &deadpool_postgres::Transaction<'_>, room_id: i64) -> Res
     let row =
         tx.query_one("SELECT persisted_seq, epoch FROM rooms WHERE id = $1 FOR NO KEY UPDATE", &[&room_id]).await?;
     Ok((row.get(0), row.get(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::covered_top;
+
+    #[test]
+    fn the_covered_run_starts_right_above_the_watermark_and_stops_at_the_first_gap() {
+        assert_eq!(covered_top(0, [1, 2, 3].into_iter()), 3);
+        assert_eq!(covered_top(0, [3, 1, 2, 2].into_iter()), 3);
+        assert_eq!(covered_top(10, [5, 11, 12, 14].into_iter()), 12);
+        assert_eq!(covered_top(10, [12, 13].into_iter()), 10);
+        assert_eq!(covered_top(10, [1, 10].into_iter()), 10);
+        assert_eq!(covered_top(7, std::iter::empty()), 7);
+    }
 }

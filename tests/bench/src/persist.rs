@@ -40,6 +40,9 @@ pub struct PersistArgs {
     /// Messages in the backlog (in total).
     #[arg(long, default_value_t = 100_000)]
     pub messages: usize,
+    /// Senders per room (each an account; a room's messages take turns among them).
+    #[arg(long, default_value_t = 10)]
+    pub senders: usize,
     /// Message body size in bytes.
     #[arg(long, default_value_t = 64)]
     pub body_bytes: usize,
@@ -72,6 +75,9 @@ pub struct PersistResult {
     pub copy_rows_per_sec: f64,
     /// `persist_rows_per_sec / copy_rows_per_sec`.
     pub ratio: f64,
+    /// Rows per second through the same COPY into a table that also has the messages
+    /// table's foreign keys (checked per row): the ceiling of any writer into `messages`.
+    pub copy_fk_rows_per_sec: f64,
 }
 
 /// Builds the backlog, times the persister through it, then times the baseline COPY.
@@ -97,12 +103,17 @@ pub async fn run(args: PersistArgs) -> Result<PersistResult> {
     })
     .await?;
 
-    // The sender must exist: messages reference their account.
-    let username = Username::parse("bench-persist")?;
-    let user_id = match archive.create_account(&username, "not a password hash").await? {
-        Some(id) => id,
-        None => archive.find_account(&username).await?.context("bench account vanished")?.id,
-    };
+    // The senders must exist: messages reference their accounts.
+    let mut senders = Vec::with_capacity(args.rooms * args.senders.max(1));
+    for i in 0..args.rooms * args.senders.max(1) {
+        let username = Username::parse(&format!("bench-persist-{i}"))?;
+        let id = match archive.create_account(&username, "not a password hash").await? {
+            Some(id) => id,
+            None => archive.find_account(&username).await?.context("bench account vanished")?.id,
+        };
+        senders.push((id, username.as_str().to_owned()));
+    }
+    let senders = Arc::new(senders);
 
     // Rooms opened as the hydrator opens them: re-opened in the archive (new epoch),
     // then installed in Redis with that epoch.
@@ -121,17 +132,20 @@ pub async fn run(args: PersistArgs) -> Result<PersistResult> {
     let started = Instant::now();
     let body = "x".repeat(args.body_bytes);
     let in_flight = 64.min(args.messages);
-    let name = username.as_str().to_owned();
+    let per_room = args.senders.max(1);
     let tasks = (0..in_flight).map(|task| {
-        let (log, rooms, body, name) = (log.clone(), Arc::clone(&rooms), body.clone(), name.clone());
+        let (log, rooms, body, senders) = (log.clone(), Arc::clone(&rooms), body.clone(), Arc::clone(&senders));
         let count = args.messages / in_flight + usize::from(task < args.messages % in_flight);
         tokio::spawn(async move {
             let mut rows = Vec::with_capacity(count);
             for n in 0..count {
-                let (room, room_id) = &rooms[(task + n * in_flight) % rooms.len()];
+                let index = task + n * in_flight;
+                let (room, room_id) = &rooms[index % rooms.len()];
+                let (user_id, user_name) =
+                    &senders[(index % rooms.len()) * per_room + (index / rooms.len()) % per_room];
                 let post = Post {
-                    user_id,
-                    user_name: name.clone(),
+                    user_id: *user_id,
+                    user_name: user_name.clone(),
                     body: body.clone(),
                     sent_at_ms: huddle_domain::now_ms(),
                     client_id: format!("p{task}-{n}"),
@@ -199,7 +213,9 @@ pub async fn run(args: PersistArgs) -> Result<PersistResult> {
         );
     }
 
-    let copy_secs = archive.copy_baseline(&rows).await?.as_secs_f64();
+    let baseline = archive.copy_baseline(&rows).await?;
+    let copy_secs = baseline.plain.as_secs_f64();
+    let copy_fk_rate = rows.len() as f64 / baseline.with_foreign_keys.as_secs_f64();
     let messages = rows.len();
     let (persist_rate, copy_rate) = (messages as f64 / persist_secs, messages as f64 / copy_secs);
     let result = PersistResult {
@@ -212,9 +228,10 @@ pub async fn run(args: PersistArgs) -> Result<PersistResult> {
         copy_secs,
         copy_rows_per_sec: copy_rate,
         ratio: persist_rate / copy_rate,
+        copy_fk_rows_per_sec: copy_fk_rate,
     };
     eprintln!(
-        "persist: persister {persist_rate:.0} rows/s ({persist_secs:.2} s), raw binary COPY {copy_rate:.0} rows/s ({copy_secs:.3} s), ratio {:.3}",
+        "persist: persister {persist_rate:.0} rows/s ({persist_secs:.2} s), raw binary COPY {copy_rate:.0} rows/s ({copy_secs:.3} s), ratio {:.3}; COPY with the foreign keys {copy_fk_rate:.0} rows/s",
         result.ratio
     );
     crate::append_json_line(args.out.as_deref(), &result)?;
