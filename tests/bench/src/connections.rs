@@ -38,7 +38,8 @@ pub struct ConnectionsArgs {
     #[arg(long)]
     pub server_pid: u32,
     /// Sockets to open; 0: as many as the server's open-file limit allows (its soft limit,
-    /// less the descriptors it has open, less `--fd-margin`).
+    /// less the descriptors it has open, less `--fd-margin`, divided by the descriptors
+    /// one socket takes there, measured on a few probe sockets first).
     #[arg(long, default_value_t = 0)]
     pub sockets: usize,
     /// Descriptors left to the server for its own use (pools, files) when `--sockets` is 0.
@@ -99,6 +100,8 @@ pub struct ConnectionsResult {
     pub server_fd_limit: Option<usize>,
     /// Descriptors the server had open before.
     pub server_fds_before: Option<usize>,
+    /// Descriptors one socket takes on the server (measured on the probe sockets).
+    pub server_fds_per_socket: Option<f64>,
     /// The server's resident memory before connecting, KiB.
     pub rss_before_kb: u64,
     /// ...once every socket had connected.
@@ -170,23 +173,8 @@ fn fd_budget(pid: u32) -> Result<(usize, usize)> {
 
 /// Runs the scenario (the coordinator).
 pub async fn run(args: ConnectionsArgs) -> Result<ConnectionsResult> {
-    let (server_fd_limit, server_fds_before) = match fd_budget(args.server_pid) {
-        Ok((limit, open)) => (Some(limit), Some(open)),
-        Err(error) if args.sockets > 0 => {
-            eprintln!("connections: {error:#} (not needed: --sockets given)");
-            (None, None)
-        }
-        Err(error) => return Err(error),
-    };
-    let sockets = match (args.sockets, server_fd_limit, server_fds_before) {
-        (0, Some(limit), Some(open)) => limit.saturating_sub(open + args.fd_margin),
-        (sockets, ..) => sockets,
-    };
-    ensure!(sockets > 0, "no sockets to open (open-file limit {server_fd_limit:?}, {server_fds_before:?} open)");
     ensure!(args.rooms > 0 && args.source_addresses > 0, "--rooms and --source-addresses must be at least 1");
     ensure!(args.source_addresses <= 250, "--source-addresses: at most 250 (127.0.0.2-127.0.0.251)");
-    let workers = if args.workers == 0 { sockets.div_ceil(15_000) } else { args.workers }.clamp(1, sockets);
-
     // Accounts first, so their password hashing is not in the measurement.
     let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
     let names: Vec<String> = (0..args.accounts.max(1)).map(|j| format!("{}-c{j}", args.run_id)).collect();
@@ -200,10 +188,30 @@ pub async fn run(args: ConnectionsArgs) -> Result<ConnectionsResult> {
     let sources: Vec<IpAddr> =
         (0..args.source_addresses).map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i))).collect();
 
+    let (server_fd_limit, server_fds_before) = match fd_budget(args.server_pid) {
+        Ok((limit, open)) => (Some(limit), Some(open)),
+        Err(error) if args.sockets > 0 => {
+            eprintln!("connections: {error:#} (not needed: --sockets given)");
+            (None, None)
+        }
+        Err(error) => return Err(error),
+    };
+    let mut server_fds_per_socket = None;
+    let sockets = match (args.sockets, server_fd_limit, server_fds_before) {
+        (0, Some(limit), Some(open)) => {
+            let per_socket = probe_fds_per_socket(&args, &tokens, sources[0]).await?;
+            server_fds_per_socket = Some(per_socket);
+            (limit.saturating_sub(open + args.fd_margin) as f64 / per_socket) as usize
+        }
+        (sockets, ..) => sockets,
+    };
+    ensure!(sockets > 0, "no sockets to open (open-file limit {server_fd_limit:?}, {server_fds_before:?} open)");
+    let workers = if args.workers == 0 { sockets.div_ceil(15_000) } else { args.workers }.clamp(1, sockets);
+
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before_kb = rss_kb(args.server_pid)?;
     eprintln!(
-        "{:?}: {sockets} idle sockets (open-file limit {server_fd_limit:?}, {server_fds_before:?} open) in {} rooms, {accounts} accounts, {} source addresses, {workers} workers; RSS before {rss_before_kb} KiB",
+        "{:?}: {sockets} idle sockets (open-file limit {server_fd_limit:?}, {server_fds_before:?} open, {server_fds_per_socket:?} per socket) in {} rooms, {accounts} accounts, {} source addresses, {workers} workers; RSS before {rss_before_kb} KiB",
         args.target, args.rooms, sources.len()
     );
     let started = Instant::now();
@@ -282,6 +290,7 @@ pub async fn run(args: ConnectionsArgs) -> Result<ConnectionsResult> {
         source_addresses: args.source_addresses,
         server_fd_limit,
         server_fds_before,
+        server_fds_per_socket,
         rss_before_kb,
         rss_connected_kb,
         rss_held_kb,
@@ -302,6 +311,33 @@ pub async fn run(args: ConnectionsArgs) -> Result<ConnectionsResult> {
         bail!("{:?}: {open_after_hold} of {sockets} sockets held", args.target);
     }
     Ok(result)
+}
+
+/// Sockets of the probe that measures what one socket costs the server in descriptors.
+const PROBE_SOCKETS: usize = 50;
+
+/// Opens [`PROBE_SOCKETS`] sockets, counts the server's descriptors with them open, and
+/// closes them again: the descriptors one socket takes there (at least 1).
+async fn probe_fds_per_socket(args: &ConnectionsArgs, tokens: &[String], source: IpAddr) -> Result<f64> {
+    let (_, before) = fd_budget(args.server_pid)?;
+    let mut probes = vec![];
+    for i in 0..PROBE_SOCKETS {
+        let room = format!("{}-probe-{}", args.run_id, i % 10);
+        let token = (!tokens.is_empty()).then(|| tokens[i % tokens.len()].as_str());
+        probes.push(args.target.connect_from(&args.url, &room, token, Some(source)).await.context("a probe socket")?);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_, with_probes) = fd_budget(args.server_pid)?;
+    drop(probes);
+    let per_socket = (with_probes.saturating_sub(before) as f64 / PROBE_SOCKETS as f64).round().max(1.0);
+    eprintln!(
+        "{:?}: {PROBE_SOCKETS} probe sockets took {} descriptors on the server: {per_socket} per socket",
+        args.target,
+        with_probes.saturating_sub(before)
+    );
+    // Let the server close its side before it is measured.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok(per_socket)
 }
 
 /// A worker process, its stdin, and the lines of its stdout.
@@ -365,7 +401,15 @@ pub async fn worker() -> Result<()> {
             let token = (!plan.tokens.is_empty()).then(|| plan.tokens[i % plan.tokens.len()].clone());
             let source = plan.sources[i % plan.sources.len()];
             let (target, url) = (plan.target, plan.url.clone());
-            async move { target.connect_from(&url, &room, token.as_deref(), Some(source)).await }
+            async move {
+                // A server out of descriptors stops accepting: such a socket fails, not hangs.
+                tokio::time::timeout(
+                    Duration::from_secs(30),
+                    target.connect_from(&url, &room, token.as_deref(), Some(source)),
+                )
+                .await
+                .context("no join answer within 30 s")?
+            }
         })
         .buffer_unordered(plan.in_flight.max(1));
     tokio::pin!(attempts);
