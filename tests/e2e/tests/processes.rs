@@ -137,6 +137,62 @@ async fn three_binaries_carry_messages_from_socket_to_postgres_and_stop_on_sigte
     env.cleanup().await
 }
 
+/// Descriptors the process `pid` has open.
+fn open_descriptors(pid: u32) -> Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd")).context("list /proc/<pid>/fd")?.count())
+}
+
+/// The open-file limit bounds the sockets a gateway can hold: each costs it one descriptor
+/// (a duplicate kept for resetting stuck connections used to make it two).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_holds_one_descriptor_per_socket() -> Result<()> {
+    const SOCKETS: usize = 300;
+    let env = TestEnv::new().await?;
+    let (hydrator_grpc, hydrator_ops) = (free_addr()?, free_addr()?);
+    let (gateway_addr, gateway_ops) = (free_addr()?, free_addr()?);
+    let _hydrator = Service::spawn(
+        "huddle-hydrator",
+        &env,
+        "",
+        &[("HUDDLE_HYDRATOR_GRPC_ADDR", hydrator_grpc.clone()), ("HUDDLE_HYDRATOR_OPS_ADDR", hydrator_ops.clone())],
+    )?;
+    wait_ready("hydrator", &format!("http://{hydrator_ops}/readyz")).await?;
+    let gateway = Service::spawn(
+        "huddle-gateway",
+        &env,
+        "",
+        &[
+            ("HUDDLE_GATEWAY_ADDR", gateway_addr.clone()),
+            ("HUDDLE_GATEWAY_OPS_ADDR", gateway_ops),
+            ("HUDDLE_GATEWAY_WORKERS", "2".into()),
+            ("HUDDLE_HYDRATOR_URL", format!("http://{hydrator_grpc}")),
+            ("HUDDLE_JOIN_RATE", "1000".into()),
+        ],
+    )?;
+    let base = format!("http://{gateway_addr}");
+    wait_ready("gateway", &format!("{base}/readyz")).await?;
+    let mut users = Vec::new();
+    for n in 0..SOCKETS / 10 {
+        users.push(sign_up(&base, &format!("fd{n}")).await?);
+    }
+    // One socket first, so the room, the hub and the pools exist before counting.
+    let mut first = Ws::join(&base, "descriptors", &users[0].token, "").await?;
+    first.expect("history").await?;
+    let before = open_descriptors(gateway.pid())?;
+    let mut sockets = Vec::new();
+    for n in 0..SOCKETS {
+        let mut socket = Ws::join(&base, "descriptors", &users[n % users.len()].token, "").await?;
+        socket.expect("history").await?;
+        sockets.push(socket);
+    }
+    let per_socket = (open_descriptors(gateway.pid())? - before) as f64 / SOCKETS as f64;
+    assert!((1.0..1.1).contains(&per_socket), "{per_socket:.2} descriptors per socket");
+    // Every socket still works: a message reaches the last one opened.
+    first.say("still here", "fd-check").await?;
+    assert_eq!(sockets.last_mut().context("no socket")?.expect("message").await?["body"], "still here");
+    env.cleanup().await
+}
+
 /// The services a gRPC server lists through server reflection (what `grpcurl list` shows).
 async fn reflected_services(env: &TestEnv, addr: &str) -> Result<Vec<String>> {
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
