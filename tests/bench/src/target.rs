@@ -69,11 +69,12 @@ impl Target {
             return Ok(None);
         }
         let credentials = json!({ "username": name, "password": "bench-password" });
-        let registered = http.post(format!("{base}/api/register")).json(&credentials).send().await?;
+        let registered = post_retrying(http, &format!("{base}/api/register"), &credentials).await?;
         if !matches!(registered.status().as_u16(), 201 | 409) {
             bail!("register {name}: {} {}", registered.status(), registered.text().await?);
         }
-        let login: Value = http.post(format!("{base}/api/login")).json(&credentials).send().await?.json().await?;
+        let login = post_retrying(http, &format!("{base}/api/login"), &credentials).await?;
+        let login: Value = login.json().await?;
         Ok(Some(login["token"].as_str().with_context(|| format!("login {name}: {login}"))?.to_owned()))
     }
 
@@ -161,6 +162,26 @@ impl Target {
         let (pongs, pending_pongs) = tokio::sync::mpsc::unbounded_channel();
         let client = Client { sink, target: self, room: room.to_owned(), sent: 0, pongs: pending_pongs };
         Ok((client, Receiver { target: self, stream, pongs }, answer))
+    }
+}
+
+/// POSTs `body`, retrying (up to 20 times) while the gateway answers 503 `overloaded`, as
+/// PROTOCOL says to: many sign-ups at once on a server sharing its core with others
+/// outwait its password-hashing queue.
+async fn post_retrying(http: &reqwest::Client, url: &str, body: &Value) -> Result<reqwest::Response> {
+    let mut attempt = 0;
+    loop {
+        let response = http.post(url).json(body).send().await.with_context(|| format!("POST {url}"))?;
+        attempt += 1;
+        if response.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE || attempt >= 20 {
+            return Ok(response);
+        }
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
+            .unwrap_or(1);
+        tokio::time::sleep(Duration::from_secs(retry_after.clamp(1, 10))).await;
     }
 }
 
