@@ -33,14 +33,15 @@ pub(crate) fn sent_at(message: &StoredMessage) -> std::time::SystemTime {
 pub struct CopyBaseline {
     /// Into a plain table shaped like `messages` (no foreign keys).
     pub plain: Duration,
-    /// Into the same table with `messages`' two foreign keys (room, sender), whose
-    /// per-row checks any writer into `messages` pays.
+    /// Into the same table with the two foreign keys `messages` had until migration V7
+    /// (room, sender), checked per row: what the chunk write paid before it checked its
+    /// senders once per chunk.
     pub with_foreign_keys: Duration,
 }
 
 impl Archive {
     /// Writes `rows` (room id, message) with one binary `COPY` into a fresh plain table
-    /// shaped like `messages`, then into one that also has its foreign keys, and returns
+    /// shaped like `messages`, then into one that also has its former foreign keys, and returns
     /// how long each `COPY` took (the tables are created before the clock starts and
     /// dropped afterwards).
     pub async fn copy_baseline(&self, rows: &[(i64, StoredMessage)]) -> Result<CopyBaseline> {

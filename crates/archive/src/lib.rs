@@ -3,9 +3,11 @@
 //! * Versioned schema migrations ([`Archive::migrate`]), applied by every service at
 //!   start under an advisory lock, so replicas starting together do not race.
 //! * [`Archive::store_chunk`]: one idempotent write of a seq range (a binary `COPY` of
-//!   the rows not yet stored) plus the watermark update, in one transaction. A row
-//!   PostgreSQL refuses is isolated by splitting the batch and goes to
-//!   `quarantined_messages` with its reason, so no single message can stop a room.
+//!   the rows not yet stored) plus the watermark update, in one transaction. The room
+//!   is locked and the chunk's senders are checked once per chunk (`messages` has no
+//!   foreign keys since V7: they checked every row); a row whose sender has no account,
+//!   and a row PostgreSQL refuses (isolated by splitting the batch), go to
+//!   `quarantined_messages` with their reason, so no single message can stop a room.
 //! * [`Archive::reopen_room`], [`Archive::recheck_room`] and [`Archive::history_before`]:
 //!   what the hydrator reads.
 //! * Accounts and the room directory ([`accounts`]).
@@ -195,8 +197,9 @@ impl Archive {
     }
 
     /// Writes `messages` of `room`, read from Redis under `epoch` (any order, any overlap
-    /// with what is stored), quarantines `unreadable` entries and every row PostgreSQL
-    /// refuses, and moves the watermark over the gap-free prefix now present (stored or
+    /// with what is stored), quarantines `unreadable` entries, rows whose sender has no
+    /// account (SQLSTATE 23503, the chunk's distinct senders looked up once) and every
+    /// row PostgreSQL refuses, and moves the watermark over the gap-free prefix now present (stored or
     /// quarantined). Writers of one room are serialised by a row lock, so each sees the
     /// others' rows.
     pub async fn store_chunk(
@@ -488,21 +491,33 @@ async fn store_chunk_copy(
         return Ok(Some(ChunkOutcome::StaleEpoch));
     };
     let mut quarantined = quarantine_unreadable(&tx, room_id, unreadable).await?;
-    let stored = match copy_new_messages(&tx, room_id, messages).await {
-        Ok(stored) => stored,
+    // What the archive already holds of the range is not written again (a redelivered
+    // chunk, or a seq handed out twice: reported below); of the rest, the rows whose
+    // sender has no account are quarantined, the others copied.
+    let stored = stored_in_range(&tx, room_id, messages).await?;
+    let present: std::collections::HashSet<u64> = stored.iter().map(|m| m.seq).collect();
+    let new: Vec<&StoredMessage> = messages.iter().filter(|m| !present.contains(&m.seq)).collect();
+    let unknown = unknown_senders(&tx, sender_ids(&new)).await?;
+    let (refused, copied): (Vec<&StoredMessage>, Vec<&StoredMessage>) =
+        new.iter().partition(|m| unknown.contains(&m.post.user_id));
+    for message in refused {
+        quarantine_unknown_sender(&tx, room_id, message, &mut quarantined).await?;
+    }
+    match copy_messages(&tx, room_id, &copied).await {
+        Ok(()) => {}
         Err(error) if is_row_refusal(&error) => {
             tx.rollback().await?;
             return Ok(None);
         }
         Err(error) => return Err(error.into()),
-    };
+    }
     for (message, reason) in reused(messages, &stored) {
         let raw = row_json(&message);
         if quarantine(&tx, room_id, message.seq, &raw, &reason, "").await? {
             quarantined.push(Quarantined { seq: message.seq, sqlstate: String::new(), reason });
         }
     }
-    let newest_stored = messages.iter().map(|m| m.post.sent_at_ms).max();
+    let newest_stored = messages.iter().filter(|m| !unknown.contains(&m.post.user_id)).map(|m| m.post.sent_at_ms).max();
     let seqs = messages.iter().map(|m| m.seq).chain(unreadable.iter().map(|e| e.seq));
     finish_chunk(tx, room_id, watermark, seqs, newest_stored, quarantined).await.map(Some)
 }
@@ -522,7 +537,8 @@ async fn store_chunk_careful(
         return Ok(ChunkOutcome::StaleEpoch);
     };
     let mut quarantined = quarantine_unreadable(&tx, room_id, unreadable).await?;
-    let mut pending: Vec<&[StoredMessage]> = vec![messages];
+    let writable = without_unknown_senders(&tx, room_id, messages, &mut quarantined).await?;
+    let mut pending: Vec<&[StoredMessage]> = vec![&writable];
     let mut newest_stored: Option<i64> = None;
     while let Some(batch) = pending.pop() {
         if batch.is_empty() {
@@ -565,36 +581,69 @@ async fn store_chunk_careful(
     finish_chunk(tx, room_id, watermark, seqs, newest_stored, quarantined).await
 }
 
+/// The messages of a chunk to insert the careful way: those whose sender has no account
+/// are quarantined (see [`unknown_senders`]) and left out, unless the archive already
+/// holds their seq (the insert then does nothing, and a different message there is
+/// reported as a reused seq, as for any other row).
+async fn without_unknown_senders<'m>(
+    tx: &deadpool_postgres::Transaction<'_>,
+    room_id: i64,
+    messages: &'m [StoredMessage],
+    quarantined: &mut Vec<Quarantined>,
+) -> Result<std::borrow::Cow<'m, [StoredMessage]>> {
+    let unknown = unknown_senders(tx, sender_ids(messages)).await?;
+    if unknown.is_empty() {
+        return Ok(std::borrow::Cow::Borrowed(messages));
+    }
+    let seqs: Vec<i64> = messages.iter().filter(|m| unknown.contains(&m.post.user_id)).map(|m| m.seq as i64).collect();
+    let present: std::collections::HashSet<u64> =
+        page_of_seqs(tx, room_id, &seqs).await?.iter().map(|m| m.seq).collect();
+    let mut writable = Vec::with_capacity(messages.len());
+    for message in messages {
+        if unknown.contains(&message.post.user_id) && !present.contains(&message.seq) {
+            quarantine_unknown_sender(tx, room_id, message, quarantined).await?;
+        } else {
+            writable.push(message.clone());
+        }
+    }
+    Ok(std::borrow::Cow::Owned(writable))
+}
+
 /// Earliest and latest `sent_at` the binary COPY is given (years 1 to 9999); a message
 /// outside goes the careful path, where PostgreSQL itself says what it thinks of it.
 const COPYABLE_SENT_AT_MS: std::ops::RangeInclusive<i64> = -62_135_596_800_000..=253_402_300_799_999;
 
-/// Reads what the archive already holds in the chunk's seq range, then writes the other
-/// messages with one binary `COPY` (no conflict can occur: the room's row lock
-/// serialises its writers; if one did, the unique violation sends the chunk down the
-/// careful path). Returns the stored rows of seqs that were already present (a
-/// redelivered chunk, or a seq handed out twice).
-async fn copy_new_messages(
+/// The stored messages of the chunk's seq range (read under the room lock, so no other
+/// writer adds to it before the commit).
+async fn stored_in_range(
     tx: &deadpool_postgres::Transaction<'_>,
     room_id: i64,
     messages: &[StoredMessage],
-) -> std::result::Result<Vec<StoredMessage>, tokio_postgres::Error> {
-    if messages.is_empty() {
+) -> Result<Vec<StoredMessage>> {
+    let (Some(low), Some(high)) = (messages.iter().map(|m| m.seq).min(), messages.iter().map(|m| m.seq).max()) else {
         return Ok(Vec::new());
-    }
-    let low = messages.iter().map(|m| m.seq).min().unwrap_or(0) as i64;
-    let high = messages.iter().map(|m| m.seq).max().unwrap_or(0) as i64;
+    };
     let select = tx
         .prepare_cached(
             "SELECT seq, user_id, user_name, body, client_id, round(extract(epoch FROM sent_at) * 1000)::bigint
              FROM messages WHERE room_id = $1 AND seq BETWEEN $2 AND $3",
         )
         .await?;
-    let stored: Vec<StoredMessage> =
-        tx.query(&select, &[&room_id, &low, &high]).await?.iter().map(message_of_row).collect();
-    let present: std::collections::HashSet<u64> = stored.iter().map(|m| m.seq).collect();
-    if messages.iter().all(|m| present.contains(&m.seq)) {
-        return Ok(stored);
+    let rows = tx.query(&select, &[&room_id, &(low as i64), &(high as i64)]).await?;
+    Ok(rows.iter().map(message_of_row).collect())
+}
+
+/// Writes `messages` with one binary `COPY` (nothing if there are none). No conflict can
+/// occur: the caller left out the seqs already stored, and the room's row lock
+/// serialises its writers; if one did, the unique violation sends the chunk down the
+/// careful path. `messages` has no foreign keys (V7): the caller checked the senders.
+async fn copy_messages(
+    tx: &deadpool_postgres::Transaction<'_>,
+    room_id: i64,
+    messages: &[&StoredMessage],
+) -> std::result::Result<(), tokio_postgres::Error> {
+    if messages.is_empty() {
+        return Ok(());
     }
     let copy = tx
         .prepare_cached(
@@ -604,7 +653,7 @@ async fn copy_new_messages(
     let writer =
         tokio_postgres::binary_copy::BinaryCopyInWriter::new(tx.copy_in(&copy).await?, &baseline::MESSAGE_TYPES);
     let mut writer = std::pin::pin!(writer);
-    for message in messages.iter().filter(|m| !present.contains(&m.seq)) {
+    for message in messages {
         let post = &message.post;
         writer
             .as_mut()
@@ -620,7 +669,54 @@ async fn copy_new_messages(
             .await?;
     }
     writer.finish().await?;
-    Ok(stored)
+    Ok(())
+}
+
+/// SQLSTATE `foreign_key_violation`: a row whose sender has no account, as the foreign
+/// key `messages` had until V7 refused it; the chunk write detects it now.
+pub const FOREIGN_KEY_VIOLATION: &str = "23503";
+
+/// The distinct senders of `messages`, in order.
+fn sender_ids<M: std::borrow::Borrow<StoredMessage>>(messages: &[M]) -> Vec<i64> {
+    let mut ids: Vec<i64> = messages.iter().map(|m| m.borrow().post.user_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Which of the chunk's senders `ids` (see [`sender_ids`]) have no account, looked up
+/// once for the chunk. The senders found are locked `FOR KEY SHARE` until the
+/// transaction ends, as the foreign key's per-row check did: no account can be deleted
+/// under a chunk that names it.
+async fn unknown_senders(
+    tx: &deadpool_postgres::Transaction<'_>,
+    ids: Vec<i64>,
+) -> Result<std::collections::HashSet<i64>> {
+    if ids.is_empty() {
+        return Ok(std::collections::HashSet::new());
+    }
+    let select = tx.prepare_cached("SELECT id FROM users WHERE id = ANY($1) FOR KEY SHARE").await?;
+    let known: std::collections::HashSet<i64> = tx.query(&select, &[&ids]).await?.iter().map(|r| r.get(0)).collect();
+    Ok(ids.into_iter().filter(|id| !known.contains(id)).collect())
+}
+
+/// Quarantines a message whose sender has no account, with SQLSTATE 23503 and a reason
+/// naming the missing user id.
+async fn quarantine_unknown_sender(
+    tx: &deadpool_postgres::Transaction<'_>,
+    room_id: i64,
+    message: &StoredMessage,
+    quarantined: &mut Vec<Quarantined>,
+) -> Result<()> {
+    let user_id = message.post.user_id;
+    let reason = format!(
+        "ERROR {FOREIGN_KEY_VIOLATION}: the sender does not exist (Key (user_id)=({user_id}) is not present in table \"users\".)"
+    );
+    let raw = row_json(message);
+    if quarantine(tx, room_id, message.seq, &raw, &reason, FOREIGN_KEY_VIOLATION).await? {
+        quarantined.push(Quarantined { seq: message.seq, sqlstate: FOREIGN_KEY_VIOLATION.to_owned(), reason });
+    }
+    Ok(())
 }
 
 /// One batched insert; a conflict with a stored copy is not an error (idempotent).

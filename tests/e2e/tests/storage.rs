@@ -390,3 +390,60 @@ async fn busy_connections_are_not_pinged_and_failed_ones_are_replaced() -> Resul
     assert!(recovered, "the pool still hands out broken connections after a Redis restart");
     env.cleanup().await
 }
+
+/// `messages` has no foreign keys (V7): a chunk checks its distinct senders once, under
+/// the room's lock. A chunk whose only fault is unknown senders (the COPY path) stores
+/// the known senders' rows and quarantines the others with 23503 and the missing id, as
+/// the foreign key did; deleting a user or room that messages refer to is still refused.
+#[tokio::test]
+async fn a_chunk_checks_its_senders_once_and_quarantines_the_unknown_ones() -> Result<()> {
+    let env = TestEnv::new().await?;
+    let archive = archive(&env).await?;
+    let uid = user(&env).await?;
+    let db = env.db().await?;
+    let per_row_triggers: i64 =
+        db.query_one("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'messages'::regclass", &[]).await?.get(0);
+    assert_eq!(per_row_triggers, 0, "no per-row (foreign key) triggers on messages");
+
+    let room = RoomName::parse("senders")?;
+    let mut batch = messages(1..=6, uid);
+    batch[1].post.user_id = uid + 1000; // seq 2
+    batch[4].post.user_id = uid + 2000; // seq 5
+    let huddle_archive::ChunkOutcome::Stored { watermark, quarantined } =
+        archive.store_chunk(&room, 0, &batch, &[]).await?
+    else {
+        panic!("refused as stale");
+    };
+    assert_eq!(watermark, 6, "the watermark moves past the unknown senders' rows");
+    let found: Vec<(u64, &str)> = quarantined.iter().map(|q| (q.seq, q.sqlstate.as_str())).collect();
+    assert_eq!(found, [(2, "23503"), (5, "23503")]);
+    for (q, missing) in quarantined.iter().zip([uid + 1000, uid + 2000]) {
+        assert!(q.reason.contains(&format!("(user_id)=({missing})")), "{}", q.reason);
+    }
+    let written: Vec<i64> =
+        db.query("SELECT seq FROM messages ORDER BY seq", &[]).await?.iter().map(|r| r.get(0)).collect();
+    assert_eq!(written, vec![1, 3, 4, 6]);
+    let kept: Vec<(i64, String)> = db
+        .query("SELECT seq, sqlstate FROM quarantined_messages ORDER BY seq", &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(kept, [(2, "23503".to_owned()), (5, "23503".to_owned())]);
+    // Redelivered: nothing new, the watermark stays.
+    assert_eq!(archive.store_chunk(&room, 0, &batch, &[]).await?, stored(6));
+
+    // What the foreign keys also refused: removing a sender or a room messages refer to
+    // (a room without quarantined rows: those still have their foreign key).
+    assert_eq!(archive.store_chunk(&RoomName::parse("clean")?, 0, &messages(1..=2, uid), &[]).await?, stored(2));
+    for delete in [format!("DELETE FROM users WHERE id = {uid}"), "DELETE FROM rooms WHERE name = 'clean'".into()] {
+        let error = db.batch_execute(&delete).await.expect_err(&delete);
+        assert_eq!(error.code().map(|c| c.code()), Some("23503"), "{delete}: {error}");
+    }
+    let idle: i64 = db
+        .query_one("INSERT INTO users (username, password_hash) VALUES ('idle', 'x') RETURNING id", &[])
+        .await?
+        .get(0);
+    assert_eq!(db.execute("DELETE FROM users WHERE id = $1", &[&idle]).await?, 1, "a user without messages goes");
+    env.cleanup().await
+}
