@@ -18,11 +18,25 @@ use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, Value};
 /// `run_id`.
 pub(crate) struct ServerManager {
     inner: deadpool_redis::Manager,
+    /// When the pool's clock started ([`Health`] times are relative to it).
+    clock: Instant,
+    /// Milliseconds on the pool's clock when Redis was last suspected of having gone away:
+    /// a connection whose last reply is older is PINGed before it is handed out.
+    suspected_at_ms: AtomicU64,
 }
 
 impl ServerManager {
     pub(crate) fn new(url: &str) -> Result<Self, RedisError> {
-        Ok(Self { inner: deadpool_redis::Manager::new(connection_info(url)?)? })
+        Ok(Self {
+            inner: deadpool_redis::Manager::new(connection_info(url)?)?,
+            clock: Instant::now(),
+            suspected_at_ms: AtomicU64::new(0),
+        })
+    }
+
+    /// Every connection idle since now is PINGed before its next use.
+    pub(crate) fn suspect(&self) {
+        self.suspected_at_ms.store(self.clock.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
     }
 }
 
@@ -45,8 +59,9 @@ pub(crate) struct ServerConnection {
 /// Whether a connection still works, as its own traffic shows: a reply within
 /// [`FRESH`] proves it without a PING, and a connection error condemns it.
 struct Health {
-    opened: Instant,
-    /// Milliseconds after `opened` of the last successful reply.
+    /// The pool's clock.
+    clock: Instant,
+    /// Milliseconds on the pool's clock of the last successful reply.
     last_reply_ms: AtomicU64,
     broken: AtomicBool,
 }
@@ -55,13 +70,14 @@ struct Health {
 const FRESH: Duration = Duration::from_secs(1);
 
 impl Health {
-    fn new() -> Self {
-        Self { opened: Instant::now(), last_reply_ms: AtomicU64::new(0), broken: AtomicBool::new(false) }
+    fn new(clock: Instant) -> Self {
+        let now = clock.elapsed().as_millis() as u64;
+        Self { clock, last_reply_ms: AtomicU64::new(now), broken: AtomicBool::new(false) }
     }
 
     fn observe<T>(&self, result: &Result<T, RedisError>) {
         match result {
-            Ok(_) => self.last_reply_ms.store(self.opened.elapsed().as_millis() as u64, Ordering::Relaxed),
+            Ok(_) => self.last_reply_ms.store(self.clock.elapsed().as_millis() as u64, Ordering::Relaxed),
             Err(error) if error.is_unrecoverable_error() || error.is_io_error() || error.is_connection_dropped() => {
                 self.broken.store(true, Ordering::Relaxed);
             }
@@ -69,9 +85,10 @@ impl Health {
         }
     }
 
-    fn replied_recently(&self) -> bool {
-        let last = Duration::from_millis(self.last_reply_ms.load(Ordering::Relaxed));
-        self.opened.elapsed().saturating_sub(last) < FRESH
+    /// A reply within [`FRESH`], and after Redis was last suspected of having gone away.
+    fn replied_recently(&self, suspected_at_ms: u64) -> bool {
+        let last = self.last_reply_ms.load(Ordering::Relaxed);
+        last >= suspected_at_ms && self.clock.elapsed().saturating_sub(Duration::from_millis(last)) < FRESH
     }
 }
 
@@ -84,7 +101,7 @@ impl managed::Manager for ServerManager {
         let info: String = redis::cmd("INFO").arg("server").query_async(&mut conn).await?;
         let run_id = run_id_of(&info)
             .ok_or_else(|| RedisError::from((ErrorKind::UnexpectedReturnType, "INFO server reported no run_id")))?;
-        Ok(ServerConnection { conn, run_id: run_id.into(), health: Arc::new(Health::new()) })
+        Ok(ServerConnection { conn, run_id: run_id.into(), health: Arc::new(Health::new(self.clock)) })
     }
 
     /// A connection that failed is dropped; one that answered within the last second is
@@ -93,7 +110,7 @@ impl managed::Manager for ServerManager {
         if connection.health.broken.load(Ordering::Relaxed) {
             return Err(managed::RecycleError::message("the connection failed"));
         }
-        if connection.health.replied_recently() {
+        if connection.health.replied_recently(self.suspected_at_ms.load(Ordering::Relaxed)) {
             return Ok(());
         }
         let result = managed::Manager::recycle(&self.inner, &mut connection.conn, metrics).await;
@@ -119,8 +136,12 @@ pub(crate) struct Conn {
 impl Conn {
     /// Takes a connection from the pool (checking it as [`ServerManager`] does) and
     /// returns it to the pool at once.
+    ///
+    /// The pool's future (waiting, creating and recycling, each under a deadline) takes
+    /// about 7 KB; boxed, it lives only for the checkout instead of inside every future
+    /// that talks to Redis — a socket's task holds one of those for its whole life.
     pub(crate) async fn get(pool: &ServerPool) -> Result<Self, managed::PoolError<RedisError>> {
-        let pooled = pool.get().await?;
+        let pooled = Box::pin(pool.get()).await?;
         Ok(Self { conn: pooled.conn.clone(), run_id: Arc::clone(&pooled.run_id), health: Arc::clone(&pooled.health) })
     }
 

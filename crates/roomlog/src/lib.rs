@@ -151,6 +151,13 @@ impl RoomLog {
         Ok(Conn::get(&self.pool).await?)
     }
 
+    /// Redis may have gone away (a pub/sub connection on it broke): every pooled
+    /// connection is PINGed before its next use, so a dead one is replaced instead of
+    /// failing its caller's command.
+    pub fn suspect_connections(&self) {
+        self.pool.manager().suspect();
+    }
+
     /// Round-trips a PING (readiness).
     pub async fn ping(&self) -> Result<()> {
         let mut conn = self.conn().await?;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytestring::ByteString;
 use futures_util::StreamExt;
 use huddle_domain::RoomName;
-use huddle_roomlog::{parse_published, Keyspace, RESET_PREFIX};
+use huddle_roomlog::{parse_published, Keyspace, RoomLog, RESET_PREFIX};
 use redis::aio::{PubSubSink, PubSubStream};
 use tokio::sync::mpsc;
 
@@ -85,6 +85,8 @@ struct Subscriptions {
 /// The gateway's fan-out hub.
 pub struct Hub {
     client: redis::Client,
+    /// The thread's Redis pool, told when the pub/sub connection breaks.
+    log: RoomLog,
     keys: Keyspace,
     members: Mutex<Members>,
     subscriptions: tokio::sync::Mutex<Subscriptions>,
@@ -123,13 +125,16 @@ pub struct HubSettings {
 /// subscribed twice.
 pub struct LocalHub {
     settings: HubSettings,
+    log: RoomLog,
     hub: tokio::sync::OnceCell<Arc<Hub>>,
 }
 
 impl LocalHub {
-    /// A hub for the current worker thread, not connected yet.
-    pub fn new(settings: HubSettings) -> Self {
-        Self { settings, hub: tokio::sync::OnceCell::new() }
+    /// A hub for the current worker thread, not connected yet. `log` is the thread's pool:
+    /// when the pub/sub connection breaks, its connections are checked before their next
+    /// use (Redis may have restarted under all of them).
+    pub fn new(settings: HubSettings, log: RoomLog) -> Self {
+        Self { settings, log, hub: tokio::sync::OnceCell::new() }
     }
 
     /// The thread's hub, opening it on first use (once, however many sockets wait for
@@ -137,9 +142,11 @@ impl LocalHub {
     pub async fn get(&self) -> redis::RedisResult<&Arc<Hub>> {
         self.hub
             .get_or_try_init(|| async {
-                tokio::time::timeout(self.settings.deadline, Hub::start(&self.settings)).await.unwrap_or_else(|_| {
-                    Err(redis::RedisError::from((redis::ErrorKind::Io, "pub/sub connect timed out")))
-                })
+                tokio::time::timeout(self.settings.deadline, Hub::start(&self.settings, self.log.clone()))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(redis::RedisError::from((redis::ErrorKind::Io, "pub/sub connect timed out")))
+                    })
             })
             .await
     }
@@ -150,13 +157,14 @@ impl Hub {
     /// The connection is PINGed every `keepalive`: one that does not answer within
     /// `deadline` (a half-open TCP connection delivers nothing and reports no error) is
     /// replaced, and every local socket resyncs.
-    async fn start(settings: &HubSettings) -> redis::RedisResult<Arc<Self>> {
+    async fn start(settings: &HubSettings, log: RoomLog) -> redis::RedisResult<Arc<Self>> {
         let keys = settings.keys.clone();
         let client = redis::Client::open(huddle_roomlog::connection_info(&settings.redis_url)?)?;
         let (mut sink, stream) = client.get_async_pubsub().await?.split();
         sink.subscribe(keys.ended_sessions()).await?;
         let hub = Arc::new(Self {
             client,
+            log,
             keys,
             members: Mutex::new(HashMap::new()),
             subscriptions: tokio::sync::Mutex::new(Subscriptions { sink, rooms: HashSet::new() }),
@@ -338,6 +346,7 @@ impl Hub {
     /// Opens a new pub/sub connection, re-subscribes every room and tells every socket
     /// to resync from the log.
     async fn reconnect(&self) -> PubSubStream {
+        self.log.suspect_connections();
         let mut delay = Duration::from_millis(100);
         loop {
             tokio::time::sleep(delay).await;

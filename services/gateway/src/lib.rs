@@ -218,15 +218,15 @@ impl AppState {
         Self {
             settings: self.settings.clone(),
             rooms: self.rooms.with_log(log.clone()),
-            log,
             archive: self.archive.clone(),
-            hub: hub::LocalHub::new(self.hub_settings.clone()),
+            hub: hub::LocalHub::new(self.hub_settings.clone(), log.clone()),
             signer: self.signer.clone(),
             passwords: Arc::clone(&self.passwords),
             shutdown: self.shutdown.clone(),
             limits: Arc::clone(&self.limits),
             revocations_reload: Arc::clone(&self.revocations_reload),
             hub_settings: self.hub_settings.clone(),
+            log,
         }
     }
 }
@@ -378,7 +378,7 @@ pub async fn start(settings: Settings) -> Result<RunningGateway, StartError> {
         settings: settings.clone(),
         log: log.clone(),
         archive: archive.clone(),
-        hub: hub::LocalHub::new(hub_settings.clone()),
+        hub: hub::LocalHub::new(hub_settings.clone(), log.clone()),
         hub_settings,
         shutdown,
     });

@@ -68,9 +68,10 @@ impl RoomService {
             if matches!(self.log.readiness(room).await.map_err(ApiError::unavailable)?, Readiness::Ready { .. }) {
                 return Ok(());
             }
-            self.hydrator
-                .clone()
-                .hydrate_room(HydrateRoomRequest { room: room.to_string() })
+            // Boxed, like every gRPC call here: a tonic call's future is kilobytes, and
+            // unboxed it would sit inside every socket's task for the socket's whole life.
+            let mut hydrator = self.hydrator.clone();
+            Box::pin(hydrator.hydrate_room(HydrateRoomRequest { room: room.to_string() }))
                 .await
                 .map_err(|status| ApiError::unavailable(format!("hydrator: {}", status.message())))?;
             Ok(())
@@ -155,13 +156,12 @@ impl RoomService {
         before: u64,
         limit: u32,
     ) -> Result<(Vec<StoredMessage>, bool), ApiError> {
-        let page = self
-            .hydrator
-            .clone()
-            .get_history(GetHistoryRequest { room: room.to_string(), before_seq: before, limit })
-            .await
-            .map_err(|status| ApiError::unavailable(format!("hydrator: {}", status.message())))?
-            .into_inner();
+        let mut hydrator = self.hydrator.clone();
+        let page =
+            Box::pin(hydrator.get_history(GetHistoryRequest { room: room.to_string(), before_seq: before, limit }))
+                .await
+                .map_err(|status| ApiError::unavailable(format!("hydrator: {}", status.message())))?
+                .into_inner();
         Ok((page.messages.into_iter().map(StoredMessage::from).collect(), page.has_more))
     }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessageStream, CloseCode};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use huddle_domain::{validate_client_id, MessageBody, Post, RoomName};
 use serde::Deserialize;
 use tracing::Instrument;
@@ -60,14 +60,10 @@ pub async fn upgrade(
     let (response, writer, stream) = crate::socket::open(&req, body, state.settings.write_timeout())?;
     let span = tracing::info_span!("socket", %room, user_id = user.0.uid);
     let view = query.since.map(|since| ClientView { since, epoch: query.epoch });
-    let session = run(state.into_inner(), user.0, room, view, writer, stream);
-    actix_web::rt::spawn(
-        async move {
-            session.await;
-            drop(ticket);
-        }
-        .instrument(span),
-    );
+    // The admission ticket is released when the session ends. (An async block awaiting
+    // the session would hold the session's future twice: once captured, once running.)
+    let session = run(state.into_inner(), user.0, room, view, writer, stream).map(move |()| drop(ticket));
+    actix_web::rt::spawn(session.instrument(span));
     Ok(response)
 }
 
@@ -264,11 +260,13 @@ impl Connection {
             Outbound::Typing { user_id, frame } if user_id != self.user.uid => self.send_text(frame).await,
             Outbound::Typing { .. } => Ok(()),
             Outbound::Presence { frame } => self.send_text(frame).await,
-            Outbound::Resync => self.resync().await,
+            // Rare paths, boxed: their futures would otherwise sit in every socket's
+            // task for its whole life (see `serve`).
+            Outbound::Resync => Box::pin(self.resync()).await,
             Outbound::SessionEnded => Err(session_ended("session ended (logged out or revoked); log in again")),
             // Redis lost the room and seq restarts below what this client saw: the
             // client gets a fresh `latest` history to replace its view.
-            Outbound::Reset { seq } if seq < self.last_seq => self.send_initial_history(None).await,
+            Outbound::Reset { seq } if seq < self.last_seq => Box::pin(self.send_initial_history(None)).await,
             // The client's view is intact (it saw nothing above the new counter), but the
             // room is on a new epoch: an empty `since` history hands the client the new
             // epoch for its next reconnect.

@@ -2,7 +2,7 @@
 //! idempotent appends and chunk writes, the watermark over out-of-order chunks, and
 //! single-flight hydration.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use huddle_archive::Archive;
 use huddle_config::PostgresSettings;
 use huddle_domain::{Post, RoomName, StoredMessage};
@@ -388,6 +388,14 @@ async fn busy_connections_are_not_pinged_and_failed_ones_are_replaced() -> Resul
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(recovered, "the pool still hands out broken connections after a Redis restart");
+
+    // A restart the pool was warned of (the gateway's pub/sub connection broke): the
+    // first command after it succeeds, because the dead connection is PINGed and
+    // replaced before it is handed out.
+    log.ping().await?;
+    redis.restart()?;
+    log.suspect_connections();
+    log.ping().await.context("the first command after a suspected restart failed")?;
     env.cleanup().await
 }
 
