@@ -60,14 +60,16 @@ fn dependencies_point_from_services_to_crates_and_each_store_has_one_owner() -> 
     let graph = graph()?;
     let mut broken = Vec::new();
     for (package, direct) in &graph.direct {
-        let is_test_tool = package == "huddle-e2e" || package == "huddle-load";
+        // Test tools reach into the stores to cause and check faults (the bench deletes a
+        // room's keys on its own Redis to measure a cold hydrate).
+        let is_test_tool = ["huddle-e2e", "huddle-load", "huddle-bench"].contains(&package.as_str());
         for service in SERVICES {
             if direct.contains(service) && !is_test_tool {
                 broken.push(format!("{package} depends on the service {service}"));
             }
         }
         // Each store's client library belongs to one crate; services and other crates go
-        // through it. (The gateway holds the one Redis pub/sub connection itself.)
+        // through it. (The gateway holds its Redis pub/sub connections itself.)
         for (library, owners) in [
             ("tokio-postgres", &["huddle-archive"][..]),
             ("deadpool-postgres", &["huddle-archive"][..]),
