@@ -339,8 +339,43 @@ fn session_secret(settings: &Settings) -> Result<SecretString, StartError> {
     }
 }
 
+/// The process's open-file limit (the soft one, which `accept` runs into).
+#[allow(unsafe_code)] // getrlimit has no safe wrapper in std
+fn open_file_limit() -> Option<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit struct into `limit`, which outlives the call.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit.rlim_cur)
+}
+
+/// `HUDDLE_MAX_CONNECTIONS`, lowered to what the open-file limit leaves for sockets after
+/// the gateway's own descriptors (listeners, each worker's Redis pool and pub/sub
+/// connection, the PostgreSQL pool, RabbitMQ, gRPC, plain HTTP requests). Out of
+/// descriptors, actix stops accepting and joins hang; under the cap they get 503
+/// `overloaded` instead.
+fn connection_cap(settings: &Settings, open_file_limit: Option<u64>) -> usize {
+    let workers = match settings.workers {
+        0 => std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
+        n => n,
+    };
+    let own = 64 + workers * (settings.redis.redis_pool_size + 1) + settings.postgres.database_pool_size;
+    let Some(limit) = open_file_limit else { return settings.max_connections };
+    let room = usize::try_from(limit).unwrap_or(usize::MAX).saturating_sub(own).max(1);
+    if settings.max_connections > room {
+        tracing::warn!(
+            configured = settings.max_connections,
+            open_file_limit = limit,
+            reserved = own,
+            capped = room,
+            "HUDDLE_MAX_CONNECTIONS is more than the open-file limit allows; capped (raise `ulimit -n` to hold more)"
+        );
+        return room;
+    }
+    settings.max_connections
+}
+
 /// Migrates the archive, connects to Redis, binds and starts the HTTP server.
-pub async fn start(settings: Settings) -> Result<RunningGateway, StartError> {
+pub async fn start(mut settings: Settings) -> Result<RunningGateway, StartError> {
+    settings.max_connections = connection_cap(&settings, open_file_limit());
     let session_secret = session_secret(&settings)?;
     let grpc_token = settings.trust.grpc_token().map_err(StartError::Secret)?;
     let archive = Archive::connect(&settings.postgres)?;
@@ -438,4 +473,28 @@ pub async fn start(settings: Settings) -> Result<RunningGateway, StartError> {
     tokio::spawn(ops_server);
     tracing::info!(%addr, %ops_addr, "gateway listening");
     Ok(RunningGateway { addr, ops_addr, ops, handle, server, shutdown: shutdown_tx, flush_stop, flush_publisher })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{connection_cap, Settings};
+
+    fn settings(args: &[&str]) -> Settings {
+        Settings::parse_from(
+            ["huddle-gateway", "--workers", "2", "--redis-pool-size", "32", "--database-pool-size", "16"]
+                .iter()
+                .chain(args),
+        )
+    }
+
+    #[test]
+    fn connections_are_capped_to_what_the_open_file_limit_leaves() {
+        // 64 + 2 workers × (32 pooled + 1 pub/sub) + 16 = 146 descriptors of its own.
+        assert_eq!(connection_cap(&settings(&["--max-connections", "20000"]), Some(20_000)), 19_854);
+        assert_eq!(connection_cap(&settings(&["--max-connections", "5000"]), Some(20_000)), 5_000);
+        assert_eq!(connection_cap(&settings(&["--max-connections", "20000"]), None), 20_000);
+        assert_eq!(connection_cap(&settings(&["--max-connections", "20000"]), Some(100)), 1);
+    }
 }

@@ -34,6 +34,10 @@ async fn three_binaries_carry_messages_from_socket_to_postgres_and_stop_on_sigte
         ],
     )?;
     wait_ready("persister", &format!("http://{persister_ops}/readyz")).await?;
+    // The persister's threads run at nice 10 (HUDDLE_PERSISTER_NICE): its bursts yield
+    // to the live path on shared cores. The hydrator's stay at normal priority.
+    assert_eq!(thread_nice_values(persister.pid())?, [10].into(), "persister threads");
+    assert_eq!(thread_nice_values(hydrator.pid())?, [0].into(), "hydrator threads");
     let gateway = Service::spawn(
         "huddle-gateway",
         &env,
@@ -137,6 +141,20 @@ async fn three_binaries_carry_messages_from_socket_to_postgres_and_stop_on_sigte
     env.cleanup().await
 }
 
+/// The distinct nice values of the threads of process `pid` (field 19 of each thread's
+/// `stat`, counted after the command name, which may hold spaces).
+fn thread_nice_values(pid: u32) -> Result<std::collections::BTreeSet<i64>> {
+    let mut values = std::collections::BTreeSet::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).context("list threads")? {
+        let stat = std::fs::read_to_string(task?.path().join("stat"))?;
+        let after_name = stat.rsplit_once(')').context("stat without a command name")?.1;
+        // Fields after the name start at field 3 (state); nice is field 19.
+        let nice = after_name.split_whitespace().nth(19 - 3).context("stat too short")?;
+        values.insert(nice.parse()?);
+    }
+    Ok(values)
+}
+
 /// Descriptors the process `pid` has open.
 fn open_descriptors(pid: u32) -> Result<usize> {
     Ok(std::fs::read_dir(format!("/proc/{pid}/fd")).context("list /proc/<pid>/fd")?.count())
@@ -191,6 +209,80 @@ async fn a_gateway_holds_one_descriptor_per_socket() -> Result<()> {
     first.say("still here", "fd-check").await?;
     assert_eq!(sockets.last_mut().context("no socket")?.expect("message").await?["body"], "still here");
     env.cleanup().await
+}
+
+/// A gateway whose open-file limit is below `HUDDLE_MAX_CONNECTIONS` holds what the limit
+/// allows and refuses the rest with 503 `overloaded`; it never runs out of descriptors
+/// (then actix stops accepting, and every later join hangs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_short_of_descriptors_refuses_joins_instead_of_hanging() -> Result<()> {
+    const LIMIT: u32 = 400;
+    let env = TestEnv::new().await?;
+    let (hydrator_grpc, hydrator_ops) = (free_addr()?, free_addr()?);
+    let (gateway_addr, gateway_ops) = (free_addr()?, free_addr()?);
+    let _hydrator = Service::spawn(
+        "huddle-hydrator",
+        &env,
+        "",
+        &[("HUDDLE_HYDRATOR_GRPC_ADDR", hydrator_grpc.clone()), ("HUDDLE_HYDRATOR_OPS_ADDR", hydrator_ops.clone())],
+    )?;
+    wait_ready("hydrator", &format!("http://{hydrator_ops}/readyz")).await?;
+    // The gateway under a low open-file limit, set by a shell that then becomes it.
+    let dir = tempfile_dir()?;
+    let wrapper = dir.join("gateway-with-low-ulimit");
+    let gateway_binary = huddle_e2e::binary("huddle-gateway")?;
+    std::fs::write(&wrapper, format!("#!/bin/sh\nulimit -n {LIMIT}\nexec {}\n", gateway_binary.display()))?;
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let _gateway = Service::spawn_binary(
+        wrapper,
+        "huddle-gateway",
+        &env,
+        "",
+        &[
+            ("HUDDLE_GATEWAY_ADDR", gateway_addr.clone()),
+            ("HUDDLE_GATEWAY_OPS_ADDR", gateway_ops),
+            ("HUDDLE_GATEWAY_WORKERS", "2".into()),
+            ("HUDDLE_HYDRATOR_URL", format!("http://{hydrator_grpc}")),
+            ("HUDDLE_JOIN_RATE", "1000".into()),
+            ("HUDDLE_ACCOUNT_CONNECTIONS", "1000".into()),
+        ],
+    )?;
+    let base = format!("http://{gateway_addr}");
+    wait_ready("gateway", &format!("{base}/readyz")).await?;
+    let ada = sign_up(&base, "ada").await?;
+    let (mut held, mut refused) = (Vec::new(), 0);
+    for _ in 0..LIMIT {
+        let joined = tokio::time::timeout(Duration::from_secs(10), Ws::join(&base, "full", &ada.token, ""))
+            .await
+            .context("a join hung: the gateway ran out of descriptors")?;
+        match joined {
+            Ok(mut socket) => {
+                socket.expect("history").await?;
+                held.push(socket);
+            }
+            Err(error) => {
+                assert!(error.to_string().contains("503"), "refused otherwise than with 503: {error:#}");
+                refused += 1;
+            }
+        }
+    }
+    // Well over half the limit is sockets; the rest was refused, not dropped.
+    assert!(held.len() > LIMIT as usize / 2, "only {} sockets held", held.len());
+    assert!(refused > 0, "all {LIMIT} joins were taken: the cap did not apply");
+    // The gateway still answers: a socket that leaves makes room for a new one.
+    drop(held.pop());
+    let mut again =
+        eventually(Duration::from_secs(10), || async { Ok(Ws::join(&base, "full", &ada.token, "").await.ok()) })
+            .await?;
+    again.expect("history").await?;
+    env.cleanup().await
+}
+
+/// A fresh scratch directory under the system's temporary directory.
+fn tempfile_dir() -> Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("huddle-e2e-{}-{}", std::process::id(), huddle_domain::now_ms()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
 
 /// The services a gRPC server lists through server reflection (what `grpcurl list` shows).
