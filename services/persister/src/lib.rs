@@ -44,6 +44,10 @@ pub struct Settings {
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "HUDDLE_PERSISTER_OPS_ADDR", default_value = "127.0.0.1:9102")]
     pub ops_addr: SocketAddr,
+    /// Nice value the persister binary runs at (0 to 19; 0: normal priority): above 0,
+    /// its bursts yield the CPU to a gateway or Redis on the same cores.
+    #[arg(long, env = "HUDDLE_PERSISTER_NICE", default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub cpu_nice: i32,
     /// Messages per PersistChunk task (one batched INSERT each).
     #[arg(long, env = "HUDDLE_CHUNK_SIZE", default_value_t = 500)]
     pub chunk_size: u64,

@@ -115,7 +115,7 @@ impl PersistTasks {
             ChunkOutcome::Stored { watermark, quarantined } => {
                 for entry in &quarantined {
                     tracing::warn!(%room, seq = entry.seq, sqlstate = %entry.sqlstate, reason = %entry.reason,
-                        "message quarantined: PostgreSQL refused it; the room's persistence goes on past it");
+                        "message quarantined: it cannot be stored (refused by PostgreSQL, or its sender is unknown); the room's persistence goes on past it");
                 }
                 metrics::MESSAGES_QUARANTINED.inc_by(quarantined.len() as u64);
                 watermark
