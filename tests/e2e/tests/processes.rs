@@ -160,35 +160,43 @@ fn open_descriptors(pid: u32) -> Result<usize> {
     Ok(std::fs::read_dir(format!("/proc/{pid}/fd")).context("list /proc/<pid>/fd")?.count())
 }
 
+/// A hydrator, and a gateway (the executable at `gateway`) on it with `extra` settings;
+/// the gateway's process and base URL, once both are ready.
+async fn gateway_on_a_hydrator(
+    env: &TestEnv,
+    gateway: std::path::PathBuf,
+    extra: &[(&str, String)],
+) -> Result<(Service, Service, String)> {
+    let (hydrator_grpc, hydrator_ops) = (free_addr()?, free_addr()?);
+    let (gateway_addr, gateway_ops) = (free_addr()?, free_addr()?);
+    let hydrator = Service::spawn(
+        "huddle-hydrator",
+        env,
+        "",
+        &[("HUDDLE_HYDRATOR_GRPC_ADDR", hydrator_grpc.clone()), ("HUDDLE_HYDRATOR_OPS_ADDR", hydrator_ops.clone())],
+    )?;
+    wait_ready("hydrator", &format!("http://{hydrator_ops}/readyz")).await?;
+    let mut vars = vec![
+        ("HUDDLE_GATEWAY_ADDR", gateway_addr.clone()),
+        ("HUDDLE_GATEWAY_OPS_ADDR", gateway_ops),
+        ("HUDDLE_GATEWAY_WORKERS", "2".into()),
+        ("HUDDLE_HYDRATOR_URL", format!("http://{hydrator_grpc}")),
+        ("HUDDLE_JOIN_RATE", "1000".into()),
+    ];
+    vars.extend(extra.iter().cloned());
+    let gateway = Service::spawn_binary(gateway, "huddle-gateway", env, "", &vars)?;
+    let base = format!("http://{gateway_addr}");
+    wait_ready("gateway", &format!("{base}/readyz")).await?;
+    Ok((hydrator, gateway, base))
+}
+
 /// The open-file limit bounds the sockets a gateway can hold: each costs it one descriptor
 /// (a duplicate kept for resetting stuck connections used to make it two).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_holds_one_descriptor_per_socket() -> Result<()> {
     const SOCKETS: usize = 300;
     let env = TestEnv::new().await?;
-    let (hydrator_grpc, hydrator_ops) = (free_addr()?, free_addr()?);
-    let (gateway_addr, gateway_ops) = (free_addr()?, free_addr()?);
-    let _hydrator = Service::spawn(
-        "huddle-hydrator",
-        &env,
-        "",
-        &[("HUDDLE_HYDRATOR_GRPC_ADDR", hydrator_grpc.clone()), ("HUDDLE_HYDRATOR_OPS_ADDR", hydrator_ops.clone())],
-    )?;
-    wait_ready("hydrator", &format!("http://{hydrator_ops}/readyz")).await?;
-    let gateway = Service::spawn(
-        "huddle-gateway",
-        &env,
-        "",
-        &[
-            ("HUDDLE_GATEWAY_ADDR", gateway_addr.clone()),
-            ("HUDDLE_GATEWAY_OPS_ADDR", gateway_ops),
-            ("HUDDLE_GATEWAY_WORKERS", "2".into()),
-            ("HUDDLE_HYDRATOR_URL", format!("http://{hydrator_grpc}")),
-            ("HUDDLE_JOIN_RATE", "1000".into()),
-        ],
-    )?;
-    let base = format!("http://{gateway_addr}");
-    wait_ready("gateway", &format!("{base}/readyz")).await?;
+    let (_hydrator, gateway, base) = gateway_on_a_hydrator(&env, huddle_e2e::binary("huddle-gateway")?, &[]).await?;
     let mut users = Vec::new();
     for n in 0..SOCKETS / 10 {
         users.push(sign_up(&base, &format!("fd{n}")).await?);
@@ -218,37 +226,14 @@ async fn a_gateway_holds_one_descriptor_per_socket() -> Result<()> {
 async fn a_gateway_short_of_descriptors_refuses_joins_instead_of_hanging() -> Result<()> {
     const LIMIT: u32 = 400;
     let env = TestEnv::new().await?;
-    let (hydrator_grpc, hydrator_ops) = (free_addr()?, free_addr()?);
-    let (gateway_addr, gateway_ops) = (free_addr()?, free_addr()?);
-    let _hydrator = Service::spawn(
-        "huddle-hydrator",
-        &env,
-        "",
-        &[("HUDDLE_HYDRATOR_GRPC_ADDR", hydrator_grpc.clone()), ("HUDDLE_HYDRATOR_OPS_ADDR", hydrator_ops.clone())],
-    )?;
-    wait_ready("hydrator", &format!("http://{hydrator_ops}/readyz")).await?;
     // The gateway under a low open-file limit, set by a shell that then becomes it.
     let dir = tempfile_dir()?;
     let wrapper = dir.join("gateway-with-low-ulimit");
     let gateway_binary = huddle_e2e::binary("huddle-gateway")?;
     std::fs::write(&wrapper, format!("#!/bin/sh\nulimit -n {LIMIT}\nexec {}\n", gateway_binary.display()))?;
     std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    let _gateway = Service::spawn_binary(
-        wrapper,
-        "huddle-gateway",
-        &env,
-        "",
-        &[
-            ("HUDDLE_GATEWAY_ADDR", gateway_addr.clone()),
-            ("HUDDLE_GATEWAY_OPS_ADDR", gateway_ops),
-            ("HUDDLE_GATEWAY_WORKERS", "2".into()),
-            ("HUDDLE_HYDRATOR_URL", format!("http://{hydrator_grpc}")),
-            ("HUDDLE_JOIN_RATE", "1000".into()),
-            ("HUDDLE_ACCOUNT_CONNECTIONS", "1000".into()),
-        ],
-    )?;
-    let base = format!("http://{gateway_addr}");
-    wait_ready("gateway", &format!("{base}/readyz")).await?;
+    let (_hydrator, _gateway, base) =
+        gateway_on_a_hydrator(&env, wrapper, &[("HUDDLE_ACCOUNT_CONNECTIONS", "1000".into())]).await?;
     let ada = sign_up(&base, "ada").await?;
     let (mut held, mut refused) = (Vec::new(), 0);
     for _ in 0..LIMIT {
