@@ -74,8 +74,8 @@ fn compose_and_readme_name_only_real_settings() -> Result<()> {
         let text = std::fs::read_to_string(root().join(file))?;
         let unknown: Vec<_> = huddle_vars(&text)
             .difference(&accepted)
-            // Read by scripts and tests, not by the services.
-            .filter(|v| !["HUDDLE_LOG_FORMAT", "HUDDLE_TRACE_FILTER"].contains(&v.as_str()))
+            // Read by scripts, tests and benchmarks, not by the services.
+            .filter(|v| !["HUDDLE_LOG_FORMAT", "HUDDLE_TRACE_FILTER", "HUDDLE_BENCH_REDIS_URL"].contains(&v.as_str()))
             .cloned()
             .collect();
         assert!(unknown.is_empty(), "{file} names settings no service reads: {unknown:?}");
