@@ -15,7 +15,6 @@ use anyhow::{bail, ensure, Context, Result};
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use huddle_domain::RoomName;
-use huddle_roomlog::RoomLog;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::time::Instant;
@@ -177,13 +176,7 @@ async fn fill(url: &str, room: &str, token: &str, count: usize) -> Result<()> {
 /// The cold-hydrate phase: fill the rooms, wait until PostgreSQL holds every message,
 /// delete the rooms' Redis keys, then join each once and check its history came back.
 async fn cold_hydrate(args: &JoinArgs, token: &str, redis_url: &str, key_prefix: &str) -> Result<Histogram<u64>> {
-    let log = RoomLog::connect(&huddle_config::RedisSettings {
-        redis_url: redis_url.to_owned(),
-        redis_pool_size: 4,
-        key_prefix: key_prefix.to_owned(),
-        redis_window: 2000,
-        redis_timeout_ms: 5_000,
-    })?;
+    let log = crate::room_log(redis_url, key_prefix, 4)?;
     let mut redis = redis::Client::open(redis_url)?.get_multiplexed_async_connection().await.context("redis")?;
     let names: Vec<String> = (0..args.hydrate_rooms).map(|i| format!("{}-hydrate-{i}", args.run_id)).collect();
     let rooms: Vec<RoomName> = names.iter().map(|name| RoomName::parse(name)).collect::<Result<_, _>>()?;

@@ -28,6 +28,17 @@ mod trivial;
 use anyhow::Result;
 use clap::Parser;
 
+/// Huddle's room log on the bench's Redis, under the run's key prefix.
+pub(crate) fn room_log(redis_url: &str, key_prefix: &str, pool_size: usize) -> Result<huddle_roomlog::RoomLog> {
+    Ok(huddle_roomlog::RoomLog::connect(&huddle_config::RedisSettings {
+        redis_url: redis_url.to_owned(),
+        redis_pool_size: pool_size,
+        key_prefix: key_prefix.to_owned(),
+        redis_window: 2000,
+        redis_timeout_ms: 5_000,
+    })?)
+}
+
 /// Appends `value` as one JSON line to `path`, if a path was given (`--out`).
 pub(crate) fn append_json_line(path: Option<&str>, value: &impl serde::Serialize) -> Result<()> {
     use std::io::Write;

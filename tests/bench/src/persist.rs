@@ -83,13 +83,7 @@ pub struct PersistResult {
 /// Builds the backlog, times the persister through it, then times the baseline COPY.
 pub async fn run(args: PersistArgs) -> Result<PersistResult> {
     anyhow::ensure!(args.rooms > 0 && args.messages >= args.rooms, "need at least one message per room");
-    let log = huddle_roomlog::RoomLog::connect(&huddle_config::RedisSettings {
-        redis_url: args.redis_url.clone(),
-        redis_pool_size: 32,
-        key_prefix: args.key_prefix.clone(),
-        redis_window: 2000,
-        redis_timeout_ms: 5_000,
-    })?;
+    let log = crate::room_log(&args.redis_url, &args.key_prefix, 32)?;
     let archive = huddle_archive::Archive::connect(&huddle_config::PostgresSettings {
         database_url: args.database_url.clone(),
         database_pool_size: 4,

@@ -56,13 +56,7 @@ pub struct RedisAppendResult {
 
 /// Appends as fast as `in_flight` concurrent callers can for `secs` seconds.
 pub async fn run(args: RedisAppendArgs) -> Result<RedisAppendResult> {
-    let log = huddle_roomlog::RoomLog::connect(&huddle_config::RedisSettings {
-        redis_url: args.redis_url.clone(),
-        redis_pool_size: 32,
-        key_prefix: args.key_prefix.clone(),
-        redis_window: 2000,
-        redis_timeout_ms: 5_000,
-    })?;
+    let log = crate::room_log(&args.redis_url, &args.key_prefix, 32)?;
     let rooms: Vec<RoomName> =
         (0..args.rooms).map(|i| RoomName::parse(&format!("append-{i}"))).collect::<Result<_, _>>()?;
     for room in &rooms {
