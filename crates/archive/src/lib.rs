@@ -132,6 +132,8 @@ pub enum ChunkOutcome {
 #[derive(Clone)]
 pub struct Archive {
     pool: Pool,
+    /// Reports the pool in `huddle_pool_connections{pool="postgres"}` while it lives.
+    _pool_report: huddle_telemetry::metrics::PoolReport,
 }
 
 impl Archive {
@@ -158,7 +160,12 @@ impl Archive {
             .recycle_timeout(Some(timeout))
             .build()
             .map_err(|e| ArchiveError::Config(e.to_string()))?;
-        Ok(Self { pool })
+        let observed = pool.clone();
+        let _pool_report = huddle_telemetry::metrics::observe_pool("postgres", move || {
+            let status = observed.status();
+            huddle_telemetry::metrics::PoolUse::of_deadpool(status.size, status.available, status.max_size)
+        });
+        Ok(Self { pool, _pool_report })
     }
 
     /// Applies pending migrations.

@@ -7,22 +7,16 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use huddle_telemetry::metrics::{counter, Counter, KeyValue};
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::types::AMQPValue;
-use prometheus::{register_int_counter_vec, IntCounterVec};
 use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::{Broker, Delivery, TaskQueue};
 
-static TASKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
-        "huddle_tasks_total",
-        "Tasks handled, by queue and outcome (ok, retry, dead)",
-        &["queue", "outcome"]
-    )
-    .expect("metric registers once")
-});
+static TASKS: LazyLock<Counter<u64>> =
+    LazyLock::new(|| counter("huddle_tasks", "Tasks handled, by queue and outcome (ok, retry, dead)"));
 
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
@@ -56,6 +50,11 @@ pub async fn consume<H: TaskHandler>(
     stopped: watch::Receiver<bool>,
 ) {
     let queue_name = broker.topology().queue(queue);
+    // Every outcome's series exists from the start, so the first dead letter shows as an
+    // increase from 0 (a series that is born at 1 shows no increase to alerts).
+    for outcome in ["ok", "retry", "dead"] {
+        TASKS.add(0, &[KeyValue::new("queue", queue_name.clone()), KeyValue::new("outcome", outcome)]);
+    }
     let tag = format!("{queue_name}-{}", std::process::id());
     let prefetch = prefetch.max(1);
     while !*stopped.borrow() {
@@ -112,7 +111,9 @@ async fn settle<H: TaskHandler>(
         }
     };
     match outcome {
-        Ok(outcome) => TASKS.with_label_values(&[queue_name, outcome]).inc(),
+        Ok(outcome) => {
+            TASKS.add(1, &[KeyValue::new("queue", queue_name.to_owned()), KeyValue::new("outcome", outcome)])
+        }
         // The channel is gone: the broker redelivers the task to another consumer.
         Err(error) => tracing::warn!(queue = queue_name, %error, "could not settle task"),
     }

@@ -29,6 +29,11 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use tokio::sync::Mutex;
 
+/// `huddle_tasks_published_total{queue}`: tasks the broker confirmed.
+static TASKS_PUBLISHED: std::sync::LazyLock<huddle_telemetry::metrics::Counter<u64>> = std::sync::LazyLock::new(|| {
+    huddle_telemetry::metrics::counter("huddle_tasks_published", "Tasks published and confirmed by RabbitMQ, by queue")
+});
+
 pub use consumer::{consume, TaskError, TaskHandler};
 pub use lapin::message::Delivery;
 
@@ -232,6 +237,7 @@ impl Broker {
                 return Err(BrokerError::Nacked { queue: name });
             }
         }
+        TASKS_PUBLISHED.add(tasks.len() as u64, &[huddle_telemetry::metrics::KeyValue::new("queue", name)]);
         Ok(())
     }
 

@@ -24,6 +24,15 @@ pub struct FlushClaim {
     pub reclaimed: bool,
 }
 
+/// How far PostgreSQL is behind Redis ([`RoomLog::unpersisted`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PersistLag {
+    /// Messages in Redis not yet in PostgreSQL, over the rooms asked about.
+    pub messages: u64,
+    /// Rooms with unpersisted messages, in all.
+    pub dirty_rooms: u64,
+}
+
 /// A room's write-back state as Redis sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RoomState {
@@ -41,14 +50,19 @@ pub struct RoomState {
 
 impl RoomLog {
     /// Moves the Redis watermark up to `persisted` (never down) and trims the log to its
-    /// window without touching unpersisted entries. `None` when the room is not in Redis.
+    /// window without touching unpersisted entries; a room still dirty after the move is
+    /// re-scored in the dirty index with now (it waits for persistence since now). `None`
+    /// when the room is not in Redis.
     pub async fn mark_persisted(&self, room: &RoomName, persisted: u64) -> Result<Option<(u64, u64)>> {
         let (seq, watermark): (i64, i64) = MARK_PERSISTED
             .key(self.keys.seq(room))
             .key(self.keys.log(room))
             .key(self.keys.persisted(room))
+            .key(self.keys.dirty())
             .arg(persisted)
             .arg(self.window)
+            .arg(room.as_str())
+            .arg(huddle_domain::now_ms())
             .invoke_async(&mut self.conn().await?)
             .await?;
         Ok((seq >= 0).then_some((seq as u64, watermark as u64)))
@@ -99,6 +113,24 @@ impl RoomLog {
             dirty_since_ms: dirty_since.map(|s| s as i64),
             epoch: epoch.unwrap_or(0),
         })
+    }
+
+    /// The persist lag over `rooms`: messages Redis holds that PostgreSQL lacks (seq
+    /// counter minus watermark, summed), and how many rooms are dirty in all.
+    pub async fn unpersisted(&self, rooms: &[RoomName]) -> Result<PersistLag> {
+        let mut conn = self.conn().await?;
+        let dirty_rooms: u64 = conn.zcard(self.keys.dirty()).await?;
+        let mut pipe = redis::pipe();
+        for room in rooms {
+            pipe.get(self.keys.seq(room)).get(self.keys.persisted(room));
+        }
+        let counters: Vec<Option<u64>> =
+            if rooms.is_empty() { Vec::new() } else { pipe.query_async(&mut conn).await? };
+        let messages = counters
+            .chunks(2)
+            .map(|pair| pair[0].unwrap_or(0).saturating_sub(pair.get(1).copied().flatten().unwrap_or(0)))
+            .sum();
+        Ok(PersistLag { messages, dirty_rooms })
     }
 
     /// Up to `limit` dirty rooms, longest-dirty first, with when they became dirty.

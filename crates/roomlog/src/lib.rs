@@ -14,7 +14,7 @@
 //! | `{p}room:{r}:cid:<user id>:<id>` | string | seq of that sender's send with that client_id (expires) |
 //!
 //! Globally: `{p}dirty` (sorted set: rooms with unpersisted messages, scored by when
-//! they became dirty); `{p}revoked:<token id>` (a revoked session, until its token
+//! they became dirty or their watermark last moved); `{p}revoked:<token id>` (a revoked session, until its token
 //! expires) and `{p}revoked-loaded` (the revocation cache is complete; the archive holds
 //! the durable list); `{p}login:<account>:failures` and `{p}login:<account>:lock` (failed
 //! logins and the back-off they earned); `{p}lock:<name>`; channel `{p}sessions:ended` (token ids of ended
@@ -51,7 +51,7 @@ pub mod sessions;
 
 pub use append::{parse_published, AppendOutcome, CLIENT_ID_TTL_SECS};
 pub use entry::LogEntry;
-pub use flush::{FlushClaim, RoomState};
+pub use flush::{FlushClaim, PersistLag, RoomState};
 pub use hydrate::RESET_PREFIX;
 pub use keys::Keyspace;
 pub use locks::LockGuard;
@@ -111,6 +111,8 @@ pub enum Readiness {
 #[derive(Clone)]
 pub struct RoomLog {
     pool: ServerPool,
+    /// Reports the pool in `huddle_pool_connections{pool="redis"}` while the log lives.
+    _pool_report: huddle_telemetry::metrics::PoolReport,
     pub(crate) keys: Keyspace,
     pub(crate) window: u64,
     settings: std::sync::Arc<RedisSettings>,
@@ -127,8 +129,14 @@ impl RoomLog {
             })
             .runtime(deadpool::Runtime::Tokio1)
             .build()?;
+        let observed = pool.clone();
+        let _pool_report = huddle_telemetry::metrics::observe_pool("redis", move || {
+            let status = observed.status();
+            huddle_telemetry::metrics::PoolUse::of_deadpool(status.size, status.available, status.max_size)
+        });
         Ok(Self {
             pool,
+            _pool_report,
             keys: Keyspace::new(settings.key_prefix.clone()),
             window: settings.redis_window,
             settings: std::sync::Arc::new(settings.clone()),

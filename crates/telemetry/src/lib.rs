@@ -1,6 +1,7 @@
 //! Telemetry shared by the Huddle services: structured `tracing` logs, OTLP trace export
-//! and W3C trace context across tasks, the Prometheus registry's text, what readiness
-//! means, and the shutdown signal.
+//! and W3C trace context across tasks and gRPC calls, metrics through the OpenTelemetry
+//! API ([`metrics`]: a Prometheus scrape and OTLP export), what readiness means, and the
+//! shutdown signal.
 //!
 //! It serves nothing: the gateway mounts `/healthz`, `/readyz` and `/metrics` in its own
 //! actix-web app, the workers on their ops port (crates/worker), both from [`Readiness`],
@@ -13,17 +14,25 @@ use std::sync::Arc;
 
 use tracing_subscriber::EnvFilter;
 
+pub mod metrics;
+
 /// Keeps the OpenTelemetry exporter alive; [`TelemetryGuard::shutdown`] flushes the
 /// spans still buffered (call it on the way out).
 #[must_use = "dropping the guard without shutdown() may lose the last spans"]
 pub struct TelemetryGuard(Option<opentelemetry_sdk::trace::SdkTracerProvider>);
 
 impl TelemetryGuard {
-    /// Flushes and stops the span exporter, if one was started. The flush blocks, so it
-    /// runs off the async threads, which keep driving the exporter's connection.
+    /// Flushes and stops the span and metric exporters, if they were started (the last
+    /// metric values are pushed once more). The flushes block, so they run off the async
+    /// threads, which keep driving the exporters' connections.
     pub async fn shutdown(self) {
         if let Some(provider) = self.0 {
-            match tokio::task::spawn_blocking(move || provider.shutdown()).await {
+            let flushed = tokio::task::spawn_blocking(move || {
+                let spans = provider.shutdown().map_err(|e| format!("spans: {e}"));
+                let metrics = metrics::provider(None).shutdown().map_err(|e| format!("metrics: {e}"));
+                spans.and(metrics)
+            });
+            match flushed.await {
                 Ok(Err(error)) => eprintln!("opentelemetry shutdown: {error}"),
                 Err(error) => eprintln!("opentelemetry shutdown: {error}"),
                 Ok(Ok(())) => {}
@@ -40,7 +49,9 @@ impl TelemetryGuard {
 /// * Traces: when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans are exported over OTLP/gRPC
 ///   with `service.name` = `service` (the standard `OTEL_*` variables apply), filtered by
 ///   `HUDDLE_TRACE_FILTER` (default `info`), and W3C trace context crosses RabbitMQ in task
-///   headers ([`trace_headers`], [`continue_trace`]).
+///   headers and gRPC in metadata ([`trace_headers`], [`continue_trace`]).
+/// * Metrics: always on the Prometheus scrape; with the same variable also pushed over
+///   OTLP ([`metrics`]).
 ///
 /// Needs a Tokio runtime when export is on (the OTLP client is a tonic channel).
 pub fn init(service: &'static str) -> TelemetryGuard {
@@ -59,13 +70,17 @@ pub fn init(service: &'static str) -> TelemetryGuard {
     } else {
         tracing_subscriber::fmt::layer().json().flatten_event(true).with_current_span(false).boxed()
     };
-    let provider = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").and_then(|_| match otlp_provider(service) {
-        Ok(provider) => Some(provider),
-        Err(error) => {
+    let otlp = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some();
+    // The first caller picks the meter provider: here, one with OTLP export if asked for.
+    let _ = metrics::provider(otlp.then_some(service));
+    let provider = match otlp.then(|| otlp_provider(service)) {
+        Some(Ok(provider)) => Some(provider),
+        Some(Err(error)) => {
             eprintln!("OpenTelemetry export disabled: {error}");
             None
         }
-    });
+        None => None,
+    };
     let spans = provider.as_ref().map(|provider| {
         use opentelemetry::trace::TracerProvider as _;
         tracing_opentelemetry::layer().with_tracer(provider.tracer(service)).with_filter(span_filter)

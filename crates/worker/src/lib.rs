@@ -10,6 +10,8 @@
 //! It knows nothing of Redis, PostgreSQL or RabbitMQ: the service hands it a readiness
 //! check and its tasks.
 
+mod grpc_telemetry;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -123,6 +125,7 @@ impl Worker {
         health_reporter.set_service_status(service_name, tonic_health::ServingStatus::Serving).await;
         let mut stopping = self.stopping();
         let server = tonic::transport::Server::builder()
+            .layer(grpc_telemetry::GrpcTelemetryLayer)
             .layer(tonic::service::InterceptorLayer::new(RequireToken::new(token)))
             .add_routes(routes)
             .add_service(health_service)

@@ -251,7 +251,7 @@ pub async fn is_revoked(state: &AppState, jti: &str) -> Result<bool, ApiError> {
     let cached: Vec<(String, u64)> =
         revoked.iter().map(|(id, expires)| (id.clone(), (expires - now).max(1) as u64)).collect();
     state.log.load_revocations(&cached).await.map_err(ApiError::unavailable)?;
-    crate::metrics::REVOCATION_RELOADS.inc();
+    crate::metrics::REVOCATION_RELOADS.add(1, &[]);
     tracing::info!(revocations = cached.len(), "revoked sessions reloaded into Redis from PostgreSQL");
     Ok(revoked.iter().any(|(id, _)| id == jti))
 }

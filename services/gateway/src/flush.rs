@@ -66,7 +66,7 @@ async fn publish(broker: Broker, mut rx: mpsc::Receiver<Request>, mut stop: watc
         huddle_telemetry::continue_trace(&span, request.trace.iter().map(|(k, v)| (k.as_str(), v.clone())));
         let reason = request.task.reason.clone();
         match broker.publish(TaskQueue::Flush, &[request.task]).instrument(span).await {
-            Ok(()) => FLUSH_REQUESTS.with_label_values(&[reason.as_str()]).inc(),
+            Ok(()) => FLUSH_REQUESTS.add(1, &[huddle_telemetry::metrics::KeyValue::new("reason", reason)]),
             Err(error) => tracing::warn!(%error, "flush request not queued; the sweep will cover it"),
         }
     }

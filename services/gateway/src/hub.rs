@@ -17,7 +17,7 @@ use huddle_roomlog::{parse_published, Keyspace, RoomLog, RESET_PREFIX};
 use redis::aio::{PubSubSink, PubSubStream};
 use tokio::sync::mpsc;
 
-use crate::metrics::SLOW_CONSUMER_CLOSES;
+use crate::metrics::{DELIVERY_SECONDS, ROOMS, SLOW_CONSUMER_CLOSES};
 use crate::protocol::message_frame;
 
 /// Prefix of typing payloads on a room channel (messages start with their seq).
@@ -188,7 +188,14 @@ impl Hub {
     pub async fn join(&self, room: &RoomName, session: &str) -> redis::RedisResult<Membership> {
         let (tx, rx) = mpsc::channel(self.queue_capacity);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.lock_members().entry(room.clone()).or_default().insert(id, Member { tx, session: session.into() });
+        {
+            let mut members = self.lock_members();
+            let sockets = members.entry(room.clone()).or_insert_with(|| {
+                ROOMS.add(1, &[]);
+                Default::default()
+            });
+            sockets.insert(id, Member { tx, session: session.into() });
+        }
         let subscribed = tokio::time::timeout(self.deadline, async {
             let mut subscriptions = self.subscriptions.lock().await;
             if !subscriptions.rooms.contains(room) {
@@ -237,6 +244,7 @@ impl Hub {
             sockets.remove(&id);
             if sockets.is_empty() {
                 members.remove(room);
+                ROOMS.add(-1, &[]);
             }
         }
     }
@@ -249,13 +257,14 @@ impl Hub {
         sockets.retain(|_, member| match member.tx.try_send(outbound.clone()) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                SLOW_CONSUMER_CLOSES.inc();
+                SLOW_CONSUMER_CLOSES.add(1, &[]);
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         });
         if sockets.is_empty() {
             members.remove(room);
+            ROOMS.add(-1, &[]);
         }
     }
 
@@ -267,7 +276,9 @@ impl Hub {
             sockets
                 .retain(|_, member| *member.session != *session || member.tx.try_send(Outbound::SessionEnded).is_ok());
         }
+        let before = members.len();
         members.retain(|_, sockets| !sockets.is_empty());
+        ROOMS.add(members.len() as i64 - before as i64, &[]);
     }
 
     fn dispatch_one(&self, channel: &str, payload: &str) {
@@ -287,6 +298,8 @@ impl Hub {
                 .unwrap_or_default();
             Outbound::Typing { user_id, frame: json.into() }
         } else if let Some(message) = parse_published(payload) {
+            let age_ms = huddle_domain::now_ms().saturating_sub(message.post.sent_at_ms).max(0);
+            DELIVERY_SECONDS.record(age_ms as f64 / 1000.0, &[]);
             Outbound::Message { seq: message.seq, frame: message_frame(&room, &message) }
         } else {
             tracing::warn!(%room, "unparseable pub/sub payload ignored");

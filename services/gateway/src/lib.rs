@@ -375,6 +375,7 @@ fn connection_cap(settings: &Settings, open_file_limit: Option<u64>) -> usize {
 
 /// Migrates the archive, connects to Redis, binds and starts the HTTP server.
 pub async fn start(mut settings: Settings) -> Result<RunningGateway, StartError> {
+    metrics::register();
     settings.max_connections = connection_cap(&settings, open_file_limit());
     let session_secret = session_secret(&settings)?;
     let grpc_token = settings.trust.grpc_token().map_err(StartError::Secret)?;
@@ -401,7 +402,10 @@ pub async fn start(mut settings: Settings) -> Result<RunningGateway, StartError>
     let template = Arc::new(AppState {
         rooms: rooms::RoomService::new(
             log.clone(),
-            HydratorClient::with_interceptor(hydrator_channel, BearerToken::new(grpc_token.as_ref())),
+            HydratorClient::with_interceptor(
+                hydrator_channel,
+                rooms::CallMetadata::new(BearerToken::new(grpc_token.as_ref())),
+            ),
             flushes,
             settings.flush_backlog,
             std::time::Duration::from_millis(settings.join_timeout_ms.max(1)),

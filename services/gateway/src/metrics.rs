@@ -1,65 +1,80 @@
-//! The gateway's Prometheus metrics.
+//! The gateway's metrics (OpenTelemetry instruments; names as the Prometheus scrape shows
+//! them).
 
 use std::sync::LazyLock;
 
-use prometheus::{
-    register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge, Histogram, IntCounter,
-    IntCounterVec, IntGauge,
-};
+use huddle_telemetry::metrics::{counter, seconds, up_down, Counter, Histogram, UpDownCounter};
 
-/// Open WebSocket connections.
-pub static CONNECTIONS: LazyLock<IntGauge> = LazyLock::new(|| {
-    register_int_gauge!("huddle_gateway_connections", "Open WebSocket connections").expect("metric registers once")
-});
+/// Makes the counters that may stay at 0 for long (the trouble counters) show 0 on the
+/// scrape from the start, instead of nothing until their first event.
+pub fn register() {
+    for counter in [&*MESSAGES_ACCEPTED, &*SLOW_CONSUMER_CLOSES, &*STUCK_RESETS, &*REVOCATION_RELOADS] {
+        counter.add(0, &[]);
+    }
+    CONNECTIONS.add(0, &[]);
+    ROOMS.add(0, &[]);
+}
 
-/// Messages accepted (appended to Redis) by this gateway.
-pub static MESSAGES_ACCEPTED: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("huddle_gateway_messages_accepted_total", "Messages appended to Redis")
-        .expect("metric registers once")
-});
+/// `huddle_gateway_connections`: open WebSocket connections.
+pub static CONNECTIONS: LazyLock<UpDownCounter<i64>> =
+    LazyLock::new(|| up_down("huddle_gateway_connections", "Open WebSocket connections"));
 
-/// Append round-trip time, seconds.
-pub static APPEND_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
-    register_histogram!(
-        "huddle_gateway_append_seconds",
-        "Time to append one message to Redis",
-        vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1]
+/// `huddle_gateway_rooms`: rooms with at least one socket on this gateway.
+pub static ROOMS: LazyLock<UpDownCounter<i64>> =
+    LazyLock::new(|| up_down("huddle_gateway_rooms", "Rooms with at least one socket on this gateway"));
+
+/// `huddle_gateway_messages_accepted_total`: messages appended to Redis (and acked).
+pub static MESSAGES_ACCEPTED: LazyLock<Counter<u64>> =
+    LazyLock::new(|| counter("huddle_gateway_messages_accepted", "Messages appended to Redis and acked"));
+
+/// `huddle_gateway_sends_refused_total{code}`: send frames refused, by error code.
+pub static SENDS_REFUSED: LazyLock<Counter<u64>> =
+    LazyLock::new(|| counter("huddle_gateway_sends_refused", "Send frames refused, by error code"));
+
+/// `huddle_gateway_append_seconds`: one append's Redis round trip.
+pub static APPEND_SECONDS: LazyLock<Histogram<f64>> =
+    LazyLock::new(|| seconds("huddle_gateway_append", "Time to append one message to Redis"));
+
+/// `huddle_gateway_delivery_seconds`: from a message's append (its `sent_at_ms`) to its
+/// broadcast being queued on this gateway's sockets.
+pub static DELIVERY_SECONDS: LazyLock<Histogram<f64>> = LazyLock::new(|| {
+    seconds(
+        "huddle_gateway_delivery",
+        "Time from a message's append to its broadcast being queued on this gateway's sockets (send to deliver)",
     )
-    .expect("metric registers once")
 });
 
-/// Sockets closed because their outgoing queue overflowed (close code 4008).
-pub static SLOW_CONSUMER_CLOSES: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("huddle_gateway_slow_consumer_closes_total", "Sockets closed for not reading fast enough")
-        .expect("metric registers once")
-});
+/// `huddle_gateway_slow_consumer_closes_total`: sockets closed because their outgoing
+/// queue overflowed (close code 4008).
+pub static SLOW_CONSUMER_CLOSES: LazyLock<Counter<u64>> =
+    LazyLock::new(|| counter("huddle_gateway_slow_consumer_closes", "Sockets closed for not reading fast enough"));
 
-/// Error events sent to clients, by code.
-pub static CLIENT_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("huddle_gateway_client_errors_total", "Error events sent to clients", &["code"])
-        .expect("metric registers once")
-});
+/// `huddle_gateway_client_errors_total{code}`: error events sent to clients.
+pub static CLIENT_ERRORS: LazyLock<Counter<u64>> =
+    LazyLock::new(|| counter("huddle_gateway_client_errors", "Error events sent to clients, by code"));
 
-/// FlushRoom tasks queued by this gateway, by reason.
-pub static FLUSH_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("huddle_gateway_flush_requests_total", "FlushRoom tasks queued", &["reason"])
-        .expect("metric registers once")
-});
+/// `huddle_gateway_flush_requests_total{reason}`: FlushRoom tasks queued.
+pub static FLUSH_REQUESTS: LazyLock<Counter<u64>> =
+    LazyLock::new(|| counter("huddle_gateway_flush_requests", "FlushRoom tasks queued, by reason"));
 
-/// Connections reset because a frame could not be written within the write timeout.
-pub static STUCK_RESETS: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!(
-        "huddle_gateway_stuck_connection_resets_total",
-        "Connections reset because the client stopped reading (a frame waited past the write timeout)"
+/// `huddle_gateway_stuck_connection_resets_total`: connections reset because a frame
+/// could not be written within the write timeout.
+pub static STUCK_RESETS: LazyLock<Counter<u64>> = LazyLock::new(|| {
+    counter(
+        "huddle_gateway_stuck_connection_resets",
+        "Connections reset because the client stopped reading (a frame waited past the write timeout)",
     )
-    .expect("metric registers once")
 });
 
-/// Reloads of the revoked-session cache from PostgreSQL (after Redis lost it).
-pub static REVOCATION_RELOADS: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!(
-        "huddle_gateway_revocation_reloads_total",
-        "Reloads of the revoked-session cache from PostgreSQL after Redis lost it"
+/// `huddle_gateway_revocation_reloads_total`: reloads of the revoked-session cache from
+/// PostgreSQL (after Redis lost it).
+pub static REVOCATION_RELOADS: LazyLock<Counter<u64>> = LazyLock::new(|| {
+    counter(
+        "huddle_gateway_revocation_reloads",
+        "Reloads of the revoked-session cache from PostgreSQL after Redis lost it",
     )
-    .expect("metric registers once")
 });
+
+/// `huddle_grpc_client_seconds{method, code}`: the gateway's calls to the hydrator.
+pub static GRPC_CLIENT_SECONDS: LazyLock<Histogram<f64>> =
+    LazyLock::new(|| seconds("huddle_grpc_client", "Internal gRPC calls made, by method and status code"));

@@ -13,15 +13,61 @@ use tonic::transport::Channel;
 use crate::error::ApiError;
 use crate::flush::FlushRequester;
 use crate::hub::PRESENCE_PREFIX;
-use crate::metrics::{APPEND_SECONDS, MESSAGES_ACCEPTED};
+use crate::metrics::{APPEND_SECONDS, GRPC_CLIENT_SECONDS, MESSAGES_ACCEPTED};
 use crate::protocol::{self, PresenceEvent};
+use huddle_telemetry::metrics::KeyValue;
 
 /// How long a socket's presence lasts unless refreshed (sockets refresh it on every
 /// heartbeat, so a crashed gateway's sockets drop out within this).
 pub const PRESENCE_TTL_MS: u64 = 60_000;
 
-/// The hydrator's gRPC client; every call carries the service token.
-pub type Hydrator = HydratorClient<tonic::service::interceptor::InterceptedService<Channel, BearerToken>>;
+/// The hydrator's gRPC client; every call carries the service token and the trace.
+pub type Hydrator = HydratorClient<tonic::service::interceptor::InterceptedService<Channel, CallMetadata>>;
+
+/// What every hydrator call carries: the service token and the caller's W3C trace
+/// context (`traceparent`), so the hydrator's spans join the caller's trace.
+#[derive(Clone)]
+pub struct CallMetadata(BearerToken);
+
+impl CallMetadata {
+    /// Calls that carry `token`.
+    pub fn new(token: BearerToken) -> Self {
+        Self(token)
+    }
+}
+
+impl tonic::service::Interceptor for CallMetadata {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let mut request = self.0.call(request)?;
+        for (key, value) in huddle_telemetry::trace_headers() {
+            let key = tonic::metadata::MetadataKey::from_bytes(key.as_bytes());
+            if let (Ok(key), Ok(value)) = (key, value.parse()) {
+                request.metadata_mut().insert(key, value);
+            }
+        }
+        Ok(request)
+    }
+}
+
+/// Runs one hydrator call in a `grpc_client` span (the trace it carries) and records its
+/// latency in `huddle_grpc_client_seconds{method, code}`.
+async fn observed_call<T>(
+    method: &'static str,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<tonic::Response<T>, tonic::Status> {
+    use tracing::Instrument as _;
+    let started = std::time::Instant::now();
+    let result = call.instrument(tracing::info_span!("grpc_client", rpc.method = method)).await;
+    let code = match &result {
+        Ok(_) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    };
+    GRPC_CLIENT_SECONDS.record(
+        huddle_telemetry::metrics::elapsed(started),
+        &[KeyValue::new("method", method), KeyValue::new("code", format!("{code:?}"))],
+    );
+    result
+}
 
 /// A message the room took (or had already taken, for a repeated client_id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +117,8 @@ impl RoomService {
             // Boxed, like every gRPC call here: a tonic call's future is kilobytes, and
             // unboxed it would sit inside every socket's task for the socket's whole life.
             let mut hydrator = self.hydrator.clone();
-            Box::pin(hydrator.hydrate_room(HydrateRoomRequest { room: room.to_string() }))
+            let call = hydrator.hydrate_room(HydrateRoomRequest { room: room.to_string() });
+            Box::pin(observed_call("huddle.v1.Hydrator/HydrateRoom", call))
                 .await
                 .map_err(|status| ApiError::unavailable(format!("hydrator: {}", status.message())))?;
             Ok(())
@@ -83,18 +130,19 @@ impl RoomService {
 
     /// Appends a message. If Redis lost the room since the join, it is hydrated again
     /// first, so seq continues from the archive instead of restarting at 1.
+    #[tracing::instrument(name = "append", skip_all)]
     pub async fn append(&self, room: &RoomName, entry: &Post) -> Result<Accepted, ApiError> {
-        let timer = APPEND_SECONDS.start_timer();
+        let started = std::time::Instant::now();
         let mut outcome = self.log.append(room, entry).await.map_err(ApiError::unavailable)?;
         if outcome == AppendOutcome::NotReady {
             self.ensure_ready(room).await?;
             outcome = self.log.append(room, entry).await.map_err(ApiError::unavailable)?;
         }
-        timer.observe_duration();
+        APPEND_SECONDS.record(huddle_telemetry::metrics::elapsed(started), &[]);
         huddle_failpoints::crash_point!("gateway::appended");
         match outcome {
             AppendOutcome::Appended { seq, unpersisted } => {
-                MESSAGES_ACCEPTED.inc();
+                MESSAGES_ACCEPTED.add(1, &[]);
                 if unpersisted % self.flush_backlog == 0 {
                     self.flushes.request(room, "backlog");
                 }
@@ -157,11 +205,11 @@ impl RoomService {
         limit: u32,
     ) -> Result<(Vec<StoredMessage>, bool), ApiError> {
         let mut hydrator = self.hydrator.clone();
-        let page =
-            Box::pin(hydrator.get_history(GetHistoryRequest { room: room.to_string(), before_seq: before, limit }))
-                .await
-                .map_err(|status| ApiError::unavailable(format!("hydrator: {}", status.message())))?
-                .into_inner();
+        let call = hydrator.get_history(GetHistoryRequest { room: room.to_string(), before_seq: before, limit });
+        let page = Box::pin(observed_call("huddle.v1.Hydrator/GetHistory", call))
+            .await
+            .map_err(|status| ApiError::unavailable(format!("hydrator: {}", status.message())))?
+            .into_inner();
         Ok((page.messages.into_iter().map(StoredMessage::from).collect(), page.has_more))
     }
 

@@ -156,7 +156,7 @@ impl SocketWriter {
         let (reason, read_on) = match exit {
             Exit::ClientClosed => return self.abort.abort_later(),
             Exit::Stuck => {
-                STUCK_RESETS.inc();
+                STUCK_RESETS.add(1, &[]);
                 tracing::info!(
                     timeout_ms = self.write_timeout.as_millis() as u64,
                     "client stopped reading; connection reset"

@@ -14,7 +14,7 @@ use tracing::Instrument;
 use crate::auth::{AuthUser, Claims};
 use crate::error::ApiError;
 use crate::hub::{Membership, Outbound};
-use crate::metrics::{CLIENT_ERRORS, CONNECTIONS};
+use crate::metrics::{CLIENT_ERRORS, CONNECTIONS, SENDS_REFUSED};
 use crate::protocol::{
     self, ClientFrame, HistoryMode, PresenceEvent, CLOSE_SERVICE_RESTART, CLOSE_SESSION_ENDED, CLOSE_SLOW_CONSUMER,
 };
@@ -22,6 +22,7 @@ use crate::rooms::Accepted;
 use crate::socket::{close, Exit, Inbound, SocketWriter};
 use crate::AppState;
 use huddle_roomlog::{Presence, PresenceChange};
+use huddle_telemetry::metrics::KeyValue;
 
 /// Server pings this often; a client silent for `CLIENT_TIMEOUT` is dropped.
 const HEARTBEAT: Duration = Duration::from_secs(20);
@@ -44,7 +45,9 @@ pub struct JoinQuery {
 }
 
 /// `GET /ws/rooms/{room}`: checks room, session and Origin, hydrates the room if Redis
-/// lacks it, then upgrades. Refusals are HTTP errors with a JSON body.
+/// lacks it, then upgrades. Refusals are HTTP errors with a JSON body. A trace of its
+/// own (`join`), through the hydrator when the room is cold.
+#[tracing::instrument(name = "join", skip_all, fields(room = %room))]
 pub async fn upgrade(
     req: HttpRequest,
     body: web::Payload,
@@ -58,7 +61,9 @@ pub async fn upgrade(
     let ticket = state.limits.admit(user.0.uid)?;
     state.rooms.ensure_ready(&room).await?;
     let (response, writer, stream) = crate::socket::open(&req, body, state.settings.write_timeout())?;
-    let span = tracing::info_span!("socket", %room, user_id = user.0.uid);
+    // The socket's life is a trace of its own, linked to the join that opened it.
+    let span = tracing::info_span!(parent: None, "socket", %room, user_id = user.0.uid);
+    span.follows_from(tracing::Span::current());
     let view = query.since.map(|since| ClientView { since, epoch: query.epoch });
     // The admission ticket is released when the session ends. (An async block awaiting
     // the session would hold the session's future twice: once captured, once running.)
@@ -110,7 +115,7 @@ async fn run(
             return;
         }
     };
-    CONNECTIONS.inc();
+    CONNECTIONS.add(1, &[]);
     tracing::debug!(%room, user_id = user.uid, "socket joined");
     let me =
         Presence { socket: uuid::Uuid::new_v4().simple().to_string(), user_id: user.uid, user_name: user.name.clone() };
@@ -133,7 +138,7 @@ async fn run(
     hub.leave(&room, membership.id).await;
     state.rooms.presence(&room, PresenceChange::Leave, &me).await;
     conn.socket.finish(&mut stream, exit).await;
-    CONNECTIONS.dec();
+    CONNECTIONS.add(-1, &[]);
 }
 
 /// The socket's session is over: close with 4001; the client must log in again.
@@ -152,8 +157,14 @@ impl Connection {
         self.socket.text(text).await
     }
 
+    /// A `send_error` for a send frame: also counted as a refused send.
+    async fn refuse_send(&mut self, frame: String, code: &str) -> Result<(), Exit> {
+        SENDS_REFUSED.add(1, &[KeyValue::new("code", code.to_owned())]);
+        self.send_error(frame, code).await
+    }
+
     async fn send_error(&mut self, frame: String, code: &str) -> Result<(), Exit> {
-        CLIENT_ERRORS.with_label_values(&[code]).inc();
+        CLIENT_ERRORS.add(1, &[KeyValue::new("code", code.to_owned())]);
         self.send_text(frame).await
     }
 
@@ -368,24 +379,26 @@ impl Connection {
         }
     }
 
-    #[tracing::instrument(name = "send", skip_all, fields(client_id = %client_id))]
+    // Each message is a trace of its own (not a span of the socket's long life): the
+    // append, the flush it may trigger and the persister's tasks for it join it.
+    #[tracing::instrument(name = "send", parent = None, skip_all, fields(room = %self.room, user_id = self.user.uid, client_id = %client_id))]
     async fn on_send(&mut self, body: String, client_id: String) -> Result<(), Exit> {
         if let Err(error) = validate_client_id(&client_id) {
             return self
-                .send_error(protocol::send_error_frame(error.code(), &error.to_string(), ""), error.code())
+                .refuse_send(protocol::send_error_frame(error.code(), &error.to_string(), ""), error.code())
                 .await;
         }
         let body = match MessageBody::parse(body) {
             Ok(body) => body,
             Err(error) => {
                 return self
-                    .send_error(protocol::send_error_frame(error.code(), &error.to_string(), &client_id), error.code())
+                    .refuse_send(protocol::send_error_frame(error.code(), &error.to_string(), &client_id), error.code())
                     .await;
             }
         };
         if !self.state.limits.allow_send(self.user.uid) {
             let frame = protocol::send_error_frame("rate_limited", "too many messages; slow down", &client_id);
-            return self.send_error(frame, "rate_limited").await;
+            return self.refuse_send(frame, "rate_limited").await;
         }
         let entry = Post {
             user_id: self.user.uid,
@@ -400,7 +413,7 @@ impl Connection {
             }
             Err(error) => {
                 let frame = protocol::send_error_frame(error.code(), &error.to_string(), &entry.client_id);
-                self.send_error(frame, error.code()).await
+                self.refuse_send(frame, error.code()).await
             }
         }
     }

@@ -8,17 +8,27 @@ use huddle_domain::RoomName;
 use huddle_proto::v1::hydrator_server::Hydrator;
 use huddle_proto::v1::{GetHistoryRequest, GetHistoryResponse, HydrateRoomRequest, HydrateRoomResponse};
 use huddle_roomlog::{Readiness, RoomLog};
-use prometheus::{register_int_counter_vec, IntCounterVec};
+use huddle_telemetry::metrics::{counter, elapsed, seconds, Counter, Histogram, KeyValue};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
-static HYDRATIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
-        "huddle_hydrations_total",
+static HYDRATIONS: LazyLock<Counter<u64>> = LazyLock::new(|| {
+    counter(
+        "huddle_hydrations",
         "HydrateRoom calls by outcome: loaded (this call restored the room), rechecked (this call compared a room Redis held with the archive, on a Redis process new to it), warm (Redis had it), waited (another caller restored it)",
-        &["outcome"]
     )
-    .expect("metric registers once")
 });
+
+static HYDRATE_SECONDS: LazyLock<Histogram<f64>> = LazyLock::new(|| {
+    seconds(
+        "huddle_hydrator_hydrate",
+        "Time to answer one HydrateRoom call, by outcome: restored (this call loaded or re-checked the room), warm (Redis had it, or another caller restored it), failed",
+    )
+});
+
+fn count(outcome: &'static str) {
+    HYDRATIONS.add(1, &[KeyValue::new("outcome", outcome)]);
+}
 
 /// How often a caller that lost the race re-checks whether the winner is done.
 const WAIT_POLL: Duration = Duration::from_millis(10);
@@ -42,6 +52,18 @@ impl HydrateService {
     /// Makes sure Redis holds `room`. See the crate docs.
     #[tracing::instrument(skip_all, fields(%room))]
     pub async fn hydrate(&self, room: &RoomName) -> Result<HydrateRoomResponse, Status> {
+        let started = Instant::now();
+        let result = self.hydrate_once_ready(room).await;
+        let outcome = match &result {
+            Ok(response) if response.already_warm => "warm",
+            Ok(_) => "restored",
+            Err(_) => "failed",
+        };
+        HYDRATE_SECONDS.record(elapsed(started), &[KeyValue::new("outcome", outcome)]);
+        result
+    }
+
+    async fn hydrate_once_ready(&self, room: &RoomName) -> Result<HydrateRoomResponse, Status> {
         let deadline = Instant::now() + self.timeout;
         let lock_ttl_ms = self.timeout.as_millis() as u64;
         loop {
@@ -62,7 +84,7 @@ impl HydrateService {
                 };
                 let result = match readiness {
                     Readiness::Ready { last_seq } => {
-                        HYDRATIONS.with_label_values(&["waited"]).inc();
+                        count("waited");
                         Ok(HydrateRoomResponse { last_seq, loaded: 0, already_warm: true })
                     }
                     Readiness::Unchecked { last_seq } => self.recheck(room, last_seq).await,
@@ -77,17 +99,26 @@ impl HydrateService {
                 return Err(Status::unavailable(format!("room {room} is being hydrated elsewhere; retry")));
             }
             tokio::time::sleep(WAIT_POLL).await;
-            HYDRATIONS.with_label_values(&["waited"]).inc();
+            count("waited");
         }
     }
 
     async fn load(&self, room: &RoomName) -> Result<HydrateRoomResponse, Status> {
-        let tail = self.archive.reopen_room(room, self.window).await.map_err(internal)?;
+        let tail = self
+            .archive
+            .reopen_room(room, self.window)
+            .instrument(tracing::info_span!("archive_read"))
+            .await
+            .map_err(internal)?;
         huddle_failpoints::crash_point!("hydrator::archive_reopened");
-        let (initialised, last_seq) =
-            self.log.hydrate(room, tail.last_seq, tail.epoch, &tail.recent).await.map_err(internal)?;
+        let (initialised, last_seq) = self
+            .log
+            .hydrate(room, tail.last_seq, tail.epoch, &tail.recent)
+            .instrument(tracing::info_span!("redis_restore", messages = tail.recent.len()))
+            .await
+            .map_err(internal)?;
         let loaded = if initialised { tail.recent.len() as u32 } else { 0 };
-        HYDRATIONS.with_label_values(&[if initialised { "loaded" } else { "warm" }]).inc();
+        count(if initialised { "loaded" } else { "warm" });
         tracing::info!(%room, last_seq, loaded, abandoned = tail.abandoned, "room hydrated");
         Ok(HydrateRoomResponse { last_seq, loaded, already_warm: !initialised })
     }
@@ -107,7 +138,7 @@ impl HydrateService {
             // Redis lost the room between the two steps: restore it whole.
             return self.load(room).await;
         };
-        HYDRATIONS.with_label_values(&["rechecked"]).inc();
+        count("rechecked");
         let restored = archived.above.len();
         if restored > 0 || archived.lost > 0 {
             tracing::warn!(%room, redis_seq, last_seq, restored, lost = archived.lost,

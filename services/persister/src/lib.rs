@@ -135,6 +135,7 @@ pub type RunningPersister = Worker;
 /// Migrates the archive, connects to Redis and RabbitMQ, and starts the consumers, the
 /// sweep and the gRPC server.
 pub async fn start(settings: Settings) -> Result<RunningPersister, StartError> {
+    metrics::register();
     let grpc_token = settings.trust.grpc_token().map_err(StartError::Trust)?;
     let archive = Archive::connect(&settings.postgres)?;
     archive.migrate().await?;

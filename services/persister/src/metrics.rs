@@ -1,53 +1,83 @@
-//! The persister's Prometheus metrics.
+//! The persister's metrics (OpenTelemetry instruments; names as the Prometheus scrape
+//! shows them).
 
 use std::sync::LazyLock;
+use std::time::Instant;
 
-use prometheus::{register_histogram, register_int_counter, Histogram, IntCounter};
+use huddle_telemetry::metrics::{counter, elapsed, gauge, seconds, Counter, Gauge, Histogram, KeyValue};
 
-/// Messages written to PostgreSQL (a chunk written twice counts twice).
-pub static MESSAGES_WRITTEN: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("huddle_persister_messages_written_total", "Messages sent to PostgreSQL in chunk inserts")
-        .expect("metric registers once")
-});
+/// Makes the counters that may stay at 0 for long (the trouble counters) show 0 on the
+/// scrape from the start, instead of nothing until their first event.
+pub fn register() {
+    for counter in [&*MESSAGES_WRITTEN, &*SWEEP_FLUSHES, &*MESSAGES_QUARANTINED, &*RANGES_RECLAIMED] {
+        counter.add(0, &[]);
+    }
+}
 
-/// Time to write one chunk, seconds.
-pub static CHUNK_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
-    register_histogram!("huddle_persister_chunk_seconds", "Time to persist one chunk task")
-        .expect("metric registers once")
-});
+/// `huddle_persister_messages_written_total`: messages written to PostgreSQL (a chunk
+/// written twice counts twice).
+pub static MESSAGES_WRITTEN: LazyLock<Counter<u64>> =
+    LazyLock::new(|| counter("huddle_persister_messages_written", "Messages sent to PostgreSQL in chunk inserts"));
 
-/// FlushRoom tasks queued by the sweep.
-pub static SWEEP_FLUSHES: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("huddle_persister_sweep_flushes_total", "FlushRoom tasks queued by the dirty-room sweep")
-        .expect("metric registers once")
-});
+/// `huddle_persister_chunk_seconds`: time to persist one chunk task.
+pub static CHUNK_SECONDS: LazyLock<Histogram<f64>> =
+    LazyLock::new(|| seconds("huddle_persister_chunk", "Time to persist one chunk task"));
 
-/// Log entries put into quarantine (refused by PostgreSQL or unreadable).
-pub static MESSAGES_QUARANTINED: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!(
-        "huddle_persister_messages_quarantined_total",
-        "Log entries PostgreSQL refused (or that could not be decoded), moved to quarantined_messages"
+/// `huddle_persister_sweep_flushes_total`: FlushRoom tasks queued by the sweep.
+pub static SWEEP_FLUSHES: LazyLock<Counter<u64>> =
+    LazyLock::new(|| counter("huddle_persister_sweep_flushes", "FlushRoom tasks queued by the dirty-room sweep"));
+
+/// `huddle_persister_messages_quarantined_total`: log entries put into quarantine
+/// (refused by PostgreSQL or unreadable).
+pub static MESSAGES_QUARANTINED: LazyLock<Counter<u64>> = LazyLock::new(|| {
+    counter(
+        "huddle_persister_messages_quarantined",
+        "Log entries PostgreSQL refused (or that could not be decoded), moved to quarantined_messages",
     )
-    .expect("metric registers once")
 });
 
-/// Claimed ranges queued again because their watermark did not move for a whole claim.
-pub static RANGES_RECLAIMED: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!(
-        "huddle_persister_ranges_reclaimed_total",
-        "Flush ranges queued again because the watermark did not move for a whole claim (lost or dead-lettered chunk tasks)"
+/// `huddle_persister_ranges_reclaimed_total`: claimed ranges queued again because their
+/// watermark did not move for a whole claim.
+pub static RANGES_RECLAIMED: LazyLock<Counter<u64>> = LazyLock::new(|| {
+    counter(
+        "huddle_persister_ranges_reclaimed",
+        "Flush ranges queued again because the watermark did not move for a whole claim (lost or dead-lettered chunk tasks)",
     )
-    .expect("metric registers once")
 });
 
-/// Time of each step of a chunk task, seconds: `read` (the range from Redis, decoded),
-/// `store` (the PostgreSQL transaction), `mark` (the Redis watermark, trim and dirty mark).
-pub static CHUNK_STEP_SECONDS: LazyLock<prometheus::HistogramVec> = LazyLock::new(|| {
-    prometheus::register_histogram_vec!(
-        "huddle_persister_chunk_step_seconds",
+/// `huddle_persister_chunk_step_seconds{step}`: `read` (the range from Redis, decoded),
+/// `store` (the PostgreSQL transaction), `mark` (the Redis watermark and dirty mark).
+pub static CHUNK_STEP_SECONDS: LazyLock<Histogram<f64>> = LazyLock::new(|| {
+    seconds(
+        "huddle_persister_chunk_step",
         "Time of each step of a chunk task: read (Redis range, decoded), store (PostgreSQL transaction), mark (Redis watermark and dirty mark)",
-        &["step"],
-        vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]
     )
-    .expect("metric registers once")
+});
+
+/// Records one step of a chunk task begun at `started`.
+pub fn step_done(step: &'static str, started: Instant) {
+    CHUNK_STEP_SECONDS.record(elapsed(started), &[KeyValue::new("step", step)]);
+}
+
+/// `huddle_persister_unpersisted_messages`: messages in Redis not yet in PostgreSQL, over
+/// the dirty rooms the last sweep of this replica saw.
+pub static UNPERSISTED_MESSAGES: LazyLock<Gauge<f64>> = LazyLock::new(|| {
+    gauge(
+        "huddle_persister_unpersisted_messages",
+        "Messages in Redis not yet in PostgreSQL, over the dirty rooms this replica's last sweep saw",
+    )
+});
+
+/// `huddle_persister_oldest_unpersisted_seconds`: how long the longest-dirty room has
+/// held unpersisted messages.
+pub static OLDEST_UNPERSISTED_SECONDS: LazyLock<Gauge<f64>> = LazyLock::new(|| {
+    gauge(
+        "huddle_persister_oldest_unpersisted_seconds",
+        "Age of the oldest unpersisted message (how long the longest-dirty room has been dirty), at this replica's last sweep",
+    )
+});
+
+/// `huddle_persister_dirty_rooms`: rooms with unpersisted messages at the last sweep.
+pub static DIRTY_ROOMS: LazyLock<Gauge<f64>> = LazyLock::new(|| {
+    gauge("huddle_persister_dirty_rooms", "Rooms with unpersisted messages at this replica's last sweep")
 });

@@ -6,11 +6,12 @@
 use std::time::Duration;
 
 use huddle_broker::{Broker, TaskQueue};
+use huddle_domain::RoomName;
 use huddle_proto::v1::FlushRoomTask;
 use huddle_roomlog::RoomLog;
 use tokio::sync::watch;
 
-use crate::metrics::SWEEP_FLUSHES;
+use crate::metrics::{DIRTY_ROOMS, OLDEST_UNPERSISTED_SECONDS, SWEEP_FLUSHES, UNPERSISTED_MESSAGES};
 
 /// Rooms re-queued per sweep at most; the rest wait for the next one.
 const ROOMS_PER_SWEEP: usize = 10_000;
@@ -31,12 +32,13 @@ pub async fn run(log: RoomLog, broker: Broker, interval: Duration, mut stopped: 
 }
 
 async fn sweep_once(log: &RoomLog, broker: &Broker, interval: Duration) -> Result<(), String> {
+    let rooms = log.dirty_rooms(ROOMS_PER_SWEEP).await.map_err(|e| e.to_string())?;
+    report_lag(log, &rooms).await?;
     let lock_ttl = (interval.as_millis() as u64).saturating_sub(50).max(1);
     // The lock is left to expire: that is what spaces sweeps across replicas.
     let Some(_lock) = log.try_lock(log.keys().lock("sweep"), lock_ttl).await.map_err(|e| e.to_string())? else {
         return Ok(());
     };
-    let rooms = log.dirty_rooms(ROOMS_PER_SWEEP).await.map_err(|e| e.to_string())?;
     if rooms.is_empty() {
         return Ok(());
     }
@@ -46,7 +48,19 @@ async fn sweep_once(log: &RoomLog, broker: &Broker, interval: Duration) -> Resul
         .map(|(room, _)| FlushRoomTask { room: room.to_string(), reason: "sweep".into(), requested_at_ms: now })
         .collect();
     broker.publish(TaskQueue::Flush, &tasks).await.map_err(|e| e.to_string())?;
-    SWEEP_FLUSHES.inc_by(tasks.len() as u64);
+    SWEEP_FLUSHES.add(tasks.len() as u64, &[]);
     tracing::debug!(rooms = tasks.len(), "sweep queued flushes");
+    Ok(())
+}
+
+/// Sets the persist-lag gauges from the dirty index. Every replica reports on every tick
+/// (not only the one holding the sweep lock), so no replica's gauges go stale.
+async fn report_lag(log: &RoomLog, rooms: &[(RoomName, i64)]) -> Result<(), String> {
+    let oldest_ms = rooms.first().map(|(_, since)| huddle_domain::now_ms().saturating_sub(*since).max(0)).unwrap_or(0);
+    let names: Vec<RoomName> = rooms.iter().map(|(room, _)| room.clone()).collect();
+    let lag = log.unpersisted(&names).await.map_err(|e| e.to_string())?;
+    UNPERSISTED_MESSAGES.record(lag.messages as f64, &[]);
+    DIRTY_ROOMS.record(lag.dirty_rooms as f64, &[]);
+    OLDEST_UNPERSISTED_SECONDS.record(oldest_ms as f64 / 1000.0, &[]);
     Ok(())
 }

@@ -6,6 +6,10 @@ use huddle_domain::RoomName;
 use huddle_proto::v1::{FlushRoomTask, PersistChunkTask};
 use huddle_roomlog::RoomLog;
 
+use std::time::Instant;
+
+use tracing::Instrument;
+
 use crate::metrics;
 
 macro_rules! transient {
@@ -84,7 +88,7 @@ impl PersistTasks {
         };
         let (from, to) = (claim.from, claim.to);
         if claim.reclaimed {
-            metrics::RANGES_RECLAIMED.inc();
+            metrics::RANGES_RECLAIMED.add(1, &[]);
             tracing::warn!(%room, from, to, claim_ms = self.flush_claim_ms,
                 "the watermark did not move for a whole claim: its chunk tasks were lost or dead-lettered; queuing the range again");
         }
@@ -98,26 +102,27 @@ impl PersistTasks {
 
     /// Chunk task: copy one range from Redis into PostgreSQL, then move the watermark.
     async fn persist_chunk(&self, room: RoomName, from: u64, to: u64) -> Result<(), TaskError> {
-        let timer = metrics::CHUNK_SECONDS.start_timer();
-        let step = metrics::CHUNK_STEP_SECONDS.with_label_values(&["read"]).start_timer();
-        let chunk = transient!(self.log.chunk(&room, from, to).await)?;
-        step.observe_duration();
+        let began = Instant::now();
+        let chunk = transient!(self.log.chunk(&room, from, to).instrument(tracing::info_span!("read")).await)?;
+        metrics::step_done("read", began);
         let unreadable: Vec<UnreadableEntry> = chunk
             .unreadable
             .into_iter()
             .map(|entry| UnreadableEntry { seq: entry.seq, raw: entry.raw, reason: entry.reason })
             .collect();
         let (epoch, messages) = (chunk.epoch, chunk.messages);
-        let step = metrics::CHUNK_STEP_SECONDS.with_label_values(&["store"]).start_timer();
-        let stored = transient!(self.archive.store_chunk(&room, epoch, &messages, &unreadable).await)?;
-        step.observe_duration();
+        let step = Instant::now();
+        let store = tracing::info_span!("store", rows = messages.len());
+        let stored =
+            transient!(self.archive.store_chunk(&room, epoch, &messages, &unreadable).instrument(store).await)?;
+        metrics::step_done("store", step);
         let watermark = match stored {
             ChunkOutcome::Stored { watermark, quarantined } => {
                 for entry in &quarantined {
                     tracing::warn!(%room, seq = entry.seq, sqlstate = %entry.sqlstate, reason = %entry.reason,
                         "message quarantined: it cannot be stored (refused by PostgreSQL, or its sender is unknown); the room's persistence goes on past it");
                 }
-                metrics::MESSAGES_QUARANTINED.inc_by(quarantined.len() as u64);
+                metrics::MESSAGES_QUARANTINED.add(quarantined.len() as u64, &[]);
                 watermark
             }
             ChunkOutcome::StaleEpoch => {
@@ -127,14 +132,17 @@ impl PersistTasks {
                 return Ok(());
             }
         };
-        metrics::MESSAGES_WRITTEN.inc_by(messages.len() as u64);
+        metrics::MESSAGES_WRITTEN.add(messages.len() as u64, &[]);
         huddle_failpoints::crash_point!("persister::chunk_stored");
-        let step = metrics::CHUNK_STEP_SECONDS.with_label_values(&["mark"]).start_timer();
-        transient!(self.log.mark_persisted(&room, watermark).await)?;
-        huddle_failpoints::crash_point!("persister::watermark_moved");
-        transient!(self.log.clear_dirty_if_clean(&room).await)?;
-        step.observe_duration();
-        timer.observe_duration();
+        let step = Instant::now();
+        let mark = async {
+            transient!(self.log.mark_persisted(&room, watermark).await)?;
+            huddle_failpoints::crash_point!("persister::watermark_moved");
+            transient!(self.log.clear_dirty_if_clean(&room).await)
+        };
+        mark.instrument(tracing::info_span!("mark")).await?;
+        metrics::step_done("mark", step);
+        metrics::CHUNK_SECONDS.record(huddle_telemetry::metrics::elapsed(began), &[]);
         tracing::debug!(%room, from, to, written = messages.len(), watermark, "chunk persisted");
         Ok(())
     }

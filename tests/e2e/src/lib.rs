@@ -648,12 +648,40 @@ pub struct ReceivedSpan {
     pub name: String,
     /// The trace the span belongs to.
     pub trace_id: Vec<u8>,
+    /// The span's own id.
+    pub span_id: Vec<u8>,
+    /// Its parent's id (empty for a root span).
+    pub parent_span_id: Vec<u8>,
+    /// Its string attributes.
+    pub attributes: std::collections::BTreeMap<String, String>,
 }
 
-/// A minimal OTLP/gRPC trace receiver: what the services export, for assertions.
+/// A minimal OTLP/gRPC receiver (traces and metrics): what the services export, for
+/// assertions.
 #[derive(Clone, Default)]
 pub struct TraceCollector {
     spans: std::sync::Arc<std::sync::Mutex<Vec<ReceivedSpan>>>,
+    /// (service, metric name) pairs received.
+    metrics: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<(String, String)>>>,
+}
+
+fn service_name(resource: Option<&opentelemetry_proto::tonic::resource::v1::Resource>) -> String {
+    resource
+        .iter()
+        .flat_map(|r| r.attributes.iter())
+        .find(|kv| kv.key == "service.name")
+        .and_then(|kv| string_value(kv.value.as_ref()))
+        .unwrap_or_default()
+}
+
+fn string_value(value: Option<&opentelemetry_proto::tonic::common::v1::AnyValue>) -> Option<String> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    match value?.value.as_ref()? {
+        Value::StringValue(s) => Some(s.clone()),
+        Value::IntValue(i) => Some(i.to_string()),
+        Value::BoolValue(b) => Some(b.to_string()),
+        _ => None,
+    }
 }
 
 #[tonic::async_trait]
@@ -667,20 +695,44 @@ impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::Tra
     > {
         let mut spans = self.spans.lock().expect("collector lock");
         for resource_spans in request.into_inner().resource_spans {
-            let service = resource_spans
-                .resource
-                .iter()
-                .flat_map(|r| r.attributes.iter())
-                .find(|kv| kv.key == "service.name")
-                .and_then(|kv| kv.value.as_ref())
-                .and_then(|v| match &v.value {
-                    Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s)) => Some(s.clone()),
-                    _ => None,
-                })
-                .unwrap_or_default();
+            let service = service_name(resource_spans.resource.as_ref());
             for scope in resource_spans.scope_spans {
                 for span in scope.spans {
-                    spans.push(ReceivedSpan { service: service.clone(), name: span.name, trace_id: span.trace_id });
+                    let attributes = span
+                        .attributes
+                        .iter()
+                        .filter_map(|kv| Some((kv.key.clone(), string_value(kv.value.as_ref())?)))
+                        .collect();
+                    spans.push(ReceivedSpan {
+                        service: service.clone(),
+                        name: span.name,
+                        trace_id: span.trace_id,
+                        span_id: span.span_id,
+                        parent_span_id: span.parent_span_id,
+                        attributes,
+                    });
+                }
+            }
+        }
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsService for TraceCollector {
+    async fn export(
+        &self,
+        request: tonic::Request<opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest>,
+    ) -> Result<
+        tonic::Response<opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse>,
+        tonic::Status,
+    > {
+        let mut metrics = self.metrics.lock().expect("collector lock");
+        for resource_metrics in request.into_inner().resource_metrics {
+            let service = service_name(resource_metrics.resource.as_ref());
+            for scope in resource_metrics.scope_metrics {
+                for metric in scope.metrics {
+                    metrics.insert((service.clone(), metric.name));
                 }
             }
         }
@@ -689,25 +741,31 @@ impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::Tra
 }
 
 impl TraceCollector {
-    /// Serves OTLP/gRPC on a random local port; returns the collector and its address.
+    /// Serves OTLP/gRPC (traces and metrics) on a random local port; returns the
+    /// collector and its address.
     pub async fn start() -> Result<(Self, SocketAddr)> {
+        use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsServiceServer;
+        use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
         let collector = Self::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let service = opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer::new(
-            collector.clone(),
-        );
         tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(service)
+                .add_service(TraceServiceServer::new(collector.clone()))
+                .add_service(MetricsServiceServer::new(collector.clone()))
                 .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
         );
         Ok((collector, addr))
     }
 
-    /// Everything received so far.
+    /// Every span received so far.
     pub fn spans(&self) -> Vec<ReceivedSpan> {
         self.spans.lock().expect("collector lock").clone()
+    }
+
+    /// Every (service, metric name) received so far.
+    pub fn metrics(&self) -> std::collections::BTreeSet<(String, String)> {
+        self.metrics.lock().expect("collector lock").clone()
     }
 }
 
@@ -737,6 +795,112 @@ pub fn failpoint_binary(name: &str) -> Result<PathBuf> {
         );
     }
     Ok(path)
+}
+
+/// The three binaries as processes on one [`TestEnv`], ready, with their addresses.
+pub struct Processes {
+    /// The hydrator.
+    pub hydrator: Service,
+    /// The persister.
+    pub persister: Service,
+    /// The gateway.
+    pub gateway: Service,
+    /// The gateway's base URL (`http://…`).
+    pub base: String,
+    /// The gateway's ops address (`/metrics`).
+    pub gateway_ops: String,
+    /// The persister's gRPC and ops addresses.
+    pub persister_grpc: String,
+    /// See [`Processes::persister_grpc`].
+    pub persister_ops: String,
+    /// The hydrator's gRPC and ops addresses.
+    pub hydrator_grpc: String,
+    /// See [`Processes::hydrator_grpc`].
+    pub hydrator_ops: String,
+}
+
+/// Extra settings of each process of [`Processes::start`].
+#[derive(Default)]
+pub struct ProcessSettings<'a> {
+    /// The hydrator's.
+    pub hydrator: &'a [(&'a str, String)],
+    /// The persister's.
+    pub persister: &'a [(&'a str, String)],
+    /// The gateway's.
+    pub gateway: &'a [(&'a str, String)],
+}
+
+impl Processes {
+    /// Starts the hydrator, the persister and a gateway on it (two worker threads), each
+    /// on free local ports, exporting to `otlp` if not empty; returns once all are ready.
+    pub async fn start(env: &TestEnv, otlp: &str, extra: ProcessSettings<'_>) -> Result<Self> {
+        let (hydrator_grpc, hydrator_ops) = (free_addr()?, free_addr()?);
+        let (persister_grpc, persister_ops) = (free_addr()?, free_addr()?);
+        let (gateway_addr, gateway_ops) = (free_addr()?, free_addr()?);
+        let with = |own: Vec<(&'static str, String)>, extra: &[(&str, String)]| {
+            let mut vars: Vec<(String, String)> = own.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+            vars.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+            vars
+        };
+        let spawn = |name: &'static str, vars: Vec<(String, String)>| {
+            let vars: Vec<(&str, String)> = vars.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+            Service::spawn(name, env, otlp, &vars)
+        };
+        let hydrator = spawn(
+            "huddle-hydrator",
+            with(
+                vec![
+                    ("HUDDLE_HYDRATOR_GRPC_ADDR", hydrator_grpc.clone()),
+                    ("HUDDLE_HYDRATOR_OPS_ADDR", hydrator_ops.clone()),
+                ],
+                extra.hydrator,
+            ),
+        )?;
+        let persister = spawn(
+            "huddle-persister",
+            with(
+                vec![
+                    ("HUDDLE_PERSISTER_GRPC_ADDR", persister_grpc.clone()),
+                    ("HUDDLE_PERSISTER_OPS_ADDR", persister_ops.clone()),
+                ],
+                extra.persister,
+            ),
+        )?;
+        let gateway = spawn(
+            "huddle-gateway",
+            with(
+                vec![
+                    ("HUDDLE_GATEWAY_ADDR", gateway_addr.clone()),
+                    ("HUDDLE_GATEWAY_OPS_ADDR", gateway_ops.clone()),
+                    ("HUDDLE_GATEWAY_WORKERS", "2".into()),
+                    ("HUDDLE_HYDRATOR_URL", format!("http://{hydrator_grpc}")),
+                ],
+                extra.gateway,
+            ),
+        )?;
+        wait_ready("hydrator", &format!("http://{hydrator_ops}/readyz")).await?;
+        wait_ready("persister", &format!("http://{persister_ops}/readyz")).await?;
+        let base = format!("http://{gateway_addr}");
+        wait_ready("gateway", &format!("{base}/readyz")).await?;
+        Ok(Self {
+            hydrator,
+            persister,
+            gateway,
+            base,
+            gateway_ops,
+            persister_grpc,
+            persister_ops,
+            hydrator_grpc,
+            hydrator_ops,
+        })
+    }
+
+    /// SIGTERM to each, gateway first; each must exit 0.
+    pub fn terminate(self) -> Result<()> {
+        self.gateway.terminate()?;
+        self.persister.terminate()?;
+        self.hydrator.terminate()
+    }
 }
 
 /// A local address nothing listens on right now.

@@ -4,53 +4,28 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use huddle_e2e::{eventually, free_addr, http, sign_up, wait_ready, Service, TestEnv, Ws};
+use huddle_e2e::{eventually, free_addr, http, sign_up, wait_ready, ProcessSettings, Processes, Service, TestEnv, Ws};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_binaries_carry_messages_from_socket_to_postgres_and_stop_on_sigterm() -> Result<()> {
     let env = TestEnv::new().await?;
     let (collector, collector_addr) = huddle_e2e::TraceCollector::start().await?;
     let otlp = format!("http://{collector_addr}");
-    let (hydrator_grpc, hydrator_ops) = (free_addr()?, free_addr()?);
-    let (persister_grpc, persister_ops) = (free_addr()?, free_addr()?);
-    let (gateway_addr, gateway_ops) = (free_addr()?, free_addr()?);
-
-    let hydrator = Service::spawn(
-        "huddle-hydrator",
+    let services = Processes::start(
         &env,
         &otlp,
-        &[("HUDDLE_HYDRATOR_GRPC_ADDR", hydrator_grpc.clone()), ("HUDDLE_HYDRATOR_OPS_ADDR", hydrator_ops.clone())],
-    )?;
-    wait_ready("hydrator", &format!("http://{hydrator_ops}/readyz")).await?;
-    let persister = Service::spawn(
-        "huddle-persister",
-        &env,
-        &otlp,
-        &[
-            ("HUDDLE_PERSISTER_GRPC_ADDR", persister_grpc.clone()),
-            ("HUDDLE_PERSISTER_OPS_ADDR", persister_ops.clone()),
-            // Slow sweep: the flush that persists the room is the one the gateway asks for.
-            ("HUDDLE_SWEEP_INTERVAL_MS", "60000".into()),
-        ],
-    )?;
-    wait_ready("persister", &format!("http://{persister_ops}/readyz")).await?;
+        // Slow sweep: the flush that persists the room is the one the gateway asks for.
+        ProcessSettings { persister: &[("HUDDLE_SWEEP_INTERVAL_MS", "60000".into())], ..Default::default() },
+    )
+    .await?;
     // The persister's threads run at nice 10 (HUDDLE_PERSISTER_NICE): its bursts yield
     // to the live path on shared cores. The hydrator's stay at normal priority.
-    assert_eq!(thread_nice_values(persister.pid())?, [10].into(), "persister threads");
-    assert_eq!(thread_nice_values(hydrator.pid())?, [0].into(), "hydrator threads");
-    let gateway = Service::spawn(
-        "huddle-gateway",
-        &env,
-        &otlp,
-        &[
-            ("HUDDLE_GATEWAY_ADDR", gateway_addr.clone()),
-            ("HUDDLE_GATEWAY_OPS_ADDR", gateway_ops.clone()),
-            ("HUDDLE_GATEWAY_WORKERS", "2".into()),
-            ("HUDDLE_HYDRATOR_URL", format!("http://{hydrator_grpc}")),
-        ],
-    )?;
-    let base = format!("http://{gateway_addr}");
-    wait_ready("gateway", &format!("{base}/readyz")).await?;
+    assert_eq!(thread_nice_values(services.persister.pid())?, [10].into(), "persister threads");
+    assert_eq!(thread_nice_values(services.hydrator.pid())?, [0].into(), "hydrator threads");
+    let base = services.base.clone();
+    let (gateway_ops, persister_grpc) = (&services.gateway_ops, &services.persister_grpc);
+    let (hydrator_grpc, hydrator_ops, persister_ops) =
+        (&services.hydrator_grpc, &services.hydrator_ops, &services.persister_ops);
 
     let ada = sign_up(&base, "ada").await?;
     let bob = sign_up(&base, "bob").await?;
@@ -113,9 +88,7 @@ async fn three_binaries_carry_messages_from_socket_to_postgres_and_stop_on_sigte
         assert!(metrics.contains(metric), "{ops}/metrics lacks {metric}");
     }
 
-    gateway.terminate()?;
-    persister.terminate()?;
-    hydrator.terminate()?;
+    services.terminate()?;
 
     // Traces went out over OTLP, and the W3C context crossed RabbitMQ: the gateway's
     // flush request and the persister's tasks for it share one trace.

@@ -455,3 +455,33 @@ async fn a_chunk_checks_its_senders_once_and_quarantines_the_unknown_ones() -> R
     assert_eq!(db.execute("DELETE FROM users WHERE id = $1", &[&idle]).await?, 1, "a user without messages goes");
     env.cleanup().await
 }
+
+/// The dirty index says how long a room has waited for persistence to move: a busy room
+/// whose watermark keeps moving is not reported as lagging since its first message, and
+/// one whose watermark stops keeps its age growing.
+#[tokio::test]
+async fn a_dirty_room_is_rescored_when_its_watermark_moves_and_only_then() -> Result<()> {
+    let env = TestEnv::new().await?;
+    let log = env.room_log(100)?;
+    let room = RoomName::parse("rescored")?;
+    log.hydrate(&room, 0, 1, &[]).await?;
+    for i in 1..=3 {
+        log.append(&room, &entry(1, &format!("m{i}"), "")).await?;
+    }
+    let first = log.state(&room).await?.dirty_since_ms.context("the room is dirty")?;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    log.mark_persisted(&room, 2).await?;
+    let moved = log.state(&room).await?.dirty_since_ms.context("seq 3 is still unpersisted")?;
+    assert!(moved > first, "the watermark moved: the wait starts again ({first} → {moved})");
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    log.mark_persisted(&room, 2).await?;
+    log.clear_dirty_if_clean(&room).await?;
+    assert_eq!(log.state(&room).await?.dirty_since_ms, Some(moved), "no progress, no new score");
+    let lag = log.unpersisted(std::slice::from_ref(&room)).await?;
+    assert_eq!((lag.messages, lag.dirty_rooms), (1, 1));
+    log.mark_persisted(&room, 3).await?;
+    log.clear_dirty_if_clean(&room).await?;
+    assert_eq!(log.state(&room).await?.dirty_since_ms, None);
+    assert_eq!(log.unpersisted(&[room]).await?.messages, 0);
+    env.cleanup().await
+}
