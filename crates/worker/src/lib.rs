@@ -109,7 +109,8 @@ impl Worker {
 
     /// Serves `routes` (the service's own gRPC service, named `service_name` in the
     /// health protocol) with the gRPC health and reflection services beside them. Every
-    /// call must carry `token` (none: dev mode, calls go unchecked). A second call
+    /// call but the health service's must carry `token` (none: dev mode, calls go
+    /// unchecked); health answers anyone, so a kubelet's gRPC probe works. A second call
     /// serves nothing more.
     pub async fn serve(
         &mut self,
@@ -124,12 +125,17 @@ impl Worker {
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter.set_service_status(service_name, tonic_health::ServingStatus::Serving).await;
         let mut stopping = self.stopping();
+        // Everything but the health service needs the token: a kubelet's gRPC probe sends
+        // no metadata, and serving status is no secret.
+        let protected: tonic::service::Routes = routes
+            .add_service(huddle_proto::reflection_service()?)
+            .into_axum_router()
+            .layer(tonic::service::InterceptorLayer::new(RequireToken::new(token)))
+            .into();
         let server = tonic::transport::Server::builder()
             .layer(grpc_telemetry::GrpcTelemetryLayer)
-            .layer(tonic::service::InterceptorLayer::new(RequireToken::new(token)))
-            .add_routes(routes)
+            .add_routes(protected)
             .add_service(health_service)
-            .add_service(huddle_proto::reflection_service()?)
             .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), async move {
                 let _ = stopping.wait_for(|stop| *stop).await;
                 // Load balancers that watch gRPC health stop sending before the port closes.

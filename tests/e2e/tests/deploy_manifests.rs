@@ -351,9 +351,6 @@ struct Facts {
     uid: u64,
     /// The gateway's actix `shutdown_timeout`: how long it waits for connections on SIGTERM.
     gateway_shutdown_secs: u64,
-    /// The workers' gRPC servers check the token on every service, grpc.health.v1 included,
-    /// so a kubelet gRPC probe (which sends no metadata) would be UNAUTHENTICATED.
-    health_needs_token: bool,
 }
 
 fn facts() -> Result<Facts> {
@@ -371,9 +368,7 @@ fn facts() -> Result<Facts> {
         .and_then(|rest| rest.split(')').next())
         .and_then(|secs| secs.trim().parse().ok())
         .context("services/gateway/src/lib.rs: no .shutdown_timeout(N)")?;
-    let worker = std::fs::read_to_string(root().join("crates/worker/src/lib.rs"))?;
-    let health_needs_token = worker.contains("InterceptorLayer::new(RequireToken");
-    Ok(Facts { binaries: binaries()?, uid, gateway_shutdown_secs, health_needs_token })
+    Ok(Facts { binaries: binaries()?, uid, gateway_shutdown_secs })
 }
 
 /// The port number of a `host:port` listen address.
@@ -523,10 +518,11 @@ fn check_service(
             if grpc_port.is_none() || port != grpc_port {
                 problems.push(format!("{here}: gRPC {probe} on port {port:?}, not the gRPC port {grpc_port:?}"));
             }
-            if facts.health_needs_token {
-                problems.push(format!(
-                    "{here}: gRPC {probe}: grpc.health.v1 needs the bearer token (crates/worker), which kubelet cannot send"
-                ));
+            // grpc.health.v1 answers without the token (processes.rs checks it), and
+            // each worker names its own service in the health protocol.
+            let service = text(at(spec, "/grpc/service")).unwrap_or_default();
+            if !service.starts_with("huddle.v1.") {
+                problems.push(format!("{here}: gRPC {probe} asks for service {service:?}, not the worker's own"));
             }
         } else {
             problems.push(format!("{here}: {probe} is neither httpGet nor grpc: {spec}"));

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use huddle_e2e::{eventually, free_addr, http, sign_up, wait_ready, ProcessSettings, Processes, Service, TestEnv, Ws};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -52,6 +52,15 @@ async fn three_binaries_carry_messages_from_socket_to_postgres_and_stop_on_sigte
         huddle_proto::v1::persister_client::PersisterClient::connect(format!("http://{persister_grpc}")).await?;
     let refused = stranger.room_status(huddle_proto::v1::RoomStatusRequest { room: "processes".into() }).await;
     assert_eq!(refused.map(|_| ()).unwrap_err().code(), tonic::Code::Unauthenticated);
+    // Except the health service: a kubelet's gRPC probe carries no token.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{persister_grpc}"))?.connect().await?;
+    let probe = tonic_health::pb::health_client::HealthClient::new(channel.clone())
+        .check(tonic_health::pb::HealthCheckRequest { service: "huddle.v1.Persister".into() })
+        .await?
+        .into_inner();
+    assert_eq!(probe.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    let refused = reflected_services(channel, huddle_proto::auth::BearerToken::new(None)).await.map_err(|s| s.code());
+    assert_eq!(refused, Err(tonic::Code::Unauthenticated), "reflection needs the token");
     let status = persister_client
         .room_status(huddle_proto::v1::RoomStatusRequest { room: "processes".into() })
         .await?
@@ -63,7 +72,7 @@ async fn three_binaries_carry_messages_from_socket_to_postgres_and_stop_on_sigte
     let metrics = http().get(format!("http://{gateway_ops}/metrics")).send().await?.text().await?;
     assert!(metrics.contains("huddle_gateway_messages_accepted_total 10"), "{metrics}");
     for (grpc, service) in [(&hydrator_grpc, "huddle.v1.Hydrator"), (&persister_grpc, "huddle.v1.Persister")] {
-        let services = reflected_services(&env, grpc).await?;
+        let services = reflected_services(env.grpc_channel(grpc.parse()?).await?, env.bearer()).await?;
         assert!(services.iter().any(|s| s == service), "{services:?}");
         assert!(services.iter().any(|s| s == "grpc.health.v1.Health"), "{services:?}");
     }
@@ -244,24 +253,26 @@ fn tempfile_dir() -> Result<std::path::PathBuf> {
 }
 
 /// The services a gRPC server lists through server reflection (what `grpcurl list` shows).
-async fn reflected_services(env: &TestEnv, addr: &str) -> Result<Vec<String>> {
+async fn reflected_services(
+    channel: tonic::transport::Channel,
+    token: huddle_proto::auth::BearerToken,
+) -> Result<Vec<String>, tonic::Status> {
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
     use tonic_reflection::pb::v1::ServerReflectionRequest;
 
-    let channel = env.grpc_channel(addr.parse()?).await?;
     let request = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut replies = ServerReflectionClient::with_interceptor(channel, env.bearer())
+    let mut replies = ServerReflectionClient::with_interceptor(channel, token)
         .server_reflection_info(futures_util::stream::iter([request]))
         .await?
         .into_inner();
-    let reply = replies.message().await?.context("no reflection reply")?;
+    let reply = replies.message().await?.ok_or_else(|| tonic::Status::internal("no reflection reply"))?;
     match reply.message_response {
         Some(MessageResponse::ListServicesResponse(list)) => Ok(list.service.into_iter().map(|s| s.name).collect()),
-        other => bail!("unexpected reflection reply {other:?}"),
+        other => Err(tonic::Status::internal(format!("unexpected reflection reply {other:?}"))),
     }
 }

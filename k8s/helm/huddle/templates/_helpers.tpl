@@ -33,6 +33,7 @@ persister:
   probePort: ops
   opsPort: 9102
   grpcPort: 50052
+  grpcService: huddle.v1.Persister
   secretKeys: [HUDDLE_DATABASE_URL, HUDDLE_AMQP_URL, HUDDLE_GRPC_TOKEN]
   ports:
     - {name: grpc, port: 50052, setting: HUDDLE_PERSISTER_GRPC_ADDR}
@@ -42,6 +43,7 @@ hydrator:
   probePort: ops
   opsPort: 9101
   grpcPort: 50051
+  grpcService: huddle.v1.Hydrator
   secretKeys: [HUDDLE_DATABASE_URL, HUDDLE_AMQP_URL, HUDDLE_GRPC_TOKEN]
   ports:
     - {name: grpc, port: 50051, setting: HUDDLE_HYDRATOR_GRPC_ADDR}

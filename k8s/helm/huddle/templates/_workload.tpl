@@ -97,7 +97,12 @@ spec:
             failureThreshold: {{ $root.Values.startupProbe.failureThreshold }}
             timeoutSeconds: 2
           livenessProbe:
+            {{- if $facts.grpcService }}
+            # The gRPC server itself answers (grpc.health.v1 needs no token).
+            grpc: {port: {{ $facts.grpcPort }}, service: {{ $facts.grpcService }}}
+            {{- else }}
             httpGet: {path: /healthz, port: {{ $facts.probePort }}}
+            {{- end }}
             periodSeconds: 10
             timeoutSeconds: 2
             failureThreshold: 3
