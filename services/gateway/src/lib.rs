@@ -134,9 +134,10 @@ pub struct Settings {
     #[arg(long, env = "HUDDLE_AUTH_BURST", default_value_t = 10)]
     pub auth_burst: u32,
     /// Proxies whose `X-Forwarded-For` header names the client (comma-separated IP
-    /// addresses, e.g. the ingress controller's); from anyone else the header is ignored.
-    #[arg(long, env = "HUDDLE_TRUSTED_PROXIES", value_delimiter = ',')]
-    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// addresses or CIDR networks, e.g. the ingress controllers' pod network); from anyone
+    /// else the header is ignored.
+    #[arg(long, env = "HUDDLE_TRUSTED_PROXIES", value_delimiter = ',', value_parser = limits::parse_proxy)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Wrong passwords in a row an account may get before its logins are locked.
     #[arg(long, env = "HUDDLE_LOGIN_FREE_FAILURES", default_value_t = 5)]
     pub login_free_failures: u32,
@@ -491,6 +492,14 @@ mod tests {
                 .iter()
                 .chain(args),
         )
+    }
+
+    #[test]
+    fn trusted_proxies_take_addresses_and_networks_and_refuse_anything_else() {
+        let parsed = settings(&["--trusted-proxies", "10.42.0.0/16,192.0.2.7"]).trusted_proxies;
+        assert_eq!(parsed.iter().map(ToString::to_string).collect::<Vec<_>>(), ["10.42.0.0/16", "192.0.2.7/32"]);
+        let refused = Settings::try_parse_from(["huddle-gateway", "--trusted-proxies", "10.0.0.1,ingress"]);
+        assert!(refused.unwrap_err().to_string().contains("neither an IP address nor a CIDR network"));
     }
 
     #[test]

@@ -50,20 +50,30 @@ impl<K: Hash + Eq + Clone> Rate<K> {
 /// The client's address: the peer's, unless the peer is a trusted proxy, in which case
 /// the right-most address of `X-Forwarded-For` that is not itself a trusted proxy (the
 /// left part of that header is whatever the client chose to send, so it is never used).
-pub fn client_address(peer: IpAddr, forwarded_for: Option<&str>, trusted_proxies: &[IpAddr]) -> IpAddr {
-    if !trusted_proxies.contains(&peer) {
+pub fn client_address(peer: IpAddr, forwarded_for: Option<&str>, trusted_proxies: &[ipnet::IpNet]) -> IpAddr {
+    let trusted = |address: &IpAddr| trusted_proxies.iter().any(|network| network.contains(address));
+    if !trusted(&peer) {
         return peer;
     }
     let hops = forwarded_for.unwrap_or_default().rsplit(',').map(str::trim);
     for hop in hops {
         match hop.parse::<IpAddr>() {
-            Ok(address) if trusted_proxies.contains(&address) => continue,
+            Ok(address) if trusted(&address) => continue,
             Ok(address) => return address,
             // Garbage where an address should be: stop at the last hop we could trust.
             Err(_) => break,
         }
     }
     peer
+}
+
+/// One `HUDDLE_TRUSTED_PROXIES` entry: a network (`10.0.0.0/8`) or one address (`10.0.0.1`).
+pub fn parse_proxy(entry: &str) -> Result<ipnet::IpNet, String> {
+    let entry = entry.trim();
+    entry
+        .parse::<ipnet::IpNet>()
+        .or_else(|_| entry.parse::<IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{entry:?} is neither an IP address nor a CIDR network (e.g. 10.0.0.0/8)"))
 }
 
 /// The key an address is limited by: IPv4 whole, IPv6 by its /64 network.
@@ -238,7 +248,7 @@ mod tests {
     #[test]
     fn the_client_address_is_believed_only_from_trusted_proxies() {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        let proxies = [ip("10.0.0.1"), ip("10.0.0.2")];
+        let proxies = [parse_proxy("10.0.0.1").unwrap(), parse_proxy("10.0.0.2").unwrap()];
         assert_eq!(client_address(ip("198.51.100.7"), Some("1.2.3.4"), &proxies), ip("198.51.100.7"), "untrusted peer");
         assert_eq!(client_address(ip("10.0.0.1"), Some("1.2.3.4, 203.0.113.9"), &proxies), ip("203.0.113.9"));
         assert_eq!(
@@ -248,6 +258,27 @@ mod tests {
         );
         assert_eq!(client_address(ip("10.0.0.1"), Some("junk"), &proxies), ip("10.0.0.1"));
         assert_eq!(client_address(ip("10.0.0.1"), None, &proxies), ip("10.0.0.1"));
+        assert_eq!(
+            client_address(ip("10.0.0.3"), Some("1.2.3.4"), &proxies),
+            ip("10.0.0.3"),
+            "a neighbour is no proxy"
+        );
+    }
+
+    /// Ingress controllers' pod addresses change: a whole network can be trusted.
+    #[test]
+    fn a_trusted_proxy_network_covers_every_address_in_it_and_nothing_else() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let proxies = [parse_proxy("10.42.0.0/16").unwrap(), parse_proxy("fd00::/8").unwrap()];
+        assert_eq!(client_address(ip("10.42.7.9"), Some("203.0.113.9, 10.42.1.1"), &proxies), ip("203.0.113.9"));
+        assert_eq!(client_address(ip("fd00::5"), Some("2001:db8::1"), &proxies), ip("2001:db8::1"));
+        assert_eq!(
+            client_address(ip("10.43.0.1"), Some("203.0.113.9"), &proxies),
+            ip("10.43.0.1"),
+            "outside the network"
+        );
+        assert!(parse_proxy("10.0.0.0/33").is_err() && parse_proxy("ingress").is_err());
+        assert_eq!(parse_proxy(" 192.0.2.1 ").unwrap().to_string(), "192.0.2.1/32");
     }
 
     #[test]
