@@ -50,6 +50,7 @@ pub async fn consume<H: TaskHandler>(
     stopped: watch::Receiver<bool>,
 ) {
     let queue_name = broker.topology().queue(queue);
+    let delivery_limit = broker.topology().delivery_limit();
     // Every outcome's series exists from the start, so the first dead letter shows as an
     // increase from 0 (a series that is born at 1 shows no increase to alerts).
     for outcome in ["ok", "retry", "dead"] {
@@ -78,7 +79,7 @@ pub async fn consume<H: TaskHandler>(
             })
             .for_each_concurrent(usize::from(prefetch), |delivery| async {
                 match delivery {
-                    Ok(delivery) => settle(&handler, queue, &queue_name, delivery, retry_base).await,
+                    Ok(delivery) => settle(&handler, queue, &queue_name, delivery, retry_base, delivery_limit).await,
                     Err(error) => tracing::warn!(queue = %queue_name, %error, "consumer error"),
                 }
             })
@@ -93,6 +94,7 @@ async fn settle<H: TaskHandler>(
     queue_name: &str,
     delivery: Delivery,
     retry_base: Duration,
+    delivery_limit: u32,
 ) {
     let span = tracing::info_span!("task", queue = queue_name, redelivered = delivery.redelivered);
     huddle_telemetry::continue_trace(&span, trace_headers(&delivery));
@@ -101,6 +103,13 @@ async fn settle<H: TaskHandler>(
         Err(TaskError::Poison(reason)) => {
             tracing::error!(queue = queue_name, %reason, "poison task dead-lettered");
             delivery.reject(BasicRejectOptions { requeue: false }).await.map(|_| "dead")
+        }
+        Err(TaskError::Transient(reason)) if delivery_count(&delivery) >= delivery_limit => {
+            // Returned once more, it passes the queue's delivery limit: RabbitMQ
+            // dead-letters it (reason delivery_limit). Counted here as dead, so the
+            // dead-letter alert sees it; no back-off, nothing will retry it.
+            tracing::error!(queue = queue_name, %reason, delivery_limit, "task failed on its last delivery; dead-lettered");
+            delivery.nack(BasicNackOptions { requeue: true, multiple: false }).await.map(|_| "dead")
         }
         Err(TaskError::Transient(reason)) => {
             let attempt = delivery_count(&delivery);

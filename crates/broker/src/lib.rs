@@ -91,6 +91,11 @@ impl Topology {
         Self { prefix: prefix.into(), delivery_limit }
     }
 
+    /// Deliveries of a failing task before RabbitMQ dead-letters it.
+    pub fn delivery_limit(&self) -> u32 {
+        self.delivery_limit
+    }
+
     /// Name of a task queue.
     pub fn queue(&self, queue: TaskQueue) -> String {
         format!("{}.{}", self.prefix, queue.suffix())
