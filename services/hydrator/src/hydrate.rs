@@ -66,8 +66,11 @@ impl HydrateService {
     async fn hydrate_once_ready(&self, room: &RoomName) -> Result<HydrateRoomResponse, Status> {
         let deadline = Instant::now() + self.timeout;
         let lock_ttl_ms = self.timeout.as_millis() as u64;
+        // Whether this call waited for another caller's hydration (counted once, at the end).
+        let mut waited = false;
         loop {
             if let Readiness::Ready { last_seq } = self.log.readiness(room).await.map_err(internal)? {
+                count(if waited { "waited" } else { "warm" });
                 return Ok(HydrateRoomResponse { last_seq, loaded: 0, already_warm: true });
             }
             if let Some(guard) =
@@ -99,7 +102,7 @@ impl HydrateService {
                 return Err(Status::unavailable(format!("room {room} is being hydrated elsewhere; retry")));
             }
             tokio::time::sleep(WAIT_POLL).await;
-            count("waited");
+            waited = true;
         }
     }
 
@@ -118,7 +121,8 @@ impl HydrateService {
             .await
             .map_err(internal)?;
         let loaded = if initialised { tail.recent.len() as u32 } else { 0 };
-        count(if initialised { "loaded" } else { "warm" });
+        // Not initialised: another caller restored it between our check and our script.
+        count(if initialised { "loaded" } else { "waited" });
         tracing::info!(%room, last_seq, loaded, abandoned = tail.abandoned, "room hydrated");
         Ok(HydrateRoomResponse { last_seq, loaded, already_warm: !initialised })
     }

@@ -41,6 +41,24 @@ async fn a_message_and_a_cold_join_are_traced_across_the_services_and_measured()
     .await
     .context("the message never reached PostgreSQL")?;
 
+    // Eight callers hydrate one cold room at once: one loads it, and each call is counted
+    // once (a caller that waited is not counted per poll).
+    let hydrator = env.hydrator_client(services.hydrator_grpc.parse()?).await?;
+    let calls = (0..8).map(|_| {
+        let mut hydrator = hydrator.clone();
+        async move { hydrator.hydrate_room(huddle_proto::v1::HydrateRoomRequest { room: "crowded".into() }).await }
+    });
+    for reply in futures_util::future::join_all(calls).await {
+        reply?;
+    }
+    let hydrations = http().get(format!("http://{}/metrics", services.hydrator_ops)).send().await?.text().await?;
+    let count = |outcome: &str| -> u64 {
+        let prefix = format!("huddle_hydrations_total{{outcome=\"{outcome}\"}} ");
+        hydrations.lines().find_map(|l| l.strip_prefix(prefix.as_str())?.parse().ok()).unwrap_or(0)
+    };
+    assert_eq!(count("loaded"), 2, "the join's room and the crowded one, each loaded once:\n{hydrations}");
+    assert_eq!(count("loaded") + count("waited") + count("warm"), 9, "one count per call:\n{hydrations}");
+
     // The scrape after this traffic holds every metric the dashboards and alerts query.
     let mut scraped = String::new();
     let persister_ops = &services.persister_ops;
