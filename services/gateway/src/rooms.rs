@@ -50,23 +50,36 @@ impl tonic::service::Interceptor for CallMetadata {
 }
 
 /// Runs one hydrator call in a `grpc_client` span (the trace it carries) and records its
-/// latency in `huddle_grpc_client_seconds{method, code}`.
+/// latency in `huddle_grpc_client_seconds{method, code}`; a call given up before it
+/// answered (the join's deadline passed) is recorded as `Cancelled`.
 async fn observed_call<T>(
     method: &'static str,
     call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 ) -> Result<tonic::Response<T>, tonic::Status> {
     use tracing::Instrument as _;
-    let started = std::time::Instant::now();
+    let mut observation = CallObservation { method, started: std::time::Instant::now(), code: tonic::Code::Cancelled };
     let result = call.instrument(tracing::info_span!("grpc_client", rpc.method = method)).await;
-    let code = match &result {
+    observation.code = match &result {
         Ok(_) => tonic::Code::Ok,
         Err(status) => status.code(),
     };
-    GRPC_CLIENT_SECONDS.record(
-        huddle_telemetry::metrics::elapsed(started),
-        &[KeyValue::new("method", method), KeyValue::new("code", format!("{code:?}"))],
-    );
     result
+}
+
+/// Records one call when dropped: after its answer, or when the caller gave up on it.
+struct CallObservation {
+    method: &'static str,
+    started: std::time::Instant,
+    code: tonic::Code,
+}
+
+impl Drop for CallObservation {
+    fn drop(&mut self) {
+        GRPC_CLIENT_SECONDS.record(
+            huddle_telemetry::metrics::elapsed(self.started),
+            &[KeyValue::new("method", self.method), KeyValue::new("code", format!("{:?}", self.code))],
+        );
+    }
 }
 
 /// A message the room took (or had already taken, for a repeated client_id).

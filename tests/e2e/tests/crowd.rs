@@ -96,6 +96,12 @@ async fn a_join_the_hydrator_cannot_serve_is_refused_at_the_deadline() -> Result
         assert_eq!(body["error"]["code"], "unavailable");
         assert!(elapsed < Duration::from_secs(3), "refused after {elapsed:?}");
     }
+    // Each call given up at the deadline is measured as Cancelled (an operator sees the
+    // slow hydrator in huddle_grpc_client_seconds, not nothing).
+    let metrics = huddle_e2e::http().get(format!("http://{}/metrics", gateway.ops_addr())).send().await?.text().await?;
+    let series = r#"huddle_grpc_client_seconds_count{code="Cancelled",method="huddle.v1.Hydrator/HydrateRoom"} "#;
+    let cancelled: u64 = metrics.lines().find_map(|l| l.strip_prefix(series)?.parse().ok()).unwrap_or(0);
+    assert!(cancelled >= 20, "{cancelled} cancelled HydrateRoom calls measured");
     // Rooms Redis already holds are still served by that gateway.
     let mut ws = Ws::join(&stack.url(0), "warm", &ada.token, "").await?;
     ws.expect("history").await?;
