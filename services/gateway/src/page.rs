@@ -29,6 +29,7 @@ pub fn security_headers() -> DefaultHeaders {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/", web::get().to(|| asset("text/html; charset=utf-8", include_str!("../static/index.html"))))
         .route("/app.js", web::get().to(|| asset("text/javascript; charset=utf-8", include_str!("../static/app.js"))))
+        .route("/core.js", web::get().to(|| asset("text/javascript; charset=utf-8", include_str!("../static/core.js"))))
         .route("/app.css", web::get().to(|| asset("text/css; charset=utf-8", include_str!("../static/app.css"))));
 }
 
