@@ -153,17 +153,30 @@ test("accounts: inline errors, register, log in with the password cleared, log o
   assert.equal(await page.inputValue("#password"), "");
   assert.equal(await page.textContent("#auth-error"), "");
 
-  // In a room, logging out closes the socket and ends the session on the server.
-  const sockets = [];
-  page.on("websocket", (ws) => sockets.push({ ws, closed: ws.isClosed() ? Promise.resolve() : ws.waitForEvent("close") }));
+  // In a room, logging out closes the socket (the page closes it, not the server's
+  // 4001 a moment later) and ends the session on the server.
+  const closes = [];
+  let sockets = 0;
+  await page.routeWebSocket(/\/ws\/rooms\//, (ws) => {
+    sockets++;
+    const server = ws.connectToServer();
+    ws.onClose((code) => {
+      closes.push(`page ${code}`);
+      server.close();
+    });
+    server.onClose((code) => {
+      closes.push(`server ${code}`);
+      ws.close({ code });
+    });
+  });
   await enter(page, "lobby");
-  assert.equal(sockets.length, 1);
+  assert.equal(sockets, 1);
   await page.click("#logout");
-  await sockets[0].closed;
   await page.waitForSelector('#auth-notice:has-text("You logged out.")');
+  assert.equal(closes[0], "page 1000", `the page closed its socket: ${closes}`);
   assert.equal(await page.evaluate(() => fetch("/api/me").then((r) => r.status)), 401, "signed out on the server too");
   await page.waitForTimeout(800);
-  assert.equal(sockets.length, 1, "no new socket after logout");
+  assert.equal(sockets, 1, "no new socket after logout");
   await finish(page);
 });
 
@@ -483,7 +496,11 @@ test("phone and desktop, light and dark: screenshots, no sideways scrolling with
       await page.click(registered ? "#login" : "#register");
       registered = true;
       await page.waitForSelector("#shell:not([hidden])");
-      await page.waitForSelector('#directory .room-link, #my-rooms .room-link');
+      // The directory, with each room's last activity.
+      await page.waitForFunction(() => {
+        const rooms = document.querySelectorAll("#directory .room-link");
+        return rooms.length > 0 && [...rooms].every((a) => a.querySelector(".room-meta"));
+      });
       await shot("lobby");
       await noHorizontalOverflow(page, `lobby ${device}`);
       await axe(page, `lobby, ${device}, ${colorScheme}`);

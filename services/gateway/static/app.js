@@ -449,7 +449,8 @@ function onFrame(frame) {
     case "ack": return markSent(frame.client_id);
     case "presence":
       S.online = Array.isArray(frame.online) ? frame.online : [];
-      return renderPresence();
+      renderPresence();
+      return renderRoomListsSoon();
     case "typing": return onTyping(frame.user);
     case "error": return onError(frame);
     default: return undefined;
