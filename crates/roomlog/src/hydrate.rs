@@ -6,7 +6,6 @@ use std::sync::LazyLock;
 use huddle_domain::{RoomName, StoredMessage};
 use redis::Script;
 
-use crate::keys::client_id_marker;
 use crate::{LogEntry, Result, RoomLog, CLIENT_ID_TTL_SECS};
 
 static HYDRATE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/hydrate.lua")));
@@ -35,7 +34,7 @@ impl RoomLog {
             .arg(self.keys.channel(room))
             .arg(epoch)
             .arg(&*conn.run_id());
-        add_restored(&mut invocation, recent);
+        self.add_restored(&mut invocation, room, recent);
         let (initialised, seq): (i64, i64) = invocation.invoke_async(&mut conn).await?;
         Ok((initialised == 1, seq.max(0) as u64))
     }
@@ -66,7 +65,7 @@ impl RoomLog {
             .arg(epoch)
             .arg(CLIENT_ID_TTL_SECS)
             .arg(self.keys.channel(room));
-        add_restored(&mut invocation, above);
+        self.add_restored(&mut invocation, room, above);
         let seq: i64 = invocation.invoke_async(&mut conn).await?;
         Ok((seq >= 0).then_some(seq as u64))
     }
@@ -85,18 +84,24 @@ impl RoomLog {
             .key(self.keys.checked_on(room));
         invocation
     }
-}
 
-/// Adds (seq, entry JSON, client_id marker or "") per archived message to a script call,
-/// so a resend of a restored message stays a duplicate.
-fn add_restored(invocation: &mut redis::ScriptInvocation<'_>, messages: &[StoredMessage]) {
-    for message in messages {
-        let json = LogEntry::encode(&message.post);
-        let marker = if message.post.client_id.is_empty() {
-            String::new()
-        } else {
-            client_id_marker(message.post.user_id, &message.post.client_id)
-        };
-        invocation.arg(message.seq).arg(json).arg(marker);
+    /// Adds (seq, entry JSON, index in KEYS of its client_id marker or 0) per archived
+    /// message to a call made by [`Self::room_state_invocation`], and each marker's key to
+    /// KEYS (declared, like every key a script touches), so a resend of a restored
+    /// message stays a duplicate.
+    fn add_restored(&self, invocation: &mut redis::ScriptInvocation<'_>, room: &RoomName, messages: &[StoredMessage]) {
+        // The five keys of room_state_invocation come first.
+        let mut next_key = 6;
+        for message in messages {
+            let json = LogEntry::encode(&message.post);
+            let marker = if message.post.client_id.is_empty() {
+                0
+            } else {
+                invocation.key(self.keys.client_id(room, message.post.user_id, &message.post.client_id));
+                next_key += 1;
+                next_key - 1
+            };
+            invocation.arg(message.seq).arg(json).arg(marker);
+        }
     }
 }

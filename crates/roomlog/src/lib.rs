@@ -173,3 +173,44 @@ impl RoomLog {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every script, by file name.
+    const SCRIPTS: &[(&str, &str)] = &[
+        ("append.lua", include_str!("lua/append.lua")),
+        ("claim_flush.lua", include_str!("lua/claim_flush.lua")),
+        ("clear_dirty.lua", include_str!("lua/clear_dirty.lua")),
+        ("hydrate.lua", include_str!("lua/hydrate.lua")),
+        ("login_failed.lua", include_str!("lua/login_failed.lua")),
+        ("mark_persisted.lua", include_str!("lua/mark_persisted.lua")),
+        ("presence.lua", include_str!("lua/presence.lua")),
+        ("read_chunk.lua", include_str!("lua/read_chunk.lua")),
+        ("recheck.lua", include_str!("lua/recheck.lua")),
+        ("take_lock.lua", include_str!("lua/take_lock.lua")),
+    ];
+
+    /// A script may touch only the keys its caller declares in KEYS (Redis Cluster routes
+    /// a script by them, and refuses one that reaches for another): each command's key
+    /// is a `KEYS[...]` (PUBLISH names a channel, not a key).
+    #[test]
+    fn every_script_touches_only_the_keys_it_declares() {
+        let listed: std::collections::BTreeSet<_> = SCRIPTS.iter().map(|(name, _)| name.to_string()).collect();
+        let on_disk: std::collections::BTreeSet<_> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/src/lua"))
+            .expect("src/lua")
+            .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+            .collect();
+        assert_eq!(listed, on_disk, "every script in src/lua is checked");
+        for (name, source) in SCRIPTS {
+            for call in source.split("redis.call(").skip(1) {
+                let mut args = call.splitn(3, ',').map(str::trim);
+                let command = args.next().unwrap_or_default().trim_matches('\'').to_ascii_uppercase();
+                let key = args.next().unwrap_or_default();
+                if command == "PUBLISH" {
+                    continue;
+                }
+                assert!(key.starts_with("KEYS["), "{name}: {command} touches {key:?}, not a declared key");
+            }
+        }
+    }
+}

@@ -1,9 +1,9 @@
 -- Initialises a room from the archive, unless Redis already holds it.
 -- KEYS[1] seq counter, KEYS[2] log stream, KEYS[3] persisted watermark, KEYS[4] epoch,
--- KEYS[5] run_id the room was checked on
+-- KEYS[5] run_id the room was checked on, KEYS[6..] client_id markers of restored messages
 -- ARGV[1] archived last seq, ARGV[2] client_id marker TTL (s), ARGV[3] pub/sub channel,
 -- ARGV[4] the room's epoch in the archive, ARGV[5] this Redis process's run_id, then triplets of
--- (seq, entry JSON, client_id marker "cid:<user id>:<client_id>" or "") in ascending seq order. Restoring the client_id markers
+-- (seq, entry JSON, index in KEYS of its client_id marker or 0) in ascending seq order. Restoring the client_id markers
 -- keeps a resend of a recent message from becoming a duplicate after Redis was lost.
 -- Returns {initialised (0/1), seq counter}.
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -24,11 +24,11 @@ if #tail > 0 then
   local last = tonumber(string.match(tail[1][1], '^(%d+)'))
   if last > seq then seq = last end
 else
-  local prefix = string.sub(KEYS[1], 1, -4) -- "<p>room:{r}:" (KEYS[1] ends in "seq")
   for i = 6, #ARGV, 3 do
     redis.call('XADD', KEYS[2], ARGV[i] .. '-0', 'm', ARGV[i + 1])
-    if ARGV[i + 2] ~= '' then
-      redis.call('SET', prefix .. ARGV[i + 2], ARGV[i], 'EX', ARGV[2])
+    local marker = tonumber(ARGV[i + 2])
+    if marker > 0 then
+      redis.call('SET', KEYS[marker], ARGV[i], 'EX', ARGV[2])
     end
   end
 end

@@ -1,11 +1,11 @@
 -- Brings a room Redis holds back in line with the archive, on a Redis process the room
 -- was not checked on (Redis restarted, maybe from an older state).
 -- KEYS[1] seq counter, KEYS[2] log stream, KEYS[3] persisted watermark, KEYS[4] epoch,
--- KEYS[5] run_id the room was checked on
+-- KEYS[5] run_id the room was checked on, KEYS[6..] client_id markers of restored messages
 -- ARGV[1] this Redis process's run_id, ARGV[2] the counter the caller saw (and the archive
 -- was compared with), ARGV[3] archived last seq, ARGV[4] archived watermark,
 -- ARGV[5] the room's new epoch, ARGV[6] client_id marker TTL (s), ARGV[7] pub/sub channel,
--- then triplets of (seq, entry JSON, client_id marker or "") of archived messages above
+-- then triplets of (seq, entry JSON, index in KEYS of its client_id marker or 0) of archived messages above
 -- ARGV[2], in ascending seq order.
 -- Returns the counter afterwards, or -1 when Redis no longer holds the room.
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -18,14 +18,14 @@ local tail = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 if #tail > 0 then
   top = tonumber(string.match(tail[1][1], '^(%d+)'))
 end
-local prefix = string.sub(KEYS[1], 1, -4) -- "<p>room:{r}:" (KEYS[1] ends in "seq")
 for i = 8, #ARGV, 3 do
   local restored = tonumber(ARGV[i])
   if restored > top then
     redis.call('XADD', KEYS[2], ARGV[i] .. '-0', 'm', ARGV[i + 1])
     top = restored
-    if ARGV[i + 2] ~= '' then
-      redis.call('SET', prefix .. ARGV[i + 2], ARGV[i], 'EX', ARGV[6])
+    local marker = tonumber(ARGV[i + 2])
+    if marker > 0 then
+      redis.call('SET', KEYS[marker], ARGV[i], 'EX', ARGV[6])
     end
   end
 end
