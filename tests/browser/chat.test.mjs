@@ -140,15 +140,19 @@ test("accounts: inline errors, register, log in with the password cleared, log o
   assert.equal(await page.textContent("#who"), "ada");
   assert.ok(await page.isHidden("#auth-view"));
 
-  // Log out from the lobby, then a wrong password, then the right one.
+  // Log out from the lobby, then a wrong password, then the right one, by keyboard only.
   await page.click("#logout");
   await page.waitForSelector("#auth-view:not([hidden])");
-  await page.fill("#username", "ada");
-  await page.fill("#password", "wrong-password");
-  await page.press("#password", "Enter");
+  assert.equal(await page.evaluate(() => document.activeElement.id), "username", "the login form has the focus");
+  assert.equal(await page.inputValue("#username"), "ada", "the name is kept for the next login");
+  await page.keyboard.press("End");
+  await page.keyboard.press("Tab");
+  assert.equal(await page.evaluate(() => document.activeElement.id), "password");
+  await page.keyboard.type("wrong-password");
+  await page.keyboard.press("Enter");
   await page.waitForSelector('#auth-error:has-text("Wrong username or password.")');
   await page.fill("#password", "password123");
-  await page.press("#password", "Enter");
+  await page.keyboard.press("Enter");
   await page.waitForSelector("#shell:not([hidden])");
   assert.equal(await page.inputValue("#password"), "");
   assert.equal(await page.textContent("#auth-error"), "");
@@ -232,6 +236,14 @@ test("two people chat live: messages, presence, typing; a third joins from the r
   await alice.press("#body", "Enter");
   await untilShown(bob, "line one\nline two");
   assert.equal(await alice.inputValue("#body"), "");
+
+  // Too long for the server: held back in the composer, with the reason.
+  await alice.fill("#body", "é".repeat(2001));
+  await alice.waitForSelector('#composer-hint:has-text("Too long: 4002 of at most 4000 bytes")');
+  await alice.press("#body", "Enter");
+  assert.equal(await alice.locator("#outbox .msg").count(), 0, "not sent");
+  assert.equal(await alice.inputValue("#body"), "é".repeat(2001), "and not lost");
+  await alice.fill("#body", "");
 
   // A third person finds the room in the directory.
   const carol = await newPage();
@@ -466,9 +478,12 @@ async function axe(page, label) {
 async function noHorizontalOverflow(page, label) {
   const overflow = await page.evaluate(() => {
     const width = window.innerWidth;
+    // Past the right edge, or wider inside than outside (text that does not wrap, even
+    // where an ancestor clips it).
     const wide = [...document.querySelectorAll("body *")].filter((e) => {
       const r = e.getBoundingClientRect();
-      return r.width > 0 && r.height > 0 && r.right > width + 1 && getComputedStyle(e).position !== "fixed";
+      if (!(r.width > 0 && r.height > 0)) return false;
+      return r.right > width + 1 || (e.clientWidth > 1 && e.scrollWidth > e.clientWidth + 1);
     });
     return { scroll: document.documentElement.scrollWidth, width, wide: wide.slice(0, 5).map((e) => `${e.tagName}.${e.className}`) };
   });
