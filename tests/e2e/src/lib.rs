@@ -797,109 +797,115 @@ pub fn failpoint_binary(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// The three binaries as processes on one [`TestEnv`], ready, with their addresses.
-pub struct Processes {
-    /// The hydrator.
-    pub hydrator: Service,
-    /// The persister.
-    pub persister: Service,
-    /// The gateway.
-    pub gateway: Service,
-    /// The gateway's base URL (`http://…`).
-    pub base: String,
-    /// The gateway's ops address (`/metrics`).
-    pub gateway_ops: String,
-    /// The persister's gRPC and ops addresses.
-    pub persister_grpc: String,
-    /// See [`Processes::persister_grpc`].
-    pub persister_ops: String,
-    /// The hydrator's gRPC and ops addresses.
-    pub hydrator_grpc: String,
-    /// See [`Processes::hydrator_grpc`].
-    pub hydrator_ops: String,
+/// One running service process and its addresses.
+pub struct Replica {
+    /// The process.
+    pub service: Service,
+    /// Its public address: the gateway's HTTP + WebSocket, a worker's gRPC.
+    pub addr: String,
+    /// Its ops address (`/healthz`, `/readyz`, `/metrics`).
+    pub ops: String,
 }
 
-/// Extra settings of each process of [`Processes::start`].
+impl Replica {
+    /// `http://` + the public address.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// The three binaries as processes on one [`TestEnv`], ready: any number of each.
+pub struct Processes {
+    /// The hydrators.
+    pub hydrators: Vec<Replica>,
+    /// The persisters.
+    pub persisters: Vec<Replica>,
+    /// The gateways; gateway `i` calls hydrator `i % hydrators`.
+    pub gateways: Vec<Replica>,
+}
+
+/// How many of each process [`Processes::start`] runs (0 counts as 1), and their extra
+/// settings.
 #[derive(Default)]
 pub struct ProcessSettings<'a> {
-    /// The hydrator's.
+    /// Hydrator replicas.
+    pub hydrators: usize,
+    /// Persister replicas.
+    pub persisters: usize,
+    /// Gateway replicas.
+    pub gateways: usize,
+    /// The hydrators' extra settings.
     pub hydrator: &'a [(&'a str, String)],
-    /// The persister's.
+    /// The persisters'.
     pub persister: &'a [(&'a str, String)],
-    /// The gateway's.
+    /// The gateways'.
     pub gateway: &'a [(&'a str, String)],
 }
 
 impl Processes {
-    /// Starts the hydrator, the persister and a gateway on it (two worker threads), each
-    /// on free local ports, exporting to `otlp` if not empty; returns once all are ready.
-    pub async fn start(env: &TestEnv, otlp: &str, extra: ProcessSettings<'_>) -> Result<Self> {
-        let (hydrator_grpc, hydrator_ops) = (free_addr()?, free_addr()?);
-        let (persister_grpc, persister_ops) = (free_addr()?, free_addr()?);
-        let (gateway_addr, gateway_ops) = (free_addr()?, free_addr()?);
-        let with = |own: Vec<(&'static str, String)>, extra: &[(&str, String)]| {
-            let mut vars: Vec<(String, String)> = own.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-            vars.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
-            vars
-        };
-        let spawn = |name: &'static str, vars: Vec<(String, String)>| {
-            let vars: Vec<(&str, String)> = vars.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    /// Starts the hydrators, the persisters and the gateways (two worker threads each),
+    /// each on free local ports, exporting to `otlp` if not empty; returns once all are
+    /// ready.
+    pub async fn start(env: &TestEnv, otlp: &str, settings: ProcessSettings<'_>) -> Result<Self> {
+        let spawn = |name: &'static str, own: Vec<(&'static str, String)>, extra: &[(&str, String)]| {
+            let mut vars: Vec<(&str, String)> = own;
+            vars.extend(extra.iter().cloned());
             Service::spawn(name, env, otlp, &vars)
         };
-        let hydrator = spawn(
-            "huddle-hydrator",
-            with(
-                vec![
-                    ("HUDDLE_HYDRATOR_GRPC_ADDR", hydrator_grpc.clone()),
-                    ("HUDDLE_HYDRATOR_OPS_ADDR", hydrator_ops.clone()),
-                ],
-                extra.hydrator,
-            ),
-        )?;
-        let persister = spawn(
-            "huddle-persister",
-            with(
-                vec![
-                    ("HUDDLE_PERSISTER_GRPC_ADDR", persister_grpc.clone()),
-                    ("HUDDLE_PERSISTER_OPS_ADDR", persister_ops.clone()),
-                ],
-                extra.persister,
-            ),
-        )?;
-        let gateway = spawn(
-            "huddle-gateway",
-            with(
-                vec![
-                    ("HUDDLE_GATEWAY_ADDR", gateway_addr.clone()),
-                    ("HUDDLE_GATEWAY_OPS_ADDR", gateway_ops.clone()),
-                    ("HUDDLE_GATEWAY_WORKERS", "2".into()),
-                    ("HUDDLE_HYDRATOR_URL", format!("http://{hydrator_grpc}")),
-                ],
-                extra.gateway,
-            ),
-        )?;
-        wait_ready("hydrator", &format!("http://{hydrator_ops}/readyz")).await?;
-        wait_ready("persister", &format!("http://{persister_ops}/readyz")).await?;
-        let base = format!("http://{gateway_addr}");
-        wait_ready("gateway", &format!("{base}/readyz")).await?;
-        Ok(Self {
-            hydrator,
-            persister,
-            gateway,
-            base,
-            gateway_ops,
-            persister_grpc,
-            persister_ops,
-            hydrator_grpc,
-            hydrator_ops,
-        })
+        let replica = |name, addr_setting, ops_setting, own: Vec<(&'static str, String)>, extra| {
+            let (addr, ops) = (free_addr()?, free_addr()?);
+            let mut vars = vec![(addr_setting, addr.clone()), (ops_setting, ops.clone())];
+            vars.extend(own);
+            anyhow::Ok(Replica { service: spawn(name, vars, extra)?, addr, ops })
+        };
+        let mut hydrators = Vec::new();
+        for _ in 0..settings.hydrators.max(1) {
+            hydrators.push(replica(
+                "huddle-hydrator",
+                "HUDDLE_HYDRATOR_GRPC_ADDR",
+                "HUDDLE_HYDRATOR_OPS_ADDR",
+                vec![],
+                settings.hydrator,
+            )?);
+        }
+        let mut persisters = Vec::new();
+        for _ in 0..settings.persisters.max(1) {
+            persisters.push(replica(
+                "huddle-persister",
+                "HUDDLE_PERSISTER_GRPC_ADDR",
+                "HUDDLE_PERSISTER_OPS_ADDR",
+                vec![],
+                settings.persister,
+            )?);
+        }
+        let mut gateways = Vec::new();
+        for i in 0..settings.gateways.max(1) {
+            let hydrator = &hydrators[i % hydrators.len()];
+            gateways.push(replica(
+                "huddle-gateway",
+                "HUDDLE_GATEWAY_ADDR",
+                "HUDDLE_GATEWAY_OPS_ADDR",
+                vec![("HUDDLE_GATEWAY_WORKERS", "2".into()), ("HUDDLE_HYDRATOR_URL", hydrator.url())],
+                settings.gateway,
+            )?);
+        }
+        for (name, replicas) in [("hydrator", &hydrators), ("persister", &persisters)] {
+            for replica in replicas {
+                wait_ready(name, &format!("http://{}/readyz", replica.ops)).await?;
+            }
+        }
+        for gateway in &gateways {
+            wait_ready("gateway", &format!("{}/readyz", gateway.url())).await?;
+        }
+        Ok(Self { hydrators, persisters, gateways })
     }
 
-    /// SIGTERM to each, gateway first; each must exit 0.
+    /// SIGTERM to each, gateways first; each must exit 0.
     pub fn terminate(self) -> Result<()> {
-        self.gateway.terminate()?;
-        self.persister.terminate()?;
-        self.hydrator.terminate()
+        for replica in self.gateways.into_iter().chain(self.persisters).chain(self.hydrators) {
+            replica.service.terminate()?;
+        }
+        Ok(())
     }
 }
 

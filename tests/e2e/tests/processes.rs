@@ -20,12 +20,12 @@ async fn three_binaries_carry_messages_from_socket_to_postgres_and_stop_on_sigte
     .await?;
     // The persister's threads run at nice 10 (HUDDLE_PERSISTER_NICE): its bursts yield
     // to the live path on shared cores. The hydrator's stay at normal priority.
-    assert_eq!(thread_nice_values(services.persister.pid())?, [10].into(), "persister threads");
-    assert_eq!(thread_nice_values(services.hydrator.pid())?, [0].into(), "hydrator threads");
-    let base = services.base.clone();
-    let (gateway_ops, persister_grpc) = (&services.gateway_ops, &services.persister_grpc);
-    let (hydrator_grpc, hydrator_ops, persister_ops) =
-        (&services.hydrator_grpc, &services.hydrator_ops, &services.persister_ops);
+    let (hydrator, persister, gateway) = (&services.hydrators[0], &services.persisters[0], &services.gateways[0]);
+    assert_eq!(thread_nice_values(persister.service.pid())?, [10].into(), "persister threads");
+    assert_eq!(thread_nice_values(hydrator.service.pid())?, [0].into(), "hydrator threads");
+    let base = gateway.url();
+    let (gateway_ops, persister_grpc) = (&gateway.ops, &persister.addr);
+    let (hydrator_grpc, hydrator_ops, persister_ops) = (&hydrator.addr, &hydrator.ops, &persister.ops);
 
     let ada = sign_up(&base, "ada").await?;
     let bob = sign_up(&base, "bob").await?;

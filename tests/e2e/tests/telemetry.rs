@@ -19,13 +19,17 @@ async fn a_message_and_a_cold_join_are_traced_across_the_services_and_measured()
         &otlp,
         ProcessSettings {
             hydrator: std::slice::from_ref(&export_often),
-            persister: &[("HUDDLE_SWEEP_INTERVAL_MS", "500".into()), export_often.clone()],
+            // The sweep ticks once at start (the lag gauges), then not for a minute: the range
+            // is claimed by the message's own flush, not by a sweep's, so its trace goes on.
+            persister: &[("HUDDLE_SWEEP_INTERVAL_MS", "60000".into()), export_often.clone()],
             // Every message queues a flush: the message's own trace reaches PostgreSQL.
             gateway: &[("HUDDLE_FLUSH_BACKLOG", "1".into()), export_often.clone()],
+            ..ProcessSettings::default()
         },
     )
     .await?;
-    let base = services.base.clone();
+    let (hydrator, persister, gateway) = (&services.hydrators[0], &services.persisters[0], &services.gateways[0]);
+    let base = gateway.url();
 
     let ada = sign_up(&base, "ada").await?;
     // A room nobody used: the join hydrates it through the hydrator.
@@ -43,15 +47,15 @@ async fn a_message_and_a_cold_join_are_traced_across_the_services_and_measured()
 
     // Eight callers hydrate one cold room at once: one loads it, and each call is counted
     // once (a caller that waited is not counted per poll).
-    let hydrator = env.hydrator_client(services.hydrator_grpc.parse()?).await?;
+    let hydrator_client = env.hydrator_client(hydrator.addr.parse()?).await?;
     let calls = (0..8).map(|_| {
-        let mut hydrator = hydrator.clone();
+        let mut hydrator = hydrator_client.clone();
         async move { hydrator.hydrate_room(huddle_proto::v1::HydrateRoomRequest { room: "crowded".into() }).await }
     });
     for reply in futures_util::future::join_all(calls).await {
         reply?;
     }
-    let hydrations = http().get(format!("http://{}/metrics", services.hydrator_ops)).send().await?.text().await?;
+    let hydrations = http().get(format!("http://{}/metrics", hydrator.ops)).send().await?.text().await?;
     let count = |outcome: &str| -> u64 {
         let prefix = format!("huddle_hydrations_total{{outcome=\"{outcome}\"}} ");
         hydrations.lines().find_map(|l| l.strip_prefix(prefix.as_str())?.parse().ok()).unwrap_or(0)
@@ -61,9 +65,9 @@ async fn a_message_and_a_cold_join_are_traced_across_the_services_and_measured()
 
     // The scrape after this traffic holds every metric the dashboards and alerts query.
     let mut scraped = String::new();
-    let persister_ops = &services.persister_ops;
-    for ops in [&services.gateway_ops, persister_ops, &services.hydrator_ops] {
-        // The persister's lag gauges are set by its sweep, every 500 ms here.
+    let persister_ops = &persister.ops;
+    for ops in [&gateway.ops, persister_ops, &hydrator.ops] {
+        // The persister's lag gauges are set by its sweep's first tick.
         let text = eventually(Duration::from_secs(5), || async {
             let text = http().get(format!("http://{ops}/metrics")).send().await?.text().await?;
             Ok((ops != persister_ops || text.contains("huddle_persister_oldest_unpersisted_seconds")).then_some(text))
