@@ -28,12 +28,16 @@ impl TelemetryGuard {
     pub async fn shutdown(self) {
         if let Some(provider) = self.0 {
             let flushed = tokio::task::spawn_blocking(move || {
-                let spans = provider.shutdown().map_err(|e| format!("spans: {e}"));
-                let metrics = metrics::provider(None).shutdown().map_err(|e| format!("metrics: {e}"));
+                let spans = provider.shutdown().map_err(|e| format!("last spans not exported: {e}"));
+                let metrics =
+                    metrics::provider(None).shutdown().map_err(|e| format!("last metrics not exported: {e}"));
                 spans.and(metrics)
             });
             match flushed.await {
-                Ok(Err(error)) => eprintln!("opentelemetry shutdown: {error}"),
+                Ok(Err(error)) => {
+                    let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").unwrap_or_default();
+                    eprintln!("opentelemetry shutdown: {error} (OTEL_EXPORTER_OTLP_ENDPOINT={endpoint})")
+                }
                 Err(error) => eprintln!("opentelemetry shutdown: {error}"),
                 Ok(Ok(())) => {}
             }
