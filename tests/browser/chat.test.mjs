@@ -308,6 +308,7 @@ test("rooms: a URL per room, back and forward, reload, drafts per room, unread b
   await dana.click('#my-rooms .room-link:has-text("#general")');
   await connected(dana, "general");
   await untilShown(dana, "news two");
+  assert.equal(await dana.$eval("#messages .unread-line", (line) => line.nextElementSibling.querySelector(".body").textContent), "news one", "a line marks where the unread messages start");
   await dana.waitForFunction(() => !/^\(\d+\)/.test(document.title));
   assert.equal(await dana.title(), "#general · Huddle");
   assert.equal(await dana.inputValue("#body"), "half-written thought", "the draft survives a reload too");

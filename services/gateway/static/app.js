@@ -470,8 +470,19 @@ function onHistory(frame) {
     S.hasMore = Boolean(frame.has_more);
     renderAll();
     reconcile(added);
-    scrollToBottom();
-    if (!lastRead(S.room) || lastRead(S.room) > S.tl.maxSeq) setLastRead(S.room, S.tl.maxSeq);
+    const read = lastRead(S.room);
+    if (!read || read > S.tl.maxSeq) setLastRead(S.room, S.tl.maxSeq);
+    const line = read && read < S.tl.maxSeq && S.tl.has(read + 1) ? unreadLine(read + 1) : null;
+    if (line) {
+      // Back in a room with unread messages: a line marks where they start, and the
+      // view opens there (or at the bottom, if they all fit).
+      scrollToBottom();
+      const t = timeline();
+      t.scrollTop = Math.min(t.scrollTop, line.offsetTop - t.clientHeight / 3);
+      updatePill();
+    } else {
+      scrollToBottom();
+    }
     fillViewport();
   } else {
     onMessages(messages);
@@ -596,6 +607,17 @@ function messageNode(message, previous) {
   head.append(time);
   li.append(head, bodyNode(message.body));
   return li;
+}
+
+/** The "New" line before the message with `seq`; returns it. */
+function unreadLine(seq) {
+  const node = $("messages").querySelector(`.msg[data-seq="${seq}"]`);
+  if (!node) return null;
+  const line = el("li", "unread-line");
+  line.append(el("span", "", "New"));
+  const separator = node.previousElementSibling;
+  (separator && separator.classList.contains("day") ? separator : node).before(line);
+  return line;
 }
 
 function renderAll() {
