@@ -260,6 +260,7 @@ test("two people chat live: messages, presence, typing; a third joins from the r
   // Each sends a notice at most every few seconds while typing.
   const typed = Promise.all([alice.type("#body", "hmm, let me think", { delay: 250 }), carol.type("#body", "well, maybe", { delay: 300 })]);
   await bob.waitForFunction(() => /^(alice and carol|carol and alice) are typing…$/.test(document.getElementById("typing").textContent));
+  await bob.screenshot({ path: path.join(artifacts, "conversation-desktop-light.png") });
   await typed;
   const started = Date.now();
   await bob.waitForFunction(() => document.getElementById("typing").textContent === "", null, { timeout: 8000 });
@@ -419,6 +420,7 @@ test("outage: a lost ack is resent with the same client_id; the gateway restarts
   for (const body of during) await say(fay, body);
   assert.equal(await fay.locator('#outbox .msg[data-state="pending"]').count(), 2);
   assert.match(await fay.textContent("#outbox"), /Waiting for the connection/);
+  await fay.screenshot({ path: path.join(artifacts, "outage-desktop-light.png") });
   await fay.waitForTimeout(1500);
   await gateway("start");
   await connected(fay, "outage");
@@ -439,6 +441,7 @@ test("outage: a lost ack is resent with the same client_id; the gateway restarts
   const failed = await fay.$$eval('#outbox .msg[data-state="failed"]', (ns) => ns.map((n) => n.querySelector(".body").textContent));
   assert.ok(failed.length >= 1, "some of the burst was refused");
   assert.match(await fay.textContent('#outbox .msg[data-state="failed"]'), /Not sent: You're sending too fast/);
+  await fay.screenshot({ path: path.join(artifacts, "refused-desktop-light.png") });
   // Discard all but the first failed one; retry that one.
   while ((await fay.locator('#outbox .msg[data-state="failed"]').count()) > 1) await fay.click('#outbox .msg[data-state="failed"]:last-child .discard');
   await fay.waitForTimeout(1500);

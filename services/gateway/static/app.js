@@ -942,6 +942,8 @@ function roomItem(room, { mine }) {
   if (room === S.room) meta.push(`${S.online.length} online`);
   if (summary && summary.lastAt) meta.push(`active ${relativeTime(summary.lastAt)}`);
   else if (summary) meta.push("no messages yet");
+  const unsent = mine && room !== S.room ? store.get(userKey("outbox", room), []).length : 0;
+  if (unsent) meta.push(`${unsent} not sent yet`);
   if (meta.length) a.append(el("span", "room-meta", meta.join(" · ")));
   const unread = mine ? unreadOf(room) : 0;
   if (unread > 0 && room !== S.room) {
