@@ -404,6 +404,7 @@ async function onDisconnected(code, opened) {
       return;
     }
     if (session === "unreachable") reason = navigator.onLine === false ? "You're offline" : "Can't reach the server";
+    else if (session === "troubled") reason = "The server is having trouble";
     else reason = "The room isn't available right now";
   }
   scheduleReconnect(reason, code === 1011 || code === 4008 ? 2000 : 0);
@@ -414,7 +415,8 @@ async function probeSession() {
     await api("/api/me");
     return "ok";
   } catch (e) {
-    return e.status === 401 ? "expired" : "unreachable";
+    if (e.status === 401) return "expired";
+    return e.status >= 500 ? "troubled" : "unreachable";
   }
 }
 
