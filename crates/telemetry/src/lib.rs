@@ -29,8 +29,7 @@ impl TelemetryGuard {
         if let Some(provider) = self.0 {
             let flushed = tokio::task::spawn_blocking(move || {
                 let spans = provider.shutdown().map_err(|e| format!("last spans not exported: {e}"));
-                let metrics =
-                    metrics::provider(None).shutdown().map_err(|e| format!("last metrics not exported: {e}"));
+                let metrics = metrics::provider(None).shutdown().map_err(|e| format!("last metrics not exported: {e}"));
                 spans.and(metrics)
             });
             match flushed.await {
