@@ -249,6 +249,9 @@ test("two people chat live: messages, presence, typing; a third joins from the r
   const carol = await newPage();
   await register(carol, "carol");
   await carol.waitForSelector('#directory .room-link:has-text("#lobby")');
+  // Before she joins, the directory says who is there and that the room is active.
+  await carol.waitForSelector('#directory .room-link:has-text("#lobby") .room-meta:has-text("2 online")');
+  assert.match(await carol.textContent('#directory .room-link:has-text("#lobby") .room-meta'), /active /);
   await carol.click('#directory .room-link:has-text("#lobby")');
   await connected(carol, "lobby");
   assert.equal(new URL(carol.url()).hash, "#/rooms/lobby");

@@ -72,11 +72,26 @@ impl Archive {
         Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
     }
 
-    /// Names of up to `limit` rooms, in name order.
-    pub async fn room_names(&self, limit: usize) -> Result<Vec<String>> {
-        let rows =
-            self.pool.get().await?.query("SELECT name FROM rooms ORDER BY name LIMIT $1", &[&(limit as i64)]).await?;
-        Ok(rows.iter().map(|row| row.get(0)).collect())
+    /// Up to `limit` rooms, in name order, with what the archive knows of their activity.
+    pub async fn rooms(&self, limit: usize) -> Result<Vec<ArchivedRoom>> {
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query(
+                "SELECT name, persisted_seq, (extract(epoch FROM last_message_at) * 1000)::bigint
+                 FROM rooms ORDER BY name LIMIT $1",
+                &[&(limit as i64)],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| ArchivedRoom {
+                name: row.get(0),
+                persisted_seq: row.get::<_, i64>(1).max(0) as u64,
+                last_message_at_ms: row.get(2),
+            })
+            .collect())
     }
 }
 
@@ -98,4 +113,15 @@ pub(crate) async fn backfill_lookalike_keys(client: &tokio_postgres::Client) -> 
             .await?;
     }
     Ok(keyed)
+}
+
+/// A room as the archive knows it ([`Archive::rooms`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchivedRoom {
+    /// Its name.
+    pub name: String,
+    /// The newest seq in PostgreSQL.
+    pub persisted_seq: u64,
+    /// When the newest persisted message was sent (ms since the epoch), if any.
+    pub last_message_at_ms: Option<i64>,
 }

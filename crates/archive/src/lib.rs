@@ -20,6 +20,7 @@
 pub mod accounts;
 mod baseline;
 
+pub use accounts::ArchivedRoom;
 pub use baseline::CopyBaseline;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};

@@ -57,7 +57,7 @@ pub use keys::Keyspace;
 pub use locks::LockGuard;
 pub use logins::LoginBackoff;
 pub use presence::{Presence, PresenceChange, RoomPresence};
-pub use read::{Chunk, Unreadable};
+pub use read::{Chunk, RoomSummary, Unreadable, ONLINE_COUNT_CAP};
 pub use sessions::Revocation;
 
 pub use connection::connection_info;

@@ -121,3 +121,55 @@ fn parse_entries(raw: Vec<(String, Vec<String>)>) -> Result<Vec<StoredMessage>> 
         })
         .collect()
 }
+
+/// What Redis holds of a room's activity ([`RoomLog::summaries`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RoomSummary {
+    /// The last seq handed out, if Redis holds the room.
+    pub last_seq: Option<u64>,
+    /// When the newest message Redis holds was sent (ms since the epoch).
+    pub last_sent_at_ms: Option<i64>,
+    /// People with a live socket in the room (counted up to [`ONLINE_COUNT_CAP`]).
+    pub online: usize,
+}
+
+/// The most presence entries one room's summary reads.
+pub const ONLINE_COUNT_CAP: usize = 1000;
+
+impl RoomLog {
+    /// Counter, newest message time and people online of each room, in three pipelined
+    /// round trips whatever the number of rooms (one key of one room per command, so
+    /// Redis Cluster can route each). A room whose newest entry cannot be read is
+    /// summarised without its time.
+    pub async fn summaries(&self, rooms: &[RoomName]) -> Result<Vec<RoomSummary>> {
+        if rooms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn().await?;
+        let (mut counters, mut newest, mut online) = (redis::pipe(), redis::pipe(), redis::pipe());
+        let now = huddle_domain::now_ms();
+        for room in rooms {
+            counters.get(self.keys.seq(room));
+            newest.cmd("XREVRANGE").arg(self.keys.log(room)).arg("+").arg("-").arg("COUNT").arg(1);
+            online.zrangebyscore_limit(self.keys.online(room), now, "+inf", 0, ONLINE_COUNT_CAP as isize);
+        }
+        let counters: Vec<Option<u64>> = counters.query_async(&mut conn).await?;
+        let newest: Vec<Vec<(String, Vec<String>)>> = newest.query_async(&mut conn).await?;
+        let online: Vec<Vec<String>> = online.query_async(&mut conn).await?;
+        Ok(counters
+            .into_iter()
+            .zip(newest)
+            .zip(online)
+            .map(|((last_seq, newest), members)| {
+                let mut people: Vec<&str> = members.iter().filter_map(|m| m.split('|').nth(1)).collect();
+                people.sort_unstable();
+                people.dedup();
+                RoomSummary {
+                    last_seq,
+                    last_sent_at_ms: parse_entries(newest).ok().and_then(|m| m.first().map(|m| m.post.sent_at_ms)),
+                    online: people.len(),
+                }
+            })
+            .collect())
+    }
+}

@@ -139,9 +139,41 @@ async fn me(user: AuthUser) -> HttpResponse {
     HttpResponse::Ok().json(UserBody { id: user.0.uid, username: &user.0.name })
 }
 
+/// One room of `GET /api/rooms`' `directory`.
+#[derive(Serialize)]
+struct DirectoryEntry {
+    name: String,
+    /// The room's newest seq (Redis's counter, or the archive's for a room Redis does not
+    /// hold): a client's unread count is this minus the last seq it read.
+    last_seq: u64,
+    /// When its newest message was sent (RFC 3339), if it has one.
+    last_message_at: Option<String>,
+    /// People with a live socket in it.
+    online: usize,
+}
+
 async fn rooms(state: web::Data<AppState>, _user: AuthUser) -> Result<HttpResponse, ApiError> {
-    let names = state.archive.room_names(ROOM_LIST_LIMIT).await.map_err(ApiError::unavailable)?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "rooms": names })))
+    let archived = state.archive.rooms(ROOM_LIST_LIMIT).await.map_err(ApiError::unavailable)?;
+    // Names in the archive are valid room names; one that is not is listed, unsummarised.
+    let parsed: Vec<Option<RoomName>> = archived.iter().map(|room| RoomName::parse(&room.name).ok()).collect();
+    let summarised: Vec<RoomName> = parsed.iter().flatten().cloned().collect();
+    let mut summaries = state.rooms.summaries(&summarised).await?.into_iter();
+    let directory: Vec<DirectoryEntry> = archived
+        .iter()
+        .zip(&parsed)
+        .map(|(room, name)| {
+            let summary = name.as_ref().and_then(|_| summaries.next()).unwrap_or_default();
+            let last_sent_at_ms = summary.last_sent_at_ms.or(room.last_message_at_ms);
+            DirectoryEntry {
+                name: room.name.clone(),
+                last_seq: summary.last_seq.unwrap_or(room.persisted_seq).max(room.persisted_seq),
+                last_message_at: last_sent_at_ms.map(huddle_domain::rfc3339_from_ms),
+                online: summary.online,
+            }
+        })
+        .collect();
+    let names: Vec<&str> = archived.iter().map(|room| room.name.as_str()).collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "rooms": names, "directory": directory })))
 }
 
 /// Query of a history page (`?before=…&limit=…`).

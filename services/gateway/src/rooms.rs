@@ -102,6 +102,11 @@ pub struct RoomService {
 }
 
 impl RoomService {
+    /// What Redis holds of each room's activity (the room directory).
+    pub async fn summaries(&self, rooms: &[RoomName]) -> Result<Vec<huddle_roomlog::RoomSummary>, ApiError> {
+        self.log.summaries(rooms).await.map_err(ApiError::unavailable)
+    }
+
     /// `flush_backlog`: queue a flush each time a room's unpersisted count reaches a
     /// multiple of this. `deadline`: the longest a room may take to become ready.
     pub fn new(

@@ -176,7 +176,7 @@ function signedIn(user) {
   $("password").value = "";
   clearInterval(S.summaryTimer);
   S.summaryTimer = setInterval(() => {
-    if (document.visibilityState === "visible") refreshSummaries(myRooms());
+    if (document.visibilityState === "visible") refreshDirectory();
   }, 20000);
   renderRoomLists();
   refreshDirectory();
@@ -889,34 +889,18 @@ async function refreshDirectory() {
   const status = $("directory-status");
   if (!S.directory.length) status.textContent = "Loading rooms…";
   try {
-    const { rooms } = await api("/api/rooms");
+    const { rooms, directory } = await api("/api/rooms");
     S.directory = Array.isArray(rooms) ? rooms : [];
+    // Each room's newest seq, last activity and people online, in one request.
+    for (const entry of Array.isArray(directory) ? directory : []) {
+      S.summaries.set(entry.name, { lastSeq: entry.last_seq, lastAt: entry.last_message_at, online: entry.online });
+    }
     status.textContent = S.directory.length ? "" : "No rooms yet: name one above to create it.";
     renderRoomLists();
-    await refreshSummaries([...new Set([...myRooms(), ...S.directory.slice(0, 40)])]);
   } catch (e) {
     if (e.status === 401) return signedOut("Your session has expired. Log in again.");
     status.textContent = `Couldn't load the rooms. ${errorText(e.code, e.message, e.retryAfter)}`;
   }
-}
-
-/** The newest message of each room (its seq and time): last activity and unread counts. */
-async function refreshSummaries(rooms) {
-  const queue = rooms.filter((r) => r !== S.room);
-  const worker = async () => {
-    while (queue.length && S.me) {
-      const room = queue.shift();
-      try {
-        const page = await api(`${roomPath(room)}?limit=1`);
-        const last = page.messages && page.messages[page.messages.length - 1];
-        S.summaries.set(room, { lastSeq: last ? last.seq : 0, lastAt: last ? last.sent_at : null });
-      } catch {
-        // Shown without its activity; the next refresh tries again.
-      }
-    }
-  };
-  await Promise.all([worker(), worker(), worker(), worker()]);
-  renderRoomLists();
 }
 
 function summaryOf(room) {
@@ -942,6 +926,7 @@ function roomItem(room, { mine }) {
   const summary = summaryOf(room);
   const meta = [];
   if (room === S.room) meta.push(`${S.online.length} online`);
+  else if (summary && summary.online) meta.push(`${summary.online} online`);
   if (summary && summary.lastAt) meta.push(`active ${relativeTime(summary.lastAt)}`);
   else if (summary) meta.push("no messages yet");
   const unsent = mine && room !== S.room ? store.get(userKey("outbox", room), []).length : 0;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use huddle_e2e::{eventually, seqs, sign_up, Stack, StackOptions, Ws};
 use serde_json::json;
 
@@ -61,9 +61,26 @@ async fn two_clients_see_each_other_in_order_and_a_late_joiner_gets_history() ->
     let rooms: serde_json::Value =
         huddle_e2e::http().get(format!("{base}/api/rooms")).bearer_auth(&cyd.token).send().await?.json().await?;
     assert_eq!(rooms["rooms"], json!(["lobby"]));
+    // The directory: each room's newest seq (a client's unread count), when it last
+    // spoke, and how many people are in it.
+    let lobby = &rooms["directory"][0];
+    assert_eq!(
+        (lobby["name"].as_str(), lobby["last_seq"].as_u64(), lobby["online"].as_u64()),
+        (Some("lobby"), Some(3), Some(3))
+    );
+    let spoke = lobby["last_message_at"].as_str().context("last_message_at")?.to_owned();
+    assert!(spoke.ends_with('Z'), "{spoke}");
     for ws in [a, b, c] {
         ws.leave().await?;
     }
+    // A room Redis no longer holds is described from the archive.
+    stack.wait_persisted(3).await?;
+    stack.env.wipe_redis().await?;
+    let rooms: serde_json::Value =
+        huddle_e2e::http().get(format!("{base}/api/rooms")).bearer_auth(&cyd.token).send().await?.json().await?;
+    let lobby = &rooms["directory"][0];
+    assert_eq!((lobby["last_seq"].as_u64(), lobby["online"].as_u64()), (Some(3), Some(0)), "{rooms}");
+    assert_eq!(lobby["last_message_at"].as_str(), Some(spoke.as_str()), "the archive's time of the newest message");
     stack.shutdown().await
 }
 
