@@ -19,9 +19,14 @@ pub fn register() {
 pub static CONNECTIONS: LazyLock<UpDownCounter<i64>> =
     LazyLock::new(|| up_down("huddle_gateway_connections", "Open WebSocket connections"));
 
-/// `huddle_gateway_rooms`: rooms with at least one socket on this gateway.
-pub static ROOMS: LazyLock<UpDownCounter<i64>> =
-    LazyLock::new(|| up_down("huddle_gateway_rooms", "Rooms with at least one socket on this gateway"));
+/// `huddle_gateway_rooms`: room subscriptions of this gateway. Each worker thread has its
+/// own pub/sub hub, so a room with sockets on two worker threads counts twice.
+pub static ROOMS: LazyLock<UpDownCounter<i64>> = LazyLock::new(|| {
+    up_down(
+        "huddle_gateway_rooms",
+        "Rooms this gateway's worker threads hold sockets in (a room on two worker threads counts twice)",
+    )
+});
 
 /// `huddle_gateway_messages_accepted_total`: messages appended to Redis (and acked).
 pub static MESSAGES_ACCEPTED: LazyLock<Counter<u64>> =
