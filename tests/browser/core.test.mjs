@@ -2,7 +2,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
-  Timeline, backoffDelay, byteLength, closeReason, errorText, linkParts, normalizeRoom, parseRoute,
+  Timeline, applyPresence, backoffDelay, byteLength, closeReason, errorText, linkParts, normalizeRoom, parseRoute,
   roomHash, startsDay, startsGroup, typingText, unreadCount,
 } from "../../services/gateway/static/core.js";
 
@@ -105,4 +105,17 @@ test("bytes and unread counts", () => {
   assert.equal(unreadCount(10, 7), 3);
   assert.equal(unreadCount(3, 7), 0);
   assert.equal(unreadCount(5, undefined), 5);
+});
+
+test("presence: a snapshot replaces the list, joined and left change one user by id", () => {
+  const ada = { id: 1, name: "ada" }, bob = { id: 2, name: "bob" }, cy = { id: 3, name: "cy" };
+  let online = applyPresence([cy], { type: "presence", event: "snapshot", online: [ada, cy] });
+  assert.deepEqual(online, [ada, cy]);
+  online = applyPresence(online, { type: "presence", event: "joined", user: bob });
+  assert.deepEqual(online, [ada, bob, cy]);
+  assert.deepEqual(applyPresence(online, { type: "presence", event: "joined", user: bob }), [ada, bob, cy]);
+  online = applyPresence(online, { type: "presence", event: "left", user: ada });
+  assert.deepEqual(online, [bob, cy]);
+  assert.deepEqual(applyPresence(online, { type: "presence", event: "left", user: ada }), [bob, cy]);
+  assert.deepEqual(applyPresence(online, { type: "presence", event: "joined" }), [bob, cy]);
 });

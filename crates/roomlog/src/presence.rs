@@ -40,19 +40,23 @@ pub enum PresenceChange {
 }
 
 /// A room's presence after a change.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RoomPresence {
-    /// Live sockets of the changed user (0 after their last one left).
-    pub user_sockets: usize,
+    /// Live sockets of the changed user after a join or leave (0 after their last one
+    /// left); `None` after a refresh, which does not count them.
+    pub user_sockets: Option<usize>,
     /// Live sockets in the room, all users.
     pub sockets: usize,
-    /// Users online, by id: (id, name).
+    /// Users whose last socket's entry expired during this call (their gateway stopped
+    /// refreshing them): (id, name). Each expiry is reported to exactly one caller.
+    pub expired_users: Vec<(i64, String)>,
+    /// After a join, the users online, by id: (id, name). Empty after a refresh or leave.
     pub online: Vec<(i64, String)>,
 }
 
 impl RoomLog {
     /// Records a socket's presence in a room (`Join`/`Refresh`, valid for `ttl_ms`) or
-    /// removes it (`Leave`); returns the room's presence afterwards.
+    /// removes it (`Leave`), dropping entries that expired; returns what changed.
     pub async fn presence(
         &self,
         room: &RoomName,
@@ -74,26 +78,63 @@ impl RoomLog {
             .arg(format!("|{}|", socket.user_id))
             .invoke_async(&mut self.conn().await?)
             .await?;
-        let mut reply = reply.into_iter();
-        let user_sockets = reply.next().and_then(|n| n.parse().ok()).unwrap_or(0);
-        let mut sockets = 0;
-        let mut online: Vec<(i64, String)> = Vec::new();
-        for member in reply {
-            sockets += 1;
-            let mut parts = member.splitn(3, '|');
-            let (Some(_), Some(id), Some(name)) = (parts.next(), parts.next(), parts.next()) else { continue };
-            let Ok(id) = id.parse() else { continue };
-            if !online.iter().any(|(known, _)| *known == id) {
-                online.push((id, name.to_owned()));
-            }
-        }
-        online.sort();
-        Ok(RoomPresence { user_sockets, sockets, online })
+        Ok(parse_presence_reply(reply))
     }
-
     /// Publishes a payload on the room's channel that is not stored (typing notices).
     pub async fn publish_ephemeral(&self, room: &RoomName, payload: &str) -> Result<()> {
         let _: i64 = self.conn().await?.publish(self.keys.channel(room), payload).await?;
         Ok(())
+    }
+}
+
+/// Reads `presence.lua`'s reply: counts, the expired users, then the members on a join.
+fn parse_presence_reply(reply: Vec<String>) -> RoomPresence {
+    let mut reply = reply.into_iter();
+    let mut number = || reply.next().and_then(|n| n.parse::<i64>().ok()).unwrap_or(0);
+    let user_sockets = usize::try_from(number()).ok();
+    let sockets = usize::try_from(number()).unwrap_or(0);
+    let expired = usize::try_from(number()).unwrap_or(0);
+    let expired_users = reply.by_ref().take(expired).filter_map(|user| id_and_name(&user)).collect();
+    let mut online: Vec<(i64, String)> = Vec::new();
+    for member in reply {
+        // "<socket>|<id>|<name>"
+        let Some((_, user)) = member.split_once('|') else { continue };
+        let Some((id, name)) = id_and_name(user) else { continue };
+        if !online.iter().any(|(known, _)| *known == id) {
+            online.push((id, name));
+        }
+    }
+    online.sort();
+    RoomPresence { user_sockets, sockets, expired_users, online }
+}
+
+/// "<id>|<name>" (a name may itself hold '|').
+fn id_and_name(user: &str) -> Option<(i64, String)> {
+    let (id, name) = user.split_once('|')?;
+    Some((id.parse().ok()?, name.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn a_join_reply_lists_each_user_once_by_id() {
+        let reply = strings(&["2", "3", "1", "9|ghost", "s1|7|bob", "s2|3|a|da", "s3|7|bob"]);
+        let presence = parse_presence_reply(reply);
+        assert_eq!(presence.user_sockets, Some(2));
+        assert_eq!(presence.sockets, 3);
+        assert_eq!(presence.expired_users, vec![(9, "ghost".to_owned())]);
+        assert_eq!(presence.online, vec![(3, "a|da".to_owned()), (7, "bob".to_owned())]);
+    }
+
+    #[test]
+    fn a_refresh_reply_counts_no_user() {
+        let presence = parse_presence_reply(strings(&["-1", "5", "0"]));
+        assert_eq!(presence, RoomPresence { user_sockets: None, sockets: 5, ..RoomPresence::default() });
     }
 }

@@ -238,23 +238,33 @@ struct PresenceBody<'a> {
     event: PresenceEvent,
     #[serde(skip_serializing_if = "Option::is_none")]
     user: Option<UserView<'a>>,
-    online: Vec<UserView<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    online: Option<Vec<UserView<'a>>>,
 }
 
-/// `presence` frame: the event, whom it is about, and everyone online now.
-pub fn presence_frame(
-    room: &RoomName,
-    event: PresenceEvent,
-    user: Option<(i64, &str)>,
-    online: &[(i64, String)],
-) -> String {
+/// `presence` snapshot: everyone online, sent to a socket once after its join's history.
+pub fn presence_snapshot_frame(room: &RoomName, online: &[(i64, String)]) -> String {
+    tagged(
+        "presence",
+        PresenceBody {
+            room: room.as_str(),
+            event: PresenceEvent::Snapshot,
+            user: None,
+            online: Some(online.iter().map(|(id, name)| UserView { id: *id, name }).collect()),
+        },
+    )
+}
+
+/// `presence` change: one user joined or left. It carries only that user, so a wave of N
+/// joins costs N frames to each member, not N lists of up to N users.
+pub fn presence_change_frame(room: &RoomName, event: PresenceEvent, user_id: i64, user_name: &str) -> String {
     tagged(
         "presence",
         PresenceBody {
             room: room.as_str(),
             event,
-            user: user.map(|(id, name)| UserView { id, name }),
-            online: online.iter().map(|(id, name)| UserView { id: *id, name }).collect(),
+            user: Some(UserView { id: user_id, name: user_name }),
+            online: None,
         },
     )
 }

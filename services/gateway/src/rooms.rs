@@ -244,13 +244,15 @@ impl RoomService {
             }
         };
         let event = match change {
-            PresenceChange::Join if presence.user_sockets == 1 => Some(PresenceEvent::Joined),
-            PresenceChange::Leave if presence.user_sockets == 0 => Some(PresenceEvent::Left),
+            PresenceChange::Join if presence.user_sockets == Some(1) => Some(PresenceEvent::Joined),
+            PresenceChange::Leave if presence.user_sockets == Some(0) => Some(PresenceEvent::Left),
             _ => None,
         };
-        if let Some(event) = event {
-            let frame =
-                protocol::presence_frame(room, event, Some((socket.user_id, &socket.user_name)), &presence.online);
+        let own = event.map(|event| (event, socket.user_id, socket.user_name.as_str()));
+        // Users whose gateway stopped refreshing them (it crashed) leave as well.
+        let expired = presence.expired_users.iter().map(|(id, name)| (PresenceEvent::Left, *id, name.as_str()));
+        for (event, user_id, user_name) in expired.chain(own) {
+            let frame = protocol::presence_change_frame(room, event, user_id, user_name);
             if let Err(error) = self.log.publish_ephemeral(room, &format!("{PRESENCE_PREFIX}{frame}")).await {
                 tracing::warn!(%room, %error, "presence not announced");
             }

@@ -16,7 +16,7 @@ use crate::error::ApiError;
 use crate::hub::{Membership, Outbound};
 use crate::metrics::{CLIENT_ERRORS, CONNECTIONS, SENDS_REFUSED};
 use crate::protocol::{
-    self, ClientFrame, HistoryMode, PresenceEvent, CLOSE_SERVICE_RESTART, CLOSE_SESSION_ENDED, CLOSE_SLOW_CONSUMER,
+    self, ClientFrame, HistoryMode, CLOSE_SERVICE_RESTART, CLOSE_SESSION_ENDED, CLOSE_SLOW_CONSUMER,
 };
 use crate::rooms::Accepted;
 use crate::socket::{close, Exit, Inbound, SocketWriter};
@@ -123,10 +123,7 @@ async fn run(
     let mut conn = Connection { state: Arc::clone(&state), user, room: room.clone(), socket, last_seq: 0, epoch: 0 };
 
     let exit = match conn.send_initial_history(view).await {
-        Ok(()) => match conn
-            .send_text(protocol::presence_frame(&room, PresenceEvent::Snapshot, None, &online.unwrap_or_default()))
-            .await
-        {
+        Ok(()) => match conn.send_text(protocol::presence_snapshot_frame(&room, &online.unwrap_or_default())).await {
             Ok(()) => conn.serve(&mut stream, &mut membership, &me).await,
             Err(exit) => exit,
         },

@@ -2,7 +2,7 @@
 // Plain DOM, no framework. Everything a user typed reaches the page as text nodes only.
 // The protocol it speaks is docs/PROTOCOL.md; the pure logic lives in core.js.
 import {
-  MAX_BODY_BYTES, ROOM_RE, TYPING_EVERY_MS, TYPING_TTL_MS, Timeline, backoffDelay, byteLength,
+  MAX_BODY_BYTES, ROOM_RE, TYPING_EVERY_MS, TYPING_TTL_MS, Timeline, applyPresence, backoffDelay, byteLength,
   closeReason, dayLabel, errorText, linkParts, normalizeRoom, parseRoute, relativeTime, roomHash,
   startsDay, startsGroup, typingText, unreadCount,
 } from "/core.js";
@@ -450,7 +450,7 @@ function onFrame(frame) {
     case "message": return onMessages([frame]);
     case "ack": return markSent(frame.client_id);
     case "presence":
-      S.online = Array.isArray(frame.online) ? frame.online : [];
+      S.online = applyPresence(S.online, frame);
       renderPresence();
       return renderRoomListsSoon();
     case "typing": return onTyping(frame.user);

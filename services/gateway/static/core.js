@@ -156,6 +156,20 @@ export function linkParts(body) {
   return parts;
 }
 
+/**
+ * Who is online after a `presence` frame: a `snapshot` replaces the list; `joined` adds
+ * its one user and `left` removes them (by id, so a repeat changes nothing).
+ */
+export function applyPresence(online, frame) {
+  if (frame.event === "snapshot") return Array.isArray(frame.online) ? [...frame.online] : [];
+  const user = frame.user;
+  if (!user || typeof user.id !== "number") return online;
+  const others = online.filter((person) => person.id !== user.id);
+  if (frame.event === "joined") return [...others, { id: user.id, name: user.name }].sort((a, b) => a.id - b.id);
+  if (frame.event === "left") return others;
+  return online;
+}
+
 /** The typing line for these names ("" when nobody types). */
 export function typingText(names) {
   switch (names.length) {

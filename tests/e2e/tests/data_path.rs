@@ -289,7 +289,8 @@ async fn presence_announces_a_users_first_socket_in_and_last_socket_out() -> Res
     assert_eq!(names(&b1.expect("presence").await?), vec!["ada".to_owned(), "bob".to_owned()]);
     let joined = a.expect("presence").await?;
     assert_eq!((joined["event"].as_str(), joined["user"]["name"].as_str()), (Some("joined"), Some("bob")));
-    assert_eq!(names(&joined), vec!["ada".to_owned(), "bob".to_owned()]);
+    assert_eq!(joined["user"]["id"].as_i64(), Some(bob.id));
+    assert!(joined.get("online").is_none(), "a change carries the one user, not the list: {joined}");
     let mut b2 = Ws::join(&one, "hall", &bob.token, "").await?;
     b2.expect("history").await?;
     b2.leave().await?;
@@ -297,7 +298,42 @@ async fn presence_announces_a_users_first_socket_in_and_last_socket_out() -> Res
     b1.leave().await?;
     let left = a.expect("presence").await?;
     assert_eq!((left["event"].as_str(), left["user"]["name"].as_str()), (Some("left"), Some("bob")));
-    assert_eq!(names(&left), vec!["ada".to_owned()]);
+    assert!(left.get("online").is_none(), "{left}");
+    a.leave().await?;
+    stack.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_whose_gateway_stopped_refreshing_them_is_announced_as_left() -> Result<()> {
+    let stack = Stack::start(1).await?;
+    let base = stack.url(0);
+    let ada = sign_up(&base, "ada").await?;
+    let bob = sign_up(&base, "bob").await?;
+    // A socket on a gateway that crashed: its entry was written once and never refreshed.
+    let room = huddle_domain::RoomName::parse("hall").unwrap();
+    let ghost = huddle_roomlog::Presence { socket: "crashed".into(), user_id: 999_999, user_name: "ghost".into() };
+    stack.env.room_log(100)?.presence(&room, huddle_roomlog::PresenceChange::Join, &ghost, 1_500).await?;
+
+    let mut a = Ws::join(&base, "hall", &ada.token, "").await?;
+    a.expect("history").await?;
+    let snapshot = a.expect("presence").await?;
+    let ids: Vec<i64> = snapshot["online"].as_array().unwrap().iter().filter_map(|u| u["id"].as_i64()).collect();
+    assert_eq!(ids, vec![ada.id, 999_999], "{snapshot}");
+    assert_eq!(a.expect("presence").await?["event"], "joined");
+
+    // Once the entry expired, the next change in the room drops it and announces it.
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
+    let mut b = Ws::join(&base, "hall", &bob.token, "").await?;
+    b.expect("history").await?;
+    let online = b.expect("presence").await?;
+    assert_eq!(online["online"].as_array().map(Vec::len), Some(2), "{online}");
+    let left = a.expect("presence").await?;
+    assert_eq!((left["event"].as_str(), left["user"]["id"].as_i64()), (Some("left"), Some(999_999)), "{left}");
+    let joined = a.expect("presence").await?;
+    assert_eq!((joined["event"].as_str(), joined["user"]["name"].as_str()), (Some("joined"), Some("bob")));
+    b.leave().await?;
+    let left = a.expect("presence").await?;
+    assert_eq!((left["event"].as_str(), left["user"]["name"].as_str()), (Some("left"), Some("bob")));
     a.leave().await?;
     stack.shutdown().await
 }
