@@ -84,6 +84,7 @@ pub async fn consume<H: TaskHandler>(
                 }
             })
             .await;
+        tracing::debug!(queue = %queue_name, "consumer ended and its tasks in flight settled");
     }
     tracing::info!(queue = %queue_name, "consumer stopped");
 }

@@ -18,6 +18,7 @@
 
 mod consumer;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use huddle_config::BrokerSettings;
@@ -43,6 +44,17 @@ pub enum BrokerError {
     /// The connection, channel or an AMQP operation failed.
     #[error("amqp: {0}")]
     Amqp(#[from] lapin::Error),
+    /// RabbitMQ did not open a consumer's channel or answer its `basic.consume` in time.
+    #[error("rabbitmq did not open a consumer on {queue} within {after:?}")]
+    ConsumeTimeout {
+        /// Name of the queue.
+        queue: String,
+        /// How long it was given.
+        after: std::time::Duration,
+    },
+    /// The AMQP URL setting named no node.
+    #[error("no AMQP URL given")]
+    NoNodes,
     /// RabbitMQ refused (nacked) a published or re-driven task instead of confirming it.
     #[error("broker refused task for {queue} (nack)")]
     Nacked {
@@ -157,10 +169,24 @@ struct Link {
     publisher: Channel,
 }
 
-/// A connection to RabbitMQ that reconnects on demand.
+/// How long one node may take to accept a connection before the next one is tried (a node
+/// behind a dead address can leave the TCP connect waiting for minutes).
+const NODE_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long RabbitMQ may take to answer a `basic.consume`. A quorum queue that is electing
+/// a leader after a node died can leave it unanswered (seen with RabbitMQ 3.10), and a
+/// consumer waiting for it would never take a task again.
+const CONSUME_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A connection to RabbitMQ that reconnects on demand, to the next node of the list when
+/// the one it used goes away.
 #[derive(Clone)]
 pub struct Broker {
-    url: String,
+    /// The nodes to try, in order (one URL, or each node of a cluster).
+    urls: Arc<[String]>,
+    /// Index in `urls` of the node to try first: the one that last accepted a connection,
+    /// or the one after a node that failed.
+    preferred: Arc<AtomicUsize>,
     topology: Topology,
     link: Arc<Mutex<Option<Link>>>,
 }
@@ -170,7 +196,8 @@ impl Broker {
     /// while RabbitMQ is down use this and retry later).
     pub fn lazy(settings: &BrokerSettings) -> Self {
         Self {
-            url: settings.amqp_url.clone(),
+            urls: node_urls(&settings.amqp_url).into(),
+            preferred: Arc::new(AtomicUsize::new(0)),
             topology: Topology::new(settings.queue_prefix.clone(), settings.delivery_limit),
             link: Arc::new(Mutex::new(None)),
         }
@@ -198,12 +225,40 @@ impl Broker {
             }
             tracing::warn!("rabbitmq connection lost; reconnecting");
         }
-        let connection = Arc::new(Connection::connect(&self.url, ConnectionProperties::default()).await?);
+        let connection = Arc::new(self.connect_to_a_node().await?);
         let publisher = connection.create_channel().await?;
         publisher.confirm_select(ConfirmSelectOptions::default()).await?;
         self.topology.declare(&publisher).await?;
         *link = Some(Link { connection: connection.clone(), publisher: publisher.clone() });
         Ok((connection, publisher))
+    }
+
+    /// Opens a connection to the first node of the list, from the preferred one on, that
+    /// accepts it; the error of the last one tried if none does.
+    async fn connect_to_a_node(&self) -> Result<Connection> {
+        let first = self.preferred.load(Ordering::Relaxed);
+        let mut last_error = None;
+        for offset in 0..self.urls.len() {
+            let index = (first + offset) % self.urls.len();
+            let attempt = Connection::connect(&self.urls[index], ConnectionProperties::default());
+            match tokio::time::timeout(NODE_CONNECT_TIMEOUT, attempt).await.unwrap_or(Err(lapin::Error::from(
+                lapin::ErrorKind::IOError(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
+            ))) {
+                Ok(connection) => {
+                    self.preferred.store(index, Ordering::Relaxed);
+                    if self.urls.len() > 1 {
+                        tracing::info!(node = index, nodes = self.urls.len(), "connected to rabbitmq");
+                    }
+                    return Ok(connection);
+                }
+                Err(error) => {
+                    // The URL holds a password: the node is named by its place in the list.
+                    tracing::warn!(node = index, nodes = self.urls.len(), %error, "rabbitmq node refused the connection");
+                    last_error = Some(error);
+                }
+            }
+        }
+        Err(last_error.map_or(BrokerError::NoNodes, BrokerError::Amqp))
     }
 
     /// Whether the connection is up (readiness).
@@ -239,6 +294,7 @@ impl Broker {
         }
         for confirm in confirms {
             if !confirm.await?.is_ack() {
+                retire_after_nack(&channel).await;
                 return Err(BrokerError::Nacked { queue: name });
             }
         }
@@ -251,17 +307,32 @@ impl Broker {
     /// again to resume.
     pub async fn consume(&self, queue: TaskQueue, prefetch: u16, tag: &str) -> Result<Consumer> {
         let (connection, _) = self.connection().await?;
-        let channel = connection.create_channel().await?;
-        channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
-        let consumer = channel
-            .basic_consume(
-                self.topology.queue(queue).as_str().into(),
-                tag.into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        Ok(consumer)
+        let channel = match tokio::time::timeout(CONSUME_TIMEOUT, connection.create_channel()).await {
+            Ok(channel) => channel?,
+            Err(_) => return Err(self.consume_timeout(queue)),
+        };
+        let subscribe = async {
+            channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
+            channel
+                .basic_consume(
+                    self.topology.queue(queue).as_str().into(),
+                    tag.into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+        };
+        match tokio::time::timeout(CONSUME_TIMEOUT, subscribe).await {
+            Ok(consumer) => Ok(consumer?),
+            Err(_) => {
+                let _ = channel.close(200, "basic.consume unanswered; retrying".into()).await;
+                Err(self.consume_timeout(queue))
+            }
+        }
+    }
+
+    fn consume_timeout(&self, queue: TaskQueue) -> BrokerError {
+        BrokerError::ConsumeTimeout { queue: self.topology.queue(queue), after: CONSUME_TIMEOUT }
     }
 
     /// Up to `limit` dead-lettered tasks, oldest first, left in place.
@@ -306,6 +377,7 @@ impl Broker {
                 )
                 .await?;
             if !confirm.await?.is_ack() {
+                retire_after_nack(&publisher).await;
                 return Err(BrokerError::Nacked { queue: task.queue });
             }
             message.delivery.ack(BasicAckOptions::default()).await?;
@@ -363,5 +435,38 @@ impl DeadTask {
                 .unwrap_or_default()
         };
         Self { queue: header("x-first-death-queue"), reason: header("x-first-death-reason"), size: delivery.data.len() }
+    }
+}
+
+/// Closes a publisher channel a task was nacked on, so the next publish opens a new one.
+///
+/// RabbitMQ 3.10 nacks every later publish of a channel that first published to a quorum
+/// queue while the queue was electing a new leader (the channel keeps the dead leader it
+/// read from a stale queue record), so a channel opened on a surviving node in the second
+/// after another node died never recovers (found by `tests/e2e/tests/rabbitmq_cluster.rs`).
+async fn retire_after_nack(channel: &Channel) {
+    if let Err(error) = channel.close(200, "a publish was nacked; reopening".into()).await {
+        tracing::debug!(%error, "closing the nacked publisher channel failed; it is replaced anyway");
+    }
+}
+
+/// The node URLs of an AMQP URL setting: one URL, or several separated by commas (the
+/// nodes of a cluster). A comma inside a password must be written `%2C`.
+fn node_urls(setting: &str) -> Vec<String> {
+    setting.split(',').map(str::trim).filter(|url| !url.is_empty()).map(str::to_owned).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::node_urls;
+
+    #[test]
+    fn a_url_setting_names_one_node_or_a_comma_separated_list() {
+        assert_eq!(node_urls("amqp://a:5672/%2f"), vec!["amqp://a:5672/%2f"]);
+        assert_eq!(
+            node_urls("amqp://u:p%2Cq@a:5672/v, amqp://u:p%2Cq@b:5672/v,"),
+            vec!["amqp://u:p%2Cq@a:5672/v", "amqp://u:p%2Cq@b:5672/v"]
+        );
+        assert!(node_urls(" , ").is_empty());
     }
 }

@@ -48,7 +48,8 @@ pub struct RedisSettings {
 /// Where RabbitMQ lives, and how the task queues are named.
 #[derive(Debug, Clone, Args)]
 pub struct BrokerSettings {
-    /// AMQP URL of RabbitMQ (vhost is the path, `%2f` for `/`).
+    /// AMQP URL of RabbitMQ (vhost is the path, `%2f` for `/`); for a cluster, each node's URL,
+    /// separated by commas: a lost connection is reopened to the next node that answers.
     #[arg(long, env = "HUDDLE_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     pub amqp_url: String,
     /// Prefix of every queue and exchange name, so deployments and test runs can share a vhost.

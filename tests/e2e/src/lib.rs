@@ -56,6 +56,9 @@ pub struct TestEnv {
     pub key_prefix: String,
     /// Prefix of every RabbitMQ queue and exchange of the test.
     pub queue_prefix: String,
+    /// The RabbitMQ this test's services use: the shared one unless the test brought its
+    /// own (e.g. an [`OwnRabbitCluster`]'s node list).
+    pub amqp_url: String,
 }
 
 impl TestEnv {
@@ -91,6 +94,7 @@ impl TestEnv {
             db_name,
             key_prefix: format!("ht{id}:"),
             queue_prefix: format!("ht{id}"),
+            amqp_url: amqp_url(),
             redis_url,
             id,
         })
@@ -149,7 +153,7 @@ impl TestEnv {
 
     /// Flags for services that talk to RabbitMQ.
     pub fn broker_args(&self) -> Vec<String> {
-        vec!["--amqp-url".into(), amqp_url(), "--queue-prefix".into(), self.queue_prefix.clone()]
+        vec!["--amqp-url".into(), self.amqp_url.clone(), "--queue-prefix".into(), self.queue_prefix.clone()]
     }
 
     /// The test's RabbitMQ topology, connected.
@@ -159,7 +163,7 @@ impl TestEnv {
 
     fn broker_settings(&self) -> huddle_config::BrokerSettings {
         huddle_config::BrokerSettings {
-            amqp_url: amqp_url(),
+            amqp_url: self.amqp_url.clone(),
             queue_prefix: self.queue_prefix.clone(),
             delivery_limit: 5,
         }
@@ -944,7 +948,7 @@ impl Service {
             .env("HUDDLE_DATABASE_URL", &env.database_url)
             .env("HUDDLE_REDIS_URL", &env.redis_url)
             .env("HUDDLE_KEY_PREFIX", &env.key_prefix)
-            .env("HUDDLE_AMQP_URL", amqp_url())
+            .env("HUDDLE_AMQP_URL", &env.amqp_url)
             .env("HUDDLE_QUEUE_PREFIX", &env.queue_prefix)
             .env("HUDDLE_SESSION_SECRET", env.session_secret())
             .env("HUDDLE_GRPC_TOKEN", env.grpc_token())
@@ -1156,6 +1160,163 @@ impl Drop for OwnRedis {
     fn drop(&mut self) {
         let _ = self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A RabbitMQ cluster of this test's own, on free ports: nodes that can be killed and
+/// restarted without touching the machine's shared RabbitMQ. Started through
+/// `/usr/lib/rabbitmq/bin/rabbitmq-server` (Debian's `/usr/sbin` wrapper drops the
+/// environment that names the node, its ports and its directories).
+pub struct OwnRabbitCluster {
+    nodes: Vec<RabbitNode>,
+}
+
+struct RabbitNode {
+    name: String,
+    port: u16,
+    dist_port: u16,
+    dir: PathBuf,
+}
+
+const RABBITMQ_BIN: &str = "/usr/lib/rabbitmq/bin";
+
+impl RabbitNode {
+    fn command(&self, program: &str) -> Command {
+        let mut command = Command::new(format!("{RABBITMQ_BIN}/{program}"));
+        // Erlang writes erl_crash.dump into the working directory when a command fails.
+        command
+            .current_dir(&self.dir)
+            .env("HOME", &self.dir)
+            .env("RABBITMQ_NODENAME", &self.name)
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("RABBITMQ_MNESIA_BASE", self.dir.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", self.dir.join("log"))
+            .env("RABBITMQ_PID_FILE", self.dir.join("pid"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", self.dir.join("plugins"))
+            .env("RABBITMQ_CONFIG_FILE", self.dir.join("rabbitmq"));
+        command
+    }
+
+    fn ctl(&self, args: &[&str]) -> Result<()> {
+        let output = self.command("rabbitmqctl").arg("-n").arg(&self.name).args(args).output()?;
+        if !output.status.success() {
+            bail!("rabbitmqctl {} on {}: {}", args.join(" "), self.name, String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(())
+    }
+
+    fn spawn(&self) -> Result<()> {
+        let log = std::fs::File::create(self.dir.join("server.log"))?;
+        self.command("rabbitmq-server")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| {
+                format!("{RABBITMQ_BIN}/rabbitmq-server (install rabbitmq-server: scripts/services.sh)")
+            })?;
+        Ok(())
+    }
+
+    /// Waits until the node runs (`await_startup` fails at once while the node is not yet
+    /// reachable, so it is asked again).
+    fn await_startup(&self) -> Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            match self.ctl(&["--timeout", "30", "await_startup"]) {
+                Ok(()) => return Ok(()),
+                Err(error) if std::time::Instant::now() > deadline => {
+                    return Err(error)
+                        .with_context(|| format!("node {} did not start (log: {})", self.name, self.dir.display()))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(500)),
+            }
+        }
+    }
+
+    /// SIGKILL, as a crash or a lost machine would.
+    fn kill(&self) -> Result<()> {
+        let pid = std::fs::read_to_string(self.dir.join("pid"))?;
+        let status = Command::new("kill").args(["-KILL", pid.trim()]).status()?;
+        if !status.success() {
+            bail!("kill -KILL {} ({}) failed", pid.trim(), self.name);
+        }
+        Ok(())
+    }
+}
+
+impl OwnRabbitCluster {
+    /// Starts `size` nodes and joins them into one cluster (quorum queues declared on it
+    /// get a replica on every node).
+    pub fn start(size: usize) -> Result<Self> {
+        let cookie = uuid::Uuid::new_v4().simple().to_string();
+        let mut nodes = Vec::new();
+        for i in 0..size {
+            let port = free_addr()?.rsplit(':').next().context("port")?.parse()?;
+            let dist_port = free_addr()?.rsplit(':').next().context("port")?.parse()?;
+            let name = format!("huddle-test-{}-{i}@localhost", std::process::id());
+            let dir = std::env::temp_dir().join(format!("huddle-rabbit-{}-{i}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(dir.join("plugins"), "[].")?;
+            let cookie_file = dir.join(".erlang.cookie");
+            std::fs::write(&cookie_file, &cookie)?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&cookie_file, std::fs::Permissions::from_mode(0o400))?;
+            nodes.push(RabbitNode { name, port, dist_port, dir });
+        }
+        let cluster = Self { nodes };
+        for node in &cluster.nodes {
+            node.spawn()?;
+        }
+        for node in &cluster.nodes {
+            node.await_startup()?;
+        }
+        let first = &cluster.nodes[0].name;
+        for node in &cluster.nodes[1..] {
+            node.ctl(&["stop_app"])?;
+            node.ctl(&["join_cluster", first])?;
+            node.ctl(&["start_app"])?;
+        }
+        Ok(cluster)
+    }
+
+    /// Every node's AMQP URL, comma-separated (`HUDDLE_AMQP_URL`'s cluster form).
+    pub fn urls(&self) -> String {
+        self.nodes.iter().map(|n| format!("amqp://guest:guest@127.0.0.1:{}/%2f", n.port)).collect::<Vec<_>>().join(",")
+    }
+
+    /// SIGKILLs node `i`.
+    pub fn kill(&self, i: usize) -> Result<()> {
+        self.nodes[i].kill()
+    }
+
+    /// Starts node `i` again (it rejoins the cluster from its own files) and waits for it.
+    pub fn restart(&self, i: usize) -> Result<()> {
+        self.nodes[i].spawn()?;
+        self.nodes[i].await_startup()
+    }
+
+    /// Names the nodes that run quorum queue `queue`'s replicas and its leader, as
+    /// `rabbitmq-queues quorum_status` reports them (for failure messages).
+    pub fn quorum_status(&self, i: usize, queue: &str) -> String {
+        let node = &self.nodes[i];
+        match node.command("rabbitmq-queues").arg("-n").arg(&node.name).args(["quorum_status", queue]).output() {
+            Ok(output) => String::from_utf8_lossy(&output.stdout).into_owned(),
+            Err(error) => error.to_string(),
+        }
+    }
+}
+
+impl Drop for OwnRabbitCluster {
+    fn drop(&mut self) {
+        for node in &self.nodes {
+            let _ = node.kill();
+        }
+        for node in &self.nodes {
+            let _ = std::fs::remove_dir_all(&node.dir);
+        }
     }
 }
 
