@@ -100,24 +100,24 @@ async fn settle<H: TaskHandler>(
     let span = tracing::info_span!("task", queue = queue_name, redelivered = delivery.redelivered);
     huddle_telemetry::continue_trace(&span, trace_headers(&delivery));
     let outcome = match handler.handle(queue, &delivery.data).instrument(span).await {
-        Ok(()) => delivery.ack(BasicAckOptions::default()).await.map(|_| "ok"),
+        Ok(()) => answer(delivery.ack(BasicAckOptions::default())).await.map(|_| "ok"),
         Err(TaskError::Poison(reason)) => {
             tracing::error!(queue = queue_name, %reason, "poison task dead-lettered");
-            delivery.reject(BasicRejectOptions { requeue: false }).await.map(|_| "dead")
+            answer(delivery.reject(BasicRejectOptions { requeue: false })).await.map(|_| "dead")
         }
         Err(TaskError::Transient(reason)) if delivery_count(&delivery) >= delivery_limit => {
             // Returned once more, it passes the queue's delivery limit: RabbitMQ
             // dead-letters it (reason delivery_limit). Counted here as dead, so the
             // dead-letter alert sees it; no back-off, nothing will retry it.
             tracing::error!(queue = queue_name, %reason, delivery_limit, "task failed on its last delivery; dead-lettered");
-            delivery.nack(BasicNackOptions { requeue: true, multiple: false }).await.map(|_| "dead")
+            answer(delivery.nack(BasicNackOptions { requeue: true, multiple: false })).await.map(|_| "dead")
         }
         Err(TaskError::Transient(reason)) => {
             let attempt = delivery_count(&delivery);
             let delay = retry_base.saturating_mul(1 << attempt.min(16)).min(MAX_RETRY_DELAY);
             tracing::warn!(queue = queue_name, %reason, attempt, delay_ms = delay.as_millis() as u64, "task failed; will retry");
             tokio::time::sleep(delay).await;
-            delivery.nack(BasicNackOptions { requeue: true, multiple: false }).await.map(|_| "retry")
+            answer(delivery.nack(BasicNackOptions { requeue: true, multiple: false })).await.map(|_| "retry")
         }
     };
     match outcome {
@@ -126,6 +126,19 @@ async fn settle<H: TaskHandler>(
         }
         // The channel is gone: the broker redelivers the task to another consumer.
         Err(error) => tracing::warn!(queue = queue_name, %error, "could not settle task"),
+    }
+}
+
+/// How long an ack, nack or reject may take to be sent.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sends a task's ack, nack or reject, or gives up after [`SETTLE_TIMEOUT`]: one issued as
+/// the connection died may never complete, and a consumer waits for every task in flight
+/// before it reconnects. The broker redelivers a task it was never told about.
+async fn answer<T>(settle: impl Future<Output = Result<T, lapin::Error>>) -> Result<T, String> {
+    match tokio::time::timeout(SETTLE_TIMEOUT, settle).await {
+        Ok(result) => result.map_err(|error| error.to_string()),
+        Err(_) => Err(format!("no answer within {SETTLE_TIMEOUT:?}")),
     }
 }
 

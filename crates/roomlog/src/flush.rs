@@ -12,6 +12,7 @@ use crate::{Result, RoomLog};
 static MARK_PERSISTED: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/mark_persisted.lua")));
 static CLEAR_DIRTY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/clear_dirty.lua")));
 static CLAIM_FLUSH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/claim_flush.lua")));
+static RELEASE_CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/release_claim.lua")));
 
 /// A range a flush claimed for chunking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +82,19 @@ impl RoomLog {
             .invoke_async(&mut self.conn().await?)
             .await?;
         Ok((from > 0).then_some(FlushClaim { from: from as u64, to: to as u64, reclaimed: reclaimed == 1 }))
+    }
+
+    /// Hands back a claimed range whose chunk tasks could not be queued, so the next flush
+    /// claims it at once; `false` if a later flush already claimed past it (the range then
+    /// waits for the claim's lifetime, as a lost chunk task does).
+    pub async fn release_claim(&self, room: &RoomName, claim: FlushClaim) -> Result<bool> {
+        let released: i64 = RELEASE_CLAIM
+            .key(self.keys.claim(room))
+            .arg(claim.from)
+            .arg(claim.to)
+            .invoke_async(&mut self.conn().await?)
+            .await?;
+        Ok(released == 1)
     }
 
     /// Drops a room from the dirty index if everything Redis holds of it is persisted

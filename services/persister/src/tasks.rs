@@ -97,7 +97,15 @@ impl PersistTasks {
             .collect();
         huddle_failpoints::crash_point!("persister::flush_claimed");
         tracing::debug!(%room, from, to, chunks = chunks.len(), reason, "flush fanned out");
-        transient!(self.broker.publish(TaskQueue::PersistChunk, &chunks).await)
+        if let Err(error) = self.broker.publish(TaskQueue::PersistChunk, &chunks).await {
+            // Handed back, the range is claimed again by this task's retry instead of
+            // waiting out the claim (a RabbitMQ node lost mid-publish).
+            if let Err(release) = self.log.release_claim(&room, claim).await {
+                tracing::warn!(%room, from, to, error = %release, "claim not handed back; it expires instead");
+            }
+            return Err(TaskError::Transient(format!("queuing chunk tasks: {error}")));
+        }
+        Ok(())
     }
 
     /// Chunk task: copy one range from Redis into PostgreSQL, then move the watermark.

@@ -106,6 +106,31 @@ async fn flush_claims_cover_each_range_once_and_are_taken_again_when_stuck() -> 
 }
 
 #[tokio::test]
+async fn a_claim_whose_chunk_tasks_could_not_be_queued_is_handed_back() -> Result<()> {
+    let env = TestEnv::new().await?;
+    let log = env.room_log(100)?;
+    let room = RoomName::parse("released")?;
+    log.hydrate(&room, 0, 0, &[]).await?;
+    for i in 1..=3 {
+        log.append(&room, &entry(1, &format!("m{i}"), "")).await?;
+    }
+    let claim = log.claim_flush(&room, 60_000).await?.expect("1..3 to claim");
+    assert!(log.release_claim(&room, claim).await?, "nothing claimed past it");
+    assert_eq!(
+        log.claim_flush(&room, 60_000).await?,
+        Some(FlushClaim { from: 1, to: 3, reclaimed: false }),
+        "handed back, the range is claimed again at once, not after 60 s"
+    );
+    // A later flush claimed past the range: handing 1..3 back now would queue 4 twice.
+    log.append(&room, &entry(1, "m4", "")).await?;
+    let later = log.claim_flush(&room, 60_000).await?.expect("4 to claim");
+    assert_eq!((later.from, later.to), (4, 4));
+    assert!(!log.release_claim(&room, claim).await?);
+    assert_eq!(log.claim_flush(&room, 60_000).await?, None, "4 stays claimed");
+    env.cleanup().await
+}
+
+#[tokio::test]
 async fn trimming_keeps_the_window_and_never_drops_unpersisted_entries() -> Result<()> {
     let env = TestEnv::new().await?;
     let log = env.room_log(5)?;
