@@ -187,6 +187,7 @@ mod tests {
         ("presence.lua", include_str!("lua/presence.lua")),
         ("read_chunk.lua", include_str!("lua/read_chunk.lua")),
         ("recheck.lua", include_str!("lua/recheck.lua")),
+        ("release_claim.lua", include_str!("lua/release_claim.lua")),
         ("take_lock.lua", include_str!("lua/take_lock.lua")),
     ];
 
