@@ -241,9 +241,9 @@ impl Broker {
         for offset in 0..self.urls.len() {
             let index = (first + offset) % self.urls.len();
             let attempt = Connection::connect(&self.urls[index], ConnectionProperties::default());
-            match tokio::time::timeout(NODE_CONNECT_TIMEOUT, attempt).await.unwrap_or(Err(lapin::Error::from(
-                lapin::ErrorKind::IOError(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
-            ))) {
+            let timed_out = || lapin::ErrorKind::IOError(std::io::Error::from(std::io::ErrorKind::TimedOut).into());
+            match tokio::time::timeout(NODE_CONNECT_TIMEOUT, attempt).await.unwrap_or_else(|_| Err(timed_out().into()))
+            {
                 Ok(connection) => {
                     self.preferred.store(index, Ordering::Relaxed);
                     if self.urls.len() > 1 {

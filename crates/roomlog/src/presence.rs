@@ -80,6 +80,7 @@ impl RoomLog {
             .await?;
         Ok(parse_presence_reply(reply))
     }
+
     /// Publishes a payload on the room's channel that is not stored (typing notices).
     pub async fn publish_ephemeral(&self, room: &RoomName, payload: &str) -> Result<()> {
         let _: i64 = self.conn().await?.publish(self.keys.channel(room), payload).await?;
