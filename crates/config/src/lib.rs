@@ -27,9 +27,28 @@ pub struct PostgresSettings {
 /// Where the Redis hot log lives, and how it is laid out.
 #[derive(Debug, Clone, Args)]
 pub struct RedisSettings {
-    /// Redis connection URL.
+    /// Redis connection URL; in cluster mode, the URLs of some of the cluster's nodes,
+    /// separated by commas (the rest of the cluster is discovered from them).
     #[arg(long, env = "HUDDLE_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
+    /// `single`: one Redis (with or without replicas behind it); `cluster`: Redis Cluster,
+    /// where each room's keys live in the hash slot of its name.
+    #[arg(long, env = "HUDDLE_REDIS_MODE", value_enum, default_value_t = RedisMode::Single)]
+    pub redis_mode: RedisMode,
+    /// In cluster mode, carry live messages by sharded pub/sub (`SPUBLISH`, Redis 7.0 or
+    /// later: each message goes only to the shard that owns its room). `false` falls back to
+    /// `PUBLISH`, which the cluster relays to every node.
+    #[arg(long, env = "HUDDLE_REDIS_SHARDED_PUBSUB", default_value_t = true, action = clap::ArgAction::Set)]
+    pub redis_sharded_pubsub: bool,
+    /// Replicas that must hold a message before it is acked (`WAIT` after each append); 0
+    /// acks at once. With replicas and failover, an acked message the primary had not yet
+    /// streamed to a replica is lost when that replica takes over: this closes that window.
+    #[arg(long, env = "HUDDLE_REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
+    /// How long an append waits for those replicas, in ms; a send they do not confirm in
+    /// time is refused as `unavailable` (its resend with the same client_id is deduplicated).
+    #[arg(long, env = "HUDDLE_REDIS_WAIT_TIMEOUT_MS", default_value_t = 500)]
+    pub redis_wait_timeout_ms: u64,
     /// Connections in the Redis pool (pub/sub uses one more, dedicated connection).
     #[arg(long, env = "HUDDLE_REDIS_POOL_SIZE", default_value_t = 32)]
     pub redis_pool_size: usize,
@@ -43,6 +62,22 @@ pub struct RedisSettings {
     /// Deadline of a Redis pool wait (for a pooled or a new connection), in ms.
     #[arg(long, env = "HUDDLE_REDIS_TIMEOUT_MS", default_value_t = 5_000)]
     pub redis_timeout_ms: u64,
+}
+
+/// Which kind of Redis deployment holds the hot log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RedisMode {
+    /// One Redis process (or a primary with replicas and failover behind one address).
+    Single,
+    /// Redis Cluster: keys and pub/sub channels spread over its shards by hash slot.
+    Cluster,
+}
+
+impl RedisSettings {
+    /// Whether live messages go by sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`).
+    pub fn sharded_pubsub(&self) -> bool {
+        self.redis_mode == RedisMode::Cluster && self.redis_sharded_pubsub
+    }
 }
 
 /// Where RabbitMQ lives, and how the task queues are named.

@@ -38,6 +38,10 @@ impl Bench {
             key_prefix: prefix.clone(),
             redis_window: 2000,
             redis_timeout_ms: 2_000,
+            redis_mode: huddle_config::RedisMode::Single,
+            redis_sharded_pubsub: true,
+            redis_wait_replicas: 0,
+            redis_wait_timeout_ms: 500,
         })
         .unwrap_or_else(|error| panic!("the append benchmark needs a Redis: {url} is not usable: {error}"));
         let room = RoomName::parse("append-bench").expect("a room name");

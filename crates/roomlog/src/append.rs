@@ -6,12 +6,13 @@ use std::sync::LazyLock;
 use huddle_domain::{Post, RoomName, StoredMessage};
 use redis::Script;
 
-use crate::{LogEntry, Readiness, Result, RoomLog};
+use crate::{LogEntry, Readiness, Result, RoomLog, THIS_PROCESS};
 
 /// How long a client_id keeps deduplicating resends.
 pub const CLIENT_ID_TTL_SECS: u64 = 24 * 3600;
 
 static APPEND: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/append.lua")));
+static READINESS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/readiness.lua")));
 
 /// Outcome of [`RoomLog::append`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,13 +37,16 @@ pub enum AppendOutcome {
 impl RoomLog {
     /// Whether the room can take writes on the Redis process this call reaches.
     pub async fn readiness(&self, room: &RoomName) -> Result<Readiness> {
-        let mut conn = self.conn().await?;
-        let (seq, checked_on): (Option<u64>, Option<String>) =
-            redis::pipe().get(self.keys.seq(room)).get(self.keys.checked_on(room)).query_async(&mut conn).await?;
-        Ok(match seq {
-            None => Readiness::Missing,
-            Some(last_seq) if checked_on.as_deref() == Some(&*conn.run_id()) => Readiness::Ready { last_seq },
-            Some(last_seq) => Readiness::Unchecked { last_seq },
+        let (seq, checked_here): (i64, i64) = READINESS
+            .key(self.keys.seq(room))
+            .key(self.keys.checked_on(room))
+            .arg(THIS_PROCESS)
+            .invoke_async(&mut self.conn().await?)
+            .await?;
+        Ok(match u64::try_from(seq) {
+            Err(_) => Readiness::Missing,
+            Ok(last_seq) if checked_here == 1 => Readiness::Ready { last_seq },
+            Ok(last_seq) => Readiness::Unchecked { last_seq },
         })
     }
 
@@ -57,19 +61,21 @@ impl RoomLog {
             .key(self.keys.log(room))
             .key(self.keys.persisted(room))
             .key(self.keys.client_id(room, post.user_id, &post.client_id))
-            .key(self.keys.dirty())
+            .key(self.keys.dirty(room))
             .key(self.keys.checked_on(room))
             .arg(self.keys.channel(room))
             .arg(json)
             .arg(ttl)
             .arg(room.as_str())
             .arg(huddle_domain::now_ms())
-            .arg(&*conn.run_id())
+            .arg(THIS_PROCESS)
+            .arg(self.publish_command)
             .invoke_async(&mut conn)
             .await?;
         if seq < 0 {
             return Ok(AppendOutcome::NotReady);
         }
+        self.wait_for_replicas(&mut conn, room).await?;
         let seq = seq as u64;
         if duplicate == 1 {
             return Ok(AppendOutcome::Duplicate { seq });

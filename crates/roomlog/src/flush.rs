@@ -5,7 +5,7 @@
 use std::sync::LazyLock;
 
 use huddle_domain::RoomName;
-use redis::{AsyncCommands, Script};
+use redis::Script;
 
 use crate::{Result, RoomLog};
 
@@ -59,7 +59,7 @@ impl RoomLog {
             .key(self.keys.seq(room))
             .key(self.keys.log(room))
             .key(self.keys.persisted(room))
-            .key(self.keys.dirty())
+            .key(self.keys.dirty(room))
             .arg(persisted)
             .arg(self.window)
             .arg(room.as_str())
@@ -103,7 +103,7 @@ impl RoomLog {
         let _: i64 = CLEAR_DIRTY
             .key(self.keys.seq(room))
             .key(self.keys.persisted(room))
-            .key(self.keys.dirty())
+            .key(self.keys.dirty(room))
             .arg(room.as_str())
             .invoke_async(&mut self.conn().await?)
             .await?;
@@ -116,7 +116,7 @@ impl RoomLog {
         let (seq, persisted, dirty_since, epoch): (Option<u64>, Option<u64>, Option<f64>, Option<i64>) = redis::pipe()
             .get(self.keys.seq(room))
             .get(self.keys.persisted(room))
-            .zscore(self.keys.dirty(), room.as_str())
+            .zscore(self.keys.dirty(room), room.as_str())
             .get(self.keys.epoch(room))
             .query_async(&mut conn)
             .await?;
@@ -132,28 +132,35 @@ impl RoomLog {
     /// The persist lag over `rooms`: messages Redis holds that PostgreSQL lacks (seq
     /// counter minus watermark, summed), and how many rooms are dirty in all.
     pub async fn unpersisted(&self, rooms: &[RoomName]) -> Result<PersistLag> {
-        let mut conn = self.conn().await?;
-        let dirty_rooms: u64 = conn.zcard(self.keys.dirty()).await?;
-        let mut pipe = redis::pipe();
-        for room in rooms {
-            pipe.get(self.keys.seq(room)).get(self.keys.persisted(room));
-        }
-        let counters: Vec<Option<u64>> =
-            if rooms.is_empty() { Vec::new() } else { pipe.query_async(&mut conn).await? };
+        let sizes: Vec<u64> = self.on_dirty_indexes(redis::Cmd::zcard).await?;
+        let counters: Vec<Option<u64>> = self
+            .query_each(
+                rooms
+                    .iter()
+                    .flat_map(|room| [redis::Cmd::get(self.keys.seq(room)), redis::Cmd::get(self.keys.persisted(room))])
+                    .collect(),
+            )
+            .await?;
         let messages = counters
             .chunks(2)
             .map(|pair| pair[0].unwrap_or(0).saturating_sub(pair.get(1).copied().flatten().unwrap_or(0)))
             .sum();
-        Ok(PersistLag { messages, dirty_rooms })
+        Ok(PersistLag { messages, dirty_rooms: sizes.into_iter().sum() })
     }
 
-    /// Up to `limit` dirty rooms, longest-dirty first, with when they became dirty.
+    /// Up to `limit` dirty rooms, longest-dirty first, with when they became dirty (from
+    /// every index: on a cluster, one per hash slot).
     pub async fn dirty_rooms(&self, limit: usize) -> Result<Vec<(RoomName, i64)>> {
-        let raw: Vec<(String, f64)> =
-            self.conn().await?.zrange_withscores(self.keys.dirty(), 0, limit.saturating_sub(1) as isize).await?;
-        Ok(raw
+        let last = limit.saturating_sub(1) as isize;
+        let indexes: Vec<Vec<(String, f64)>> =
+            self.on_dirty_indexes(|index| redis::Cmd::zrange_withscores(index, 0, last)).await?;
+        let mut rooms: Vec<(RoomName, i64)> = indexes
             .into_iter()
+            .flatten()
             .filter_map(|(name, score)| RoomName::parse(&name).ok().map(|room| (room, score as i64)))
-            .collect())
+            .collect();
+        rooms.sort_by_key(|(_, since)| *since);
+        rooms.truncate(limit);
+        Ok(rooms)
     }
 }

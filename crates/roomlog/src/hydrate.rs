@@ -6,7 +6,7 @@ use std::sync::LazyLock;
 use huddle_domain::{RoomName, StoredMessage};
 use redis::Script;
 
-use crate::{LogEntry, Result, RoomLog, CLIENT_ID_TTL_SECS};
+use crate::{LogEntry, Result, RoomLog, CLIENT_ID_TTL_SECS, THIS_PROCESS};
 
 static HYDRATE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/hydrate.lua")));
 static RECHECK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/recheck.lua")));
@@ -26,16 +26,16 @@ impl RoomLog {
         epoch: i64,
         recent: &[StoredMessage],
     ) -> Result<(bool, u64)> {
-        let mut conn = self.conn().await?;
         let mut invocation = self.room_state_invocation(&HYDRATE, room);
         invocation
             .arg(archived_seq)
             .arg(CLIENT_ID_TTL_SECS)
             .arg(self.keys.channel(room))
             .arg(epoch)
-            .arg(&*conn.run_id());
+            .arg(THIS_PROCESS)
+            .arg(self.publish_command);
         self.add_restored(&mut invocation, room, recent);
-        let (initialised, seq): (i64, i64) = invocation.invoke_async(&mut conn).await?;
+        let (initialised, seq): (i64, i64) = invocation.invoke_async(&mut self.conn().await?).await?;
         Ok((initialised == 1, seq.max(0) as u64))
     }
 
@@ -55,18 +55,18 @@ impl RoomLog {
         epoch: i64,
         above: &[StoredMessage],
     ) -> Result<Option<u64>> {
-        let mut conn = self.conn().await?;
         let mut invocation = self.room_state_invocation(&RECHECK, room);
         invocation
-            .arg(&*conn.run_id())
+            .arg(THIS_PROCESS)
             .arg(redis_seq)
             .arg(archived_seq)
             .arg(archived_watermark)
             .arg(epoch)
             .arg(CLIENT_ID_TTL_SECS)
-            .arg(self.keys.channel(room));
+            .arg(self.keys.channel(room))
+            .arg(self.publish_command);
         self.add_restored(&mut invocation, room, above);
-        let seq: i64 = invocation.invoke_async(&mut conn).await?;
+        let seq: i64 = invocation.invoke_async(&mut self.conn().await?).await?;
         Ok((seq >= 0).then_some(seq as u64))
     }
 }

@@ -13,13 +13,18 @@
 //! | `{p}room:{r}:online` | sorted set | `<socket>\|<user id>\|<name>` scored by expiry (presence) |
 //! | `{p}room:{r}:cid:<user id>:<id>` | string | seq of that sender's send with that client_id (expires) |
 //!
-//! Globally: `{p}dirty` (sorted set: rooms with unpersisted messages, scored by when
-//! they became dirty or their watermark last moved); `{p}revoked:<token id>` (a revoked session, until its token
+//! Across rooms: the dirty-room index, a sorted set of the rooms with unpersisted
+//! messages, scored by when they became dirty or their watermark last moved — `{p}dirty`
+//! on one Redis, and on Redis Cluster one set per hash slot, `{p}dirty:{<tag>}` with a tag
+//! of that slot ([`Keyspace::dirty`]), so a room's index entry shares its slot;
+//! `{p}revoked:<token id>` (a revoked session, until its token
 //! expires) and `{p}revoked-loaded` (the revocation cache is complete; the archive holds
-//! the durable list); `{p}login:<account>:failures` and `{p}login:<account>:lock` (failed
+//! the durable list); `{p}login:{<account>}:failures` and `{p}login:{<account>}:lock` (failed
 //! logins and the back-off they earned); `{p}lock:<name>`; channel `{p}sessions:ended` (token ids of ended
 //! sessions, for every gateway). Channel `{p}room:{r}` carries `"<seq> <entry JSON>"` per message,
-//! and `"R <seq>"` when a hydration re-initialises the room's counter at `seq`.
+//! and `"R <seq>"` when a hydration re-initialises the room's counter at `seq`. On Redis
+//! Cluster the channels are sharded (`SPUBLISH`) unless configured otherwise; a room's
+//! channel then lives on the shard of its keys.
 //!
 //! Every multi-step change is one Lua script, so it is atomic and one round-trip.
 //!
@@ -61,8 +66,9 @@ pub use read::{Chunk, RoomSummary, Unreadable, ONLINE_COUNT_CAP};
 pub use sessions::Revocation;
 
 pub use connection::connection_info;
-use connection::{Conn, ServerManager, ServerPool};
-use huddle_config::RedisSettings;
+use connection::{Conn, NodeConnection, ServerManager, ServerPool, THIS_PROCESS};
+use huddle_config::{RedisMode, RedisSettings};
+use huddle_domain::RoomName;
 
 /// Errors of the hot log.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +82,14 @@ pub enum RoomLogError {
     /// The connection pool could not be built from the settings.
     #[error("redis pool config: {0}")]
     PoolConfig(#[from] deadpool::managed::BuildError),
+    /// Fewer replicas than configured confirmed an append in time (`WAIT`).
+    #[error("only {acked} of {wanted} redis replicas confirmed the write in time")]
+    NotReplicated {
+        /// Replicas that confirmed it.
+        acked: i64,
+        /// Replicas required (`HUDDLE_REDIS_WAIT_REPLICAS`).
+        wanted: u32,
+    },
     /// A stream entry read back is not a valid log entry.
     #[error("corrupt log entry {id:?}: {reason}")]
     CorruptEntry {
@@ -107,47 +121,105 @@ pub enum Readiness {
     },
 }
 
-/// The hot log, over a pooled Redis connection.
+/// The hot log, over a pooled Redis connection or a Redis Cluster's.
 #[derive(Clone)]
 pub struct RoomLog {
-    pool: ServerPool,
-    /// Reports the pool in `huddle_pool_connections{pool="redis"}` while the log lives.
-    _pool_report: huddle_telemetry::metrics::PoolReport,
+    backend: Backend,
     pub(crate) keys: Keyspace,
     pub(crate) window: u64,
+    /// `SPUBLISH` (sharded pub/sub) or `PUBLISH`: how live messages are published.
+    pub(crate) publish_command: &'static str,
     settings: std::sync::Arc<RedisSettings>,
 }
 
+#[derive(Clone)]
+enum Backend {
+    Single {
+        pool: ServerPool,
+        /// Reports the pool in `huddle_pool_connections{pool="redis"}` while the log lives.
+        _pool_report: huddle_telemetry::metrics::PoolReport,
+    },
+    Cluster(std::sync::Arc<Cluster>),
+}
+
+/// A Redis Cluster client and its one connection (multiplexed, and shared by every
+/// caller: it holds a connection per node and routes each command by hash slot), opened
+/// on first use.
+struct Cluster {
+    client: redis::cluster::ClusterClient,
+    conn: tokio::sync::OnceCell<redis::cluster_async::ClusterConnection<NodeConnection>>,
+    timeout: std::time::Duration,
+}
+
+/// The cluster client for `settings`: its seed nodes (`redis_url`, split at commas), RESP3
+/// if `push` is wanted (pub/sub pushes), and the deadline of a connection and a reply.
+pub fn cluster_client(settings: &RedisSettings, push: bool) -> Result<redis::cluster::ClusterClientBuilder> {
+    let seeds = settings
+        .redis_url
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(connection_info)
+        .collect::<Result<Vec<_>, _>>()?;
+    let timeout = std::time::Duration::from_millis(settings.redis_timeout_ms.max(1));
+    let mut builder = redis::cluster::ClusterClientBuilder::new(seeds)
+        .connection_timeout(timeout)
+        .response_timeout(timeout)
+        .tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+    if push {
+        builder = builder.use_protocol(redis::ProtocolVersion::RESP3);
+    }
+    Ok(builder)
+}
+
 impl RoomLog {
-    /// Builds the connection pool (connections open lazily).
+    /// Builds the connection pool, or the cluster client (connections open lazily).
     pub fn connect(settings: &RedisSettings) -> Result<Self> {
-        let timeout = Some(std::time::Duration::from_millis(settings.redis_timeout_ms.max(1)));
-        let pool = ServerPool::builder(ServerManager::new(&settings.redis_url)?)
-            .config(deadpool::managed::PoolConfig {
-                timeouts: deadpool::managed::Timeouts { wait: timeout, create: timeout, recycle: timeout },
-                ..deadpool::managed::PoolConfig::new(settings.redis_pool_size)
-            })
-            .runtime(deadpool::Runtime::Tokio1)
-            .build()?;
-        let observed = pool.clone();
-        let _pool_report = huddle_telemetry::metrics::observe_pool("redis", move || {
-            let status = observed.status();
-            huddle_telemetry::metrics::PoolUse::of_deadpool(status.size, status.available, status.max_size)
-        });
+        let timeout = std::time::Duration::from_millis(settings.redis_timeout_ms.max(1));
+        let (backend, keys) = match settings.redis_mode {
+            RedisMode::Single => {
+                let pool = ServerPool::builder(ServerManager::new(&settings.redis_url)?)
+                    .config(deadpool::managed::PoolConfig {
+                        timeouts: deadpool::managed::Timeouts {
+                            wait: Some(timeout),
+                            create: Some(timeout),
+                            recycle: Some(timeout),
+                        },
+                        ..deadpool::managed::PoolConfig::new(settings.redis_pool_size)
+                    })
+                    .runtime(deadpool::Runtime::Tokio1)
+                    .build()?;
+                let observed = pool.clone();
+                let _pool_report = huddle_telemetry::metrics::observe_pool("redis", move || {
+                    let status = observed.status();
+                    huddle_telemetry::metrics::PoolUse::of_deadpool(status.size, status.available, status.max_size)
+                });
+                (Backend::Single { pool, _pool_report }, Keyspace::new(settings.key_prefix.clone()))
+            }
+            RedisMode::Cluster => {
+                let client = cluster_client(settings, false)?.build()?;
+                let cluster = Cluster { client, conn: tokio::sync::OnceCell::new(), timeout };
+                (Backend::Cluster(std::sync::Arc::new(cluster)), Keyspace::clustered(settings.key_prefix.clone()))
+            }
+        };
         Ok(Self {
-            pool,
-            _pool_report,
-            keys: Keyspace::new(settings.key_prefix.clone()),
+            backend,
+            keys,
             window: settings.redis_window,
+            publish_command: if settings.sharded_pubsub() { "SPUBLISH" } else { "PUBLISH" },
             settings: std::sync::Arc::new(settings.clone()),
         })
     }
 
     /// The same log over a pool of its own. A multiplexed connection's reader runs on
     /// the runtime that opened it, so a thread that uses only its own pool gets its
-    /// replies without a wake-up from another thread.
+    /// replies without a wake-up from another thread. (A cluster's log shares its
+    /// connection: it is opened once per process.)
     pub fn with_own_pool(&self) -> Result<Self> {
-        Self::connect(&self.settings)
+        match self.backend {
+            Backend::Single { .. } => Self::connect(&self.settings),
+            Backend::Cluster(_) => Ok(self.clone()),
+        }
     }
 
     /// The key names in use.
@@ -156,14 +228,117 @@ impl RoomLog {
     }
 
     pub(crate) async fn conn(&self) -> Result<Conn> {
-        Ok(Conn::get(&self.pool).await?)
+        match &self.backend {
+            Backend::Single { pool, .. } => Ok(Conn::get(pool).await?),
+            Backend::Cluster(cluster) => {
+                let conn = cluster
+                    .conn
+                    .get_or_try_init(|| async {
+                        tokio::time::timeout(cluster.timeout, cluster.client.get_async_generic_connection())
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err(redis::RedisError::from((redis::ErrorKind::Io, "cluster connect timed out")))
+                            })
+                    })
+                    .await?;
+                Ok(Conn::Cluster(conn.clone()))
+            }
+        }
+    }
+
+    /// Waits until the configured number of replicas hold every write the connection made
+    /// to `room`'s primary so far (`WAIT`, on the connection the append used).
+    pub(crate) async fn wait_for_replicas(&self, conn: &mut Conn, room: &RoomName) -> Result<()> {
+        let wanted = self.settings.redis_wait_replicas;
+        if wanted == 0 {
+            return Ok(());
+        }
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(wanted).arg(self.settings.redis_wait_timeout_ms.max(1));
+        let acked: i64 = match conn {
+            Conn::Pooled { .. } => wait.query_async(conn).await?,
+            Conn::Cluster(cluster) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                let primary = Route::new(keys::slot_of(room.as_str()), SlotAddr::Master);
+                let reply = cluster
+                    .route_command(wait, RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(primary)))
+                    .await?;
+                redis::from_redis_value(reply).map_err(redis::RedisError::from)?
+            }
+        };
+        if acked < i64::from(wanted) {
+            return Err(RoomLogError::NotReplicated { acked, wanted });
+        }
+        Ok(())
+    }
+
+    /// Runs `command` on every dirty-room index: on one Redis, its one index; on a
+    /// cluster, one per hash slot, as one pipeline per slot range to the primary that
+    /// serves it (`CLUSTER SLOTS`), so a sweep costs a round trip per primary rather than
+    /// 16384 requests. A range that moved meanwhile fails the call; the next one sees the
+    /// new owner.
+    pub(crate) async fn on_dirty_indexes<T: redis::FromRedisValue>(
+        &self,
+        command: impl Fn(String) -> redis::Cmd,
+    ) -> Result<Vec<T>> {
+        use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
+        let mut conn = self.conn().await?;
+        let Conn::Cluster(cluster) = &mut conn else {
+            let calls = self.keys.dirty_indexes().into_iter().map(&command).collect();
+            return self.query_each(calls).await;
+        };
+        let ranges: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER").arg("SLOTS").query_async(cluster).await?;
+        let bound = |range: &[redis::Value], i: usize| redis::from_redis_value_ref::<u16>(range.get(i)?).ok();
+        let calls =
+            ranges.iter().filter_map(|range| Some((bound(range, 0)?, bound(range, 1)?))).map(|(first, last)| {
+                let mut pipe = redis::pipe();
+                for slot in first..=last {
+                    pipe.add_command(command(self.keys.dirty_of_slot(slot)));
+                }
+                let mut cluster = cluster.clone();
+                async move {
+                    let primary = SingleNodeRoutingInfo::SpecificNode(Route::new(first, SlotAddr::Master));
+                    let count = usize::from(last - first) + 1;
+                    let replies = cluster.route_pipeline(pipe, 0, count, primary).await?;
+                    replies
+                        .into_iter()
+                        .map(|reply| redis::from_redis_value::<T>(reply).map_err(redis::RedisError::from))
+                        .collect::<Result<Vec<T>, redis::RedisError>>()
+                }
+            });
+        let per_range = futures_util::future::try_join_all(calls).await?;
+        Ok(per_range.into_iter().flatten().collect())
+    }
+
+    /// Runs commands that may each touch another hash slot: as one pipeline on a single
+    /// Redis, at once (each routed by its key) on a cluster, which refuses a pipeline that
+    /// spans slots. Replies come in the order of `commands`.
+    pub(crate) async fn query_each<T: redis::FromRedisValue>(&self, commands: Vec<redis::Cmd>) -> Result<Vec<T>> {
+        if commands.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn().await?;
+        if let Conn::Cluster(cluster) = &conn {
+            let calls = commands.into_iter().map(|command| {
+                let mut conn = cluster.clone();
+                async move { command.query_async::<T>(&mut conn).await }
+            });
+            return Ok(futures_util::future::try_join_all(calls).await?);
+        }
+        let mut pipe = redis::pipe();
+        for command in commands {
+            pipe.add_command(command);
+        }
+        Ok(pipe.query_async(&mut conn).await?)
     }
 
     /// Redis may have gone away (a pub/sub connection on it broke): every pooled
     /// connection is PINGed before its next use, so a dead one is replaced instead of
-    /// failing its caller's command.
+    /// failing its caller's command. (A cluster's connections repair themselves.)
     pub fn suspect_connections(&self) {
-        self.pool.manager().suspect();
+        if let Backend::Single { pool, .. } = &self.backend {
+            pool.manager().suspect();
+        }
     }
 
     /// Round-trips a PING (readiness).
@@ -186,6 +361,7 @@ mod tests {
         ("mark_persisted.lua", include_str!("lua/mark_persisted.lua")),
         ("presence.lua", include_str!("lua/presence.lua")),
         ("read_chunk.lua", include_str!("lua/read_chunk.lua")),
+        ("readiness.lua", include_str!("lua/readiness.lua")),
         ("recheck.lua", include_str!("lua/recheck.lua")),
         ("release_claim.lua", include_str!("lua/release_claim.lua")),
         ("take_lock.lua", include_str!("lua/take_lock.lua")),
@@ -193,7 +369,8 @@ mod tests {
 
     /// A script may touch only the keys its caller declares in KEYS (Redis Cluster routes
     /// a script by them, and refuses one that reaches for another): each command's key
-    /// is a `KEYS[...]` (PUBLISH names a channel, not a key).
+    /// is a `KEYS[...]`. A command named by an argument is the publish command (PUBLISH or
+    /// SPUBLISH, whose first argument is a channel, not a key).
     #[test]
     fn every_script_touches_only_the_keys_it_declares() {
         let listed: std::collections::BTreeSet<_> = SCRIPTS.iter().map(|(name, _)| name.to_string()).collect();
@@ -207,7 +384,7 @@ mod tests {
                 let mut args = call.splitn(3, ',').map(str::trim);
                 let command = args.next().unwrap_or_default().trim_matches('\'').to_ascii_uppercase();
                 let key = args.next().unwrap_or_default();
-                if command == "PUBLISH" {
+                if command.starts_with("ARGV[") {
                     continue;
                 }
                 assert!(key.starts_with("KEYS["), "{name}: {command} touches {key:?}, not a declared key");

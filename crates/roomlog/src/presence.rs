@@ -5,7 +5,7 @@
 use std::sync::LazyLock;
 
 use huddle_domain::RoomName;
-use redis::{AsyncCommands, Script};
+use redis::Script;
 
 use crate::{Result, RoomLog};
 
@@ -83,7 +83,11 @@ impl RoomLog {
 
     /// Publishes a payload on the room's channel that is not stored (typing notices).
     pub async fn publish_ephemeral(&self, room: &RoomName, payload: &str) -> Result<()> {
-        let _: i64 = self.conn().await?.publish(self.keys.channel(room), payload).await?;
+        let _: i64 = redis::cmd(self.publish_command)
+            .arg(self.keys.channel(room))
+            .arg(payload)
+            .query_async(&mut self.conn().await?)
+            .await?;
         Ok(())
     }
 }

@@ -138,24 +138,42 @@ pub const ONLINE_COUNT_CAP: usize = 1000;
 
 impl RoomLog {
     /// Counter, newest message time and people online of each room, in three pipelined
-    /// round trips whatever the number of rooms (one key of one room per command, so
-    /// Redis Cluster can route each). A room whose newest entry cannot be read is
-    /// summarised without its time.
+    /// round trips whatever the number of rooms on one Redis (one key of one room per
+    /// command, so Redis Cluster routes each by itself). A room whose newest entry cannot
+    /// be read is summarised without its time.
     pub async fn summaries(&self, rooms: &[RoomName]) -> Result<Vec<RoomSummary>> {
         if rooms.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.conn().await?;
-        let (mut counters, mut newest, mut online) = (redis::pipe(), redis::pipe(), redis::pipe());
         let now = huddle_domain::now_ms();
-        for room in rooms {
-            counters.get(self.keys.seq(room));
-            newest.cmd("XREVRANGE").arg(self.keys.log(room)).arg("+").arg("-").arg("COUNT").arg(1);
-            online.zrangebyscore_limit(self.keys.online(room), now, "+inf", 0, ONLINE_COUNT_CAP as isize);
-        }
-        let counters: Vec<Option<u64>> = counters.query_async(&mut conn).await?;
-        let newest: Vec<Vec<(String, Vec<String>)>> = newest.query_async(&mut conn).await?;
-        let online: Vec<Vec<String>> = online.query_async(&mut conn).await?;
+        let counters: Vec<Option<u64>> =
+            self.query_each(rooms.iter().map(|room| redis::Cmd::get(self.keys.seq(room))).collect()).await?;
+        let newest: Vec<Vec<(String, Vec<String>)>> = self
+            .query_each(
+                rooms
+                    .iter()
+                    .map(|room| {
+                        redis::cmd("XREVRANGE").arg(self.keys.log(room)).arg("+").arg("-").arg("COUNT").arg(1).clone()
+                    })
+                    .collect(),
+            )
+            .await?;
+        let online: Vec<Vec<String>> = self
+            .query_each(
+                rooms
+                    .iter()
+                    .map(|room| {
+                        redis::Cmd::zrangebyscore_limit(
+                            self.keys.online(room),
+                            now,
+                            "+inf",
+                            0,
+                            ONLINE_COUNT_CAP as isize,
+                        )
+                    })
+                    .collect(),
+            )
+            .await?;
         Ok(counters
             .into_iter()
             .zip(newest)

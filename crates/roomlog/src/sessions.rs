@@ -16,29 +16,31 @@ pub enum Revocation {
 }
 
 impl RoomLog {
-    /// Marks a session token id as revoked until `ttl_secs` from now, and announces it on
-    /// [`Keyspace::ended_sessions`](crate::Keyspace::ended_sessions) in the same step.
-    /// The archive holds the durable record; this is its cache.
+    /// Marks a session token id as revoked until `ttl_secs` from now, then announces it on
+    /// [`Keyspace::ended_sessions`](crate::Keyspace::ended_sessions) (two steps: on a
+    /// cluster the marker and the channel live in different slots). The archive holds the
+    /// durable record; this is its cache.
     pub async fn revoke_token(&self, token_id: &str, ttl_secs: u64) -> Result<()> {
-        let _: () = redis::pipe()
-            .atomic()
-            .set_ex(self.keys.revoked_token(token_id), 1, ttl_secs.max(1))
-            .ignore()
-            .publish(self.keys.ended_sessions(), token_id)
-            .ignore()
-            .query_async(&mut self.conn().await?)
+        let mut conn = self.conn().await?;
+        let _: () =
+            redis::Cmd::set_ex(self.keys.revoked_token(token_id), 1, ttl_secs.max(1)).query_async(&mut conn).await?;
+        let _: i64 = redis::cmd(self.publish_command)
+            .arg(self.keys.ended_sessions())
+            .arg(token_id)
+            .query_async(&mut conn)
             .await?;
         Ok(())
     }
 
     /// Whether a session token id was revoked, as far as the cache knows.
     pub async fn revocation(&self, token_id: &str) -> Result<Revocation> {
-        let (revoked, loaded): (bool, bool) = redis::pipe()
-            .exists(self.keys.revoked_token(token_id))
-            .exists(self.keys.revocations_loaded())
-            .query_async(&mut self.conn().await?)
+        let found: Vec<bool> = self
+            .query_each(vec![
+                redis::Cmd::exists(self.keys.revoked_token(token_id)),
+                redis::Cmd::exists(self.keys.revocations_loaded()),
+            ])
             .await?;
-        Ok(match (revoked, loaded) {
+        Ok(match (found[0], found[1]) {
             (true, _) => Revocation::Revoked,
             (false, true) => Revocation::Live,
             (false, false) => Revocation::Unknown,
@@ -48,12 +50,12 @@ impl RoomLog {
     /// Fills the cache with every live revocation, (token id, seconds left), and marks
     /// it complete.
     pub async fn load_revocations(&self, revoked: &[(String, u64)]) -> Result<()> {
-        let mut pipe = redis::pipe();
-        for (token_id, ttl_secs) in revoked {
-            pipe.set_ex(self.keys.revoked_token(token_id), 1, (*ttl_secs).max(1)).ignore();
-        }
-        pipe.set(self.keys.revocations_loaded(), 1).ignore();
-        let _: () = pipe.query_async(&mut self.conn().await?).await?;
+        let markers = revoked
+            .iter()
+            .map(|(token_id, ttl_secs)| redis::Cmd::set_ex(self.keys.revoked_token(token_id), 1, (*ttl_secs).max(1)));
+        let _: Vec<redis::Value> = self.query_each(markers.collect()).await?;
+        // Marked complete only once every marker is in.
+        let _: () = redis::Cmd::set(self.keys.revocations_loaded(), 1).query_async(&mut self.conn().await?).await?;
         Ok(())
     }
 }

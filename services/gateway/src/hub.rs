@@ -1,5 +1,9 @@
 //! Live fan-out: one Redis pub/sub connection per gateway worker thread, shared by the
 //! thread's sockets. A room's channel is subscribed while at least one of them is in it.
+//! On Redis Cluster the connection is the cluster client's (a connection per node, each
+//! channel subscribed on the shard that owns it, by `SSUBSCRIBE` unless sharded pub/sub is
+//! off); it re-subscribes by itself after a failover or a slot move, and the hub makes each
+//! such room's sockets resync once the new subscription is confirmed.
 //!
 //! Each socket has a bounded queue. Delivery never waits: a socket whose queue is full
 //! is dropped from the hub (its queue closes) and its session closes it with code 4008,
@@ -12,9 +16,12 @@ use std::time::Duration;
 
 use bytestring::ByteString;
 use futures_util::StreamExt;
+use huddle_config::{RedisMode, RedisSettings};
 use huddle_domain::RoomName;
 use huddle_roomlog::{parse_published, Keyspace, RoomLog, RESET_PREFIX};
 use redis::aio::{PubSubSink, PubSubStream};
+use redis::cluster_async::ClusterConnection;
+use redis::{PushInfo, PushKind, RedisResult};
 use tokio::sync::mpsc;
 
 use crate::metrics::{DELIVERY_SECONDS, ROOMS, SLOW_CONSUMER_CLOSES};
@@ -78,13 +85,54 @@ struct Member {
 type Members = HashMap<RoomName, HashMap<u64, Member>>;
 
 struct Subscriptions {
-    sink: PubSubSink,
+    sink: Sink,
     rooms: HashSet<RoomName>,
+}
+
+/// Where subscriptions are sent: one Redis's pub/sub connection, or a cluster's.
+enum Sink {
+    Single(PubSubSink),
+    Cluster {
+        conn: ClusterConnection,
+        /// `SSUBSCRIBE` (sharded pub/sub) rather than `SUBSCRIBE`.
+        sharded: bool,
+    },
+}
+
+impl Sink {
+    async fn subscribe(&mut self, channel: String) -> RedisResult<()> {
+        match self {
+            Self::Single(sink) => sink.subscribe(channel).await,
+            Self::Cluster { conn, sharded: true } => conn.ssubscribe(channel).await,
+            Self::Cluster { conn, sharded: false } => conn.subscribe(channel).await,
+        }
+    }
+
+    async fn unsubscribe(&mut self, channel: String) -> RedisResult<()> {
+        match self {
+            Self::Single(sink) => sink.unsubscribe(channel).await,
+            Self::Cluster { conn, sharded: true } => conn.sunsubscribe(channel).await,
+            Self::Cluster { conn, sharded: false } => conn.unsubscribe(channel).await,
+        }
+    }
+
+    /// A PING, on every node of a cluster.
+    async fn ping(&mut self) -> RedisResult<()> {
+        match self {
+            Self::Single(sink) => sink.ping::<redis::Value>().await.map(drop),
+            Self::Cluster { conn, .. } => {
+                use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
+                let every_node =
+                    RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllNodes, Some(ResponsePolicy::AllSucceeded)));
+                conn.route_command(redis::cmd("PING"), every_node).await.map(drop)
+            }
+        }
+    }
 }
 
 /// The gateway's fan-out hub.
 pub struct Hub {
-    client: redis::Client,
+    settings: HubSettings,
     /// The thread's Redis pool, told when the pub/sub connection breaks.
     log: RoomLog,
     keys: Keyspace,
@@ -100,13 +148,18 @@ pub struct Hub {
     /// failed its keepalive: a wake-up about an already replaced connection is ignored.
     generation: AtomicU64,
     failed_generation: AtomicU64,
+    /// On a cluster: the channels whose subscription Redis confirmed. A confirmation of
+    /// one already confirmed is a re-subscription after a failover or a slot move.
+    confirmed: Mutex<HashSet<String>>,
+    /// On a cluster: a pass re-subscribing every channel is under way.
+    resubscribing: std::sync::atomic::AtomicBool,
 }
 
 /// How a hub reaches Redis and treats its sockets.
 #[derive(Debug, Clone)]
 pub struct HubSettings {
-    /// The Redis whose pub/sub carries the rooms' messages.
-    pub redis_url: String,
+    /// The Redis (or Redis Cluster) whose pub/sub carries the rooms' messages.
+    pub redis: RedisSettings,
     /// The channel names.
     pub keys: Keyspace,
     /// Frames queued per socket before it is dropped as too slow.
@@ -159,11 +212,27 @@ impl Hub {
     /// replaced, and every local socket resyncs.
     async fn start(settings: &HubSettings, log: RoomLog) -> redis::RedisResult<Arc<Self>> {
         let keys = settings.keys.clone();
-        let client = redis::Client::open(huddle_roomlog::connection_info(&settings.redis_url)?)?;
-        let (mut sink, stream) = client.get_async_pubsub().await?.split();
+        let (mut sink, feed) = match settings.redis.redis_mode {
+            RedisMode::Single => {
+                let client = redis::Client::open(huddle_roomlog::connection_info(&settings.redis.redis_url)?)?;
+                let (sink, stream) = client.get_async_pubsub().await?.split();
+                (Sink::Single(sink), Feed::Single(stream))
+            }
+            RedisMode::Cluster => {
+                let (pushes_tx, pushes) = mpsc::unbounded_channel();
+                let client = huddle_roomlog::cluster_client(&settings.redis, true)
+                    .map_err(|error| {
+                        redis::RedisError::from((redis::ErrorKind::Io, "cluster client", error.to_string()))
+                    })?
+                    .push_sender(pushes_tx)
+                    .build()?;
+                let conn = client.get_async_connection().await?;
+                (Sink::Cluster { conn, sharded: settings.redis.sharded_pubsub() }, Feed::Cluster(pushes))
+            }
+        };
         sink.subscribe(keys.ended_sessions()).await?;
         let hub = Arc::new(Self {
-            client,
+            settings: settings.clone(),
             log,
             keys,
             members: Mutex::new(HashMap::new()),
@@ -174,8 +243,13 @@ impl Hub {
             reconnect_now: tokio::sync::Notify::new(),
             generation: AtomicU64::new(1),
             failed_generation: AtomicU64::new(0),
+            confirmed: Mutex::new(HashSet::new()),
+            resubscribing: std::sync::atomic::AtomicBool::new(false),
         });
-        tokio::spawn(Arc::clone(&hub).dispatch(stream));
+        match feed {
+            Feed::Single(stream) => tokio::spawn(Arc::clone(&hub).dispatch(stream)),
+            Feed::Cluster(pushes) => tokio::spawn(Arc::clone(&hub).dispatch_pushes(pushes)),
+        };
         tokio::spawn(Arc::clone(&hub).keep_alive(settings.keepalive));
         Ok(hub)
     }
@@ -341,16 +415,20 @@ impl Hub {
         loop {
             ticks.tick().await;
             let generation = self.generation.load(Ordering::Acquire);
-            let answered = tokio::time::timeout(self.deadline, async {
-                self.subscriptions.lock().await.sink.ping::<redis::Value>().await
-            })
-            .await;
+            let answered =
+                tokio::time::timeout(self.deadline, async { self.subscriptions.lock().await.sink.ping().await }).await;
             let failure = match answered {
                 Ok(Ok(_)) => continue,
                 Ok(Err(error)) => format!("PING failed: {error}"),
                 Err(_) => format!("PING unanswered within {} ms", self.deadline.as_millis()),
             };
             tracing::warn!(%failure, "redis pub/sub connection is not answering");
+            if self.settings.redis.redis_mode == RedisMode::Cluster {
+                // The cluster client repairs its node connections; make sure every
+                // channel is subscribed again wherever its slot now lives.
+                Arc::clone(&self).resubscribe_everything();
+                continue;
+            }
             self.failed_generation.store(generation, Ordering::Release);
             self.reconnect_now.notify_one();
         }
@@ -365,7 +443,8 @@ impl Hub {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(5));
             // A new connection can be as silent as the old one: every step has the deadline.
-            let Ok(Ok(pubsub)) = tokio::time::timeout(self.deadline, self.client.get_async_pubsub()).await else {
+            let Ok(client) = redis::Client::open(self.settings.redis.redis_url.as_str()) else { continue };
+            let Ok(Ok(pubsub)) = tokio::time::timeout(self.deadline, client.get_async_pubsub()).await else {
                 continue;
             };
             let (mut sink, stream) = pubsub.split();
@@ -382,7 +461,7 @@ impl Hub {
             if failed {
                 continue;
             }
-            subscriptions.sink = sink;
+            subscriptions.sink = Sink::Single(sink);
             // A keepalive failure of the replaced connection must not tear this one down.
             self.generation.fetch_add(1, Ordering::AcqRel);
             let rooms: Vec<RoomName> = self.lock_members().keys().cloned().collect();
@@ -393,4 +472,116 @@ impl Hub {
             return stream;
         }
     }
+
+    /// Reads a cluster's pushes: messages, and the confirmations and losses of
+    /// subscriptions that tell when a room's live feed was interrupted.
+    async fn dispatch_pushes(self: Arc<Self>, mut pushes: mpsc::UnboundedReceiver<PushInfo>) {
+        while let Some(push) = pushes.recv().await {
+            let text =
+                |index: usize| push.data.get(index).and_then(|value| redis::from_redis_value_ref::<String>(value).ok());
+            match push.kind {
+                PushKind::Message | PushKind::SMessage => match (text(0), text(1)) {
+                    (Some(channel), Some(payload)) => self.dispatch_one(&channel, &payload),
+                    _ => tracing::warn!(kind = ?push.kind, "bad pub/sub message"),
+                },
+                PushKind::Subscribe | PushKind::SSubscribe => {
+                    if let Some(channel) = text(0) {
+                        self.subscription_confirmed(channel);
+                    }
+                }
+                PushKind::Unsubscribe | PushKind::SUnsubscribe => {
+                    let Some(channel) = text(0) else { continue };
+                    self.lock_confirmed().remove(&channel);
+                    // Either this hub left the room, or Redis dropped the subscription
+                    // (its slot moved to another shard): a pass puts back a wanted one.
+                    let hub = Arc::clone(&self);
+                    tokio::spawn(async move {
+                        let wanted = match hub.keys.room_of_channel(&channel) {
+                            Some(room) => hub.subscriptions.lock().await.rooms.contains(&room),
+                            None => true,
+                        };
+                        if wanted {
+                            hub.resubscribe_everything();
+                        }
+                    });
+                }
+                PushKind::Disconnection => {
+                    tracing::warn!("redis cluster pub/sub lost a node connection; re-subscribing every room");
+                    self.log.suspect_connections();
+                    Arc::clone(&self).resubscribe_everything();
+                }
+                _ => {}
+            }
+        }
+        tracing::error!("redis cluster pub/sub feed closed; live delivery on this thread has stopped");
+    }
+
+    fn lock_confirmed(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.confirmed.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A subscription Redis confirmed. Confirmed again, it was re-made after an
+    /// interruption (a failover, a slot move): the room's sockets re-read the log from the
+    /// last seq each sent, as the feed now carries everything published from here on.
+    fn subscription_confirmed(&self, channel: String) {
+        let again = !self.lock_confirmed().insert(channel.clone());
+        if !again {
+            return;
+        }
+        if let Some(room) = self.keys.room_of_channel(&channel) {
+            self.deliver(&room, Outbound::Resync);
+        }
+    }
+
+    /// Subscribes every wanted channel again, until one whole pass succeeds (one pass at a
+    /// time). Redis confirms each; [`Self::subscription_confirmed`] resyncs its room.
+    fn resubscribe_everything(self: Arc<Self>) {
+        if self.resubscribing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(100);
+            loop {
+                let channels: Vec<String> = {
+                    let subscriptions = self.subscriptions.lock().await;
+                    std::iter::once(self.keys.ended_sessions())
+                        .chain(subscriptions.rooms.iter().map(|room| self.keys.channel(room)))
+                        .collect()
+                };
+                let mut failure = None;
+                for channel in channels {
+                    let subscribed = tokio::time::timeout(self.deadline, async {
+                        let mut subscriptions = self.subscriptions.lock().await;
+                        let still_wanted =
+                            self.keys.room_of_channel(&channel).is_none_or(|room| subscriptions.rooms.contains(&room));
+                        if still_wanted {
+                            subscriptions.sink.subscribe(channel).await
+                        } else {
+                            Ok(())
+                        }
+                    })
+                    .await;
+                    match subscribed {
+                        Ok(Ok(())) => {}
+                        Ok(Err(error)) => failure = Some(error.to_string()),
+                        Err(_) => failure = Some(format!("no answer within {} ms", self.deadline.as_millis())),
+                    }
+                    if failure.is_some() {
+                        break;
+                    }
+                }
+                let Some(failure) = failure else { break };
+                tracing::warn!(%failure, "re-subscribing on the redis cluster failed; trying again");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            self.resubscribing.store(false, Ordering::Release);
+        });
+    }
+}
+
+/// What the hub's dispatcher reads: one Redis's pub/sub stream, or a cluster's pushes.
+enum Feed {
+    Single(PubSubStream),
+    Cluster(mpsc::UnboundedReceiver<PushInfo>),
 }

@@ -391,7 +391,7 @@ pub async fn start(mut settings: Settings) -> Result<RunningGateway, StartError>
         .timeout(std::time::Duration::from_millis(settings.join_timeout_ms.max(1)))
         .connect_lazy();
     let hub_settings = hub::HubSettings {
-        redis_url: settings.redis.redis_url.clone(),
+        redis: settings.redis.clone(),
         keys: log.keys().clone(),
         queue_capacity: settings.socket_queue,
         deadline: std::time::Duration::from_millis(settings.join_timeout_ms.max(1)),

@@ -36,6 +36,10 @@ pub(crate) fn room_log(redis_url: &str, key_prefix: &str, pool_size: usize) -> R
         key_prefix: key_prefix.to_owned(),
         redis_window: 2000,
         redis_timeout_ms: 5_000,
+        redis_mode: huddle_config::RedisMode::Single,
+        redis_sharded_pubsub: true,
+        redis_wait_replicas: 0,
+        redis_wait_timeout_ms: 500,
     })?)
 }
 

@@ -46,8 +46,11 @@ pub fn amqp_url() -> String {
 pub struct TestEnv {
     /// Unique per test (creation time and a random part): every name below contains it.
     pub id: String,
-    /// The Redis this test's services use (the shared one unless the test brought its own).
+    /// The Redis this test's services use (the shared one unless the test brought its own);
+    /// for a cluster, every node's URL, separated by commas.
     pub redis_url: String,
+    /// Single Redis, or Redis Cluster (an [`OwnRedisCluster`]).
+    pub redis_mode: huddle_config::RedisMode,
     /// URL of the test's own database.
     pub database_url: String,
     /// Name of the test's own database.
@@ -69,6 +72,15 @@ impl TestEnv {
 
     /// Like [`TestEnv::new`], on the Redis at `redis_url` (e.g. an [`OwnRedis`]).
     pub async fn with_redis(redis_url: String) -> Result<Self> {
+        Self::on(redis_url, huddle_config::RedisMode::Single).await
+    }
+
+    /// Like [`TestEnv::new`], on a Redis Cluster of the test's own.
+    pub async fn with_redis_cluster(cluster: &OwnRedisCluster) -> Result<Self> {
+        Self::on(cluster.urls().join(","), huddle_config::RedisMode::Cluster).await
+    }
+
+    async fn on(redis_url: String, redis_mode: huddle_config::RedisMode) -> Result<Self> {
         let _ = huddle_telemetry::init("e2e-test");
         // The creation time in the names lets scripts/clean-test-leftovers.sh remove what
         // a crashed run left behind without touching a run still in progress.
@@ -83,7 +95,8 @@ impl TestEnv {
                 })?;
         tokio::spawn(connection);
         client.batch_execute(&format!("CREATE DATABASE {db_name}")).await?;
-        let redis = redis::Client::open(redis_url.as_str())?;
+        let seed = redis_url.split(',').next().unwrap_or_default();
+        let redis = redis::Client::open(seed)?;
         let mut conn = redis
             .get_multiplexed_async_connection()
             .await
@@ -96,6 +109,7 @@ impl TestEnv {
             queue_prefix: format!("ht{id}"),
             amqp_url: amqp_url(),
             redis_url,
+            redis_mode,
             id,
         })
     }
@@ -148,7 +162,17 @@ impl TestEnv {
             "8".into(),
             "--key-prefix".into(),
             self.key_prefix.clone(),
+            "--redis-mode".into(),
+            self.redis_mode_name().into(),
         ]
+    }
+
+    /// `single` or `cluster`, as `HUDDLE_REDIS_MODE` takes it.
+    pub fn redis_mode_name(&self) -> &'static str {
+        match self.redis_mode {
+            huddle_config::RedisMode::Single => "single",
+            huddle_config::RedisMode::Cluster => "cluster",
+        }
     }
 
     /// Flags for services that talk to RabbitMQ.
@@ -177,12 +201,30 @@ impl TestEnv {
             key_prefix: self.key_prefix.clone(),
             redis_window: window,
             redis_timeout_ms: 5_000,
+            redis_mode: self.redis_mode,
+            redis_sharded_pubsub: true,
+            redis_wait_replicas: 0,
+            redis_wait_timeout_ms: 500,
         })?)
     }
 
-    /// Deletes every Redis key of this test (what "Redis lost everything" means to it).
+    /// Deletes every Redis key of this test (what "Redis lost everything" means to it): on
+    /// a cluster, on each of its primaries.
     pub async fn wipe_redis(&self) -> Result<u64> {
-        let mut conn = redis::Client::open(self.redis_url.as_str())?.get_multiplexed_async_connection().await?;
+        let mut deleted = 0;
+        for url in self.redis_url.split(',') {
+            let mut conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
+            let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut conn).await?;
+            if role.first() == Some(&redis::Value::BulkString(b"master".to_vec())) {
+                deleted += self.wipe_node(&mut conn).await?;
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Deletes this test's keys on one Redis, one key per DEL (a cluster node refuses a
+    /// DEL whose keys span slots).
+    async fn wipe_node(&self, conn: &mut redis::aio::MultiplexedConnection) -> Result<u64> {
         let mut cursor = 0u64;
         let mut deleted = 0;
         loop {
@@ -192,10 +234,14 @@ impl TestEnv {
                 .arg(format!("{}*", self.key_prefix))
                 .arg("COUNT")
                 .arg(1000)
-                .query_async(&mut conn)
+                .query_async(conn)
                 .await?;
             if !keys.is_empty() {
-                deleted += redis::cmd("DEL").arg(&keys).query_async::<u64>(&mut conn).await?;
+                let mut pipe = redis::pipe();
+                for key in &keys {
+                    pipe.del(key);
+                }
+                deleted += pipe.query_async::<Vec<u64>>(conn).await?.into_iter().sum::<u64>();
             }
             if next == 0 {
                 return Ok(deleted);
@@ -947,6 +993,7 @@ impl Service {
             .env("RUST_LOG", "warn")
             .env("HUDDLE_DATABASE_URL", &env.database_url)
             .env("HUDDLE_REDIS_URL", &env.redis_url)
+            .env("HUDDLE_REDIS_MODE", env.redis_mode_name())
             .env("HUDDLE_KEY_PREFIX", &env.key_prefix)
             .env("HUDDLE_AMQP_URL", &env.amqp_url)
             .env("HUDDLE_QUEUE_PREFIX", &env.queue_prefix)
@@ -1161,6 +1208,168 @@ impl Drop for OwnRedis {
         let _ = self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A Redis Cluster of the test's own: 3 primaries, each with one replica, on free ports
+/// (`redis-server --cluster-enabled yes`, joined by `redis-cli --cluster create`). A node
+/// can be killed (its replica takes over after the 1 s node timeout) and restarted (it
+/// rejoins as a replica). Nothing is saved to disk.
+pub struct OwnRedisCluster {
+    nodes: Vec<OwnRedis>,
+}
+
+impl OwnRedisCluster {
+    /// Starts the six nodes and forms the cluster; waits until every slot is served.
+    pub fn start() -> Result<Self> {
+        let mut nodes = Vec::new();
+        for _ in 0..6 {
+            let port = free_port_with_bus()?;
+            let dir = std::env::temp_dir().join(format!("huddle-redis-cluster-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
+            // Replicas sync at once (by default a primary waits 5 s to batch them).
+            let args = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "1000",
+                "--repl-diskless-sync-delay",
+                "0",
+            ];
+            let mut node = OwnRedis { port, dir, args: args.iter().map(|a| a.to_string()).collect(), child: None };
+            node.restart()?;
+            nodes.push(node);
+        }
+        let addresses: Vec<String> = nodes.iter().map(|node| format!("127.0.0.1:{}", node.port)).collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .context("redis-cli is not installed (scripts/services.sh installs it)")?;
+        if !created.status.success() {
+            bail!("redis-cli --cluster create failed: {}", String::from_utf8_lossy(&created.stdout));
+        }
+        let cluster = Self { nodes };
+        cluster.wait_until_whole(Duration::from_secs(20))?;
+        cluster.wait_until_replicated(Duration::from_secs(20))?;
+        Ok(cluster)
+    }
+
+    /// Waits until three nodes are replicas whose link to their primary is up (a replica
+    /// that never synced refuses to take over).
+    fn wait_until_replicated(&self, within: Duration) -> Result<()> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let synced = self
+                .nodes
+                .iter()
+                .filter(|node| {
+                    self.cli(node.port, &["INFO", "replication"])
+                        .is_ok_and(|info| info.contains("role:slave") && info.contains("master_link_status:up"))
+                })
+                .count();
+            if synced == 3 {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("only {synced} of 3 redis cluster replicas synced within {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Every node's URL.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(OwnRedis::url).collect()
+    }
+
+    fn cli(&self, port: u16, args: &[&str]) -> Result<String> {
+        let out = Command::new("redis-cli").args(["-p", &port.to_string()]).args(args).output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The port of the primary that serves `slot`, as a live node sees it.
+    pub fn primary_of(&self, slot: u16) -> Result<u16> {
+        for node in self.nodes.iter().filter(|node| node.child.is_some()) {
+            let nodes = self.cli(node.port, &["CLUSTER", "NODES"])?;
+            for line in nodes.lines() {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+                    continue;
+                }
+                let serves = fields[8..].iter().any(|range| {
+                    let (from, to) = range.split_once('-').unwrap_or((range, range));
+                    matches!((from.parse::<u16>(), to.parse::<u16>()), (Ok(from), Ok(to)) if (from..=to).contains(&slot))
+                });
+                if serves {
+                    let port =
+                        fields[1].split('@').next().and_then(|a| a.rsplit(':').next()).context("node address")?;
+                    return Ok(port.parse()?);
+                }
+            }
+        }
+        bail!("no live node knows a primary for slot {slot}")
+    }
+
+    /// SIGKILLs the node on `port`.
+    pub fn kill(&mut self, port: u16) -> Result<()> {
+        self.nodes.iter_mut().find(|node| node.port == port).context("no such node")?.kill()
+    }
+
+    /// Starts the node on `port` again (empty: it rejoins as a replica and resyncs).
+    pub fn restart(&mut self, port: u16) -> Result<()> {
+        self.nodes.iter_mut().find(|node| node.port == port).context("no such node")?.restart()
+    }
+
+    /// Waits until a primary other than the one on `old_primary` serves `slot`, and the
+    /// cluster is whole again (a replica took over the killed primary's slots).
+    pub fn wait_for_failover(&self, slot: u16, old_primary: u16, within: Duration) -> Result<u16> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            match self.primary_of(slot) {
+                Ok(primary) if primary != old_primary => {
+                    self.wait_until_whole(deadline.saturating_duration_since(std::time::Instant::now()))?;
+                    return Ok(primary);
+                }
+                _ if std::time::Instant::now() > deadline => {
+                    bail!("no replica took over slot {slot} from port {old_primary} within {within:?}")
+                }
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    /// Waits until a live node reports every slot served (`cluster_state:ok`) and no
+    /// primary of a slot is one that is down.
+    pub fn wait_until_whole(&self, within: Duration) -> Result<()> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let whole = self.nodes.iter().filter(|node| node.child.is_some()).all(|node| {
+                self.cli(node.port, &["CLUSTER", "INFO"]).is_ok_and(|info| info.contains("cluster_state:ok"))
+            });
+            if whole {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("the redis cluster did not become whole within {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A free port whose cluster bus port (10000 above it) is free as well.
+fn free_port_with_bus() -> Result<u16> {
+    for _ in 0..100 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        if port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port with a free cluster bus port found")
 }
 
 /// A RabbitMQ cluster of this test's own, on free ports: nodes that can be killed and

@@ -1,9 +1,10 @@
 -- Appends one message to a room: the write path's single atomic round-trip.
 -- KEYS[1] seq counter, KEYS[2] log stream, KEYS[3] persisted watermark, KEYS[4] client_id marker,
--- KEYS[5] the dirty-room index (global: it shares no hash slot with the room's keys),
+-- KEYS[5] the dirty-room index that lists the room (in the room's hash slot on a cluster),
 -- KEYS[6] run_id of the Redis process the room was last checked on
 -- ARGV[1] pub/sub channel, ARGV[2] entry JSON, ARGV[3] client_id marker TTL in seconds ("0": no client_id),
--- ARGV[4] room name, ARGV[5] now (ms), ARGV[6] run_id of this Redis process (as the caller's connection read it)
+-- ARGV[4] room name, ARGV[5] now (ms), ARGV[6] run_id of this Redis process (filled in by the connection),
+-- ARGV[7] the publish command (PUBLISH or SPUBLISH)
 -- The room enters the dirty index in the same atomic step as its first unpersisted
 -- message, so no crash can leave an unpersisted message that the sweep never sees.
 -- A room not checked on this process may have gone back to an older state (Redis
@@ -26,7 +27,7 @@ redis.call('XADD', KEYS[2], seq .. '-0', 'm', ARGV[2])
 if dedupe then
   redis.call('SET', KEYS[4], seq, 'EX', ARGV[3])
 end
-redis.call('PUBLISH', ARGV[1], seq .. ' ' .. ARGV[2])
+redis.call(ARGV[7], ARGV[1], seq .. ' ' .. ARGV[2])
 local persisted = tonumber(redis.call('GET', KEYS[3]) or '0')
 redis.call('ZADD', KEYS[5], 'NX', ARGV[5], ARGV[4])
 return {seq, 0, seq - persisted}

@@ -2,7 +2,8 @@
 -- KEYS[1] seq counter, KEYS[2] log stream, KEYS[3] persisted watermark, KEYS[4] epoch,
 -- KEYS[5] run_id the room was checked on, KEYS[6..] client_id markers of restored messages
 -- ARGV[1] archived last seq, ARGV[2] client_id marker TTL (s), ARGV[3] pub/sub channel,
--- ARGV[4] the room's epoch in the archive, ARGV[5] this Redis process's run_id, then triplets of
+-- ARGV[4] the room's epoch in the archive, ARGV[5] this Redis process's run_id (filled in by the
+-- connection), ARGV[6] the publish command (PUBLISH or SPUBLISH), then triplets of
 -- (seq, entry JSON, index in KEYS of its client_id marker or 0) in ascending seq order. Restoring the client_id markers
 -- keeps a resend of a recent message from becoming a duplicate after Redis was lost.
 -- Returns {initialised (0/1), seq counter}.
@@ -24,7 +25,7 @@ if #tail > 0 then
   local last = tonumber(string.match(tail[1][1], '^(%d+)'))
   if last > seq then seq = last end
 else
-  for i = 6, #ARGV, 3 do
+  for i = 7, #ARGV, 3 do
     redis.call('XADD', KEYS[2], ARGV[i] .. '-0', 'm', ARGV[i + 1])
     local marker = tonumber(ARGV[i + 2])
     if marker > 0 then
@@ -38,5 +39,5 @@ redis.call('SET', KEYS[5], ARGV[5])
 redis.call('SET', KEYS[1], seq)
 -- Sockets still open on the room may have seen seqs above this (acked messages that
 -- Redis lost): "R <seq>" tells every gateway to reload them from here.
-redis.call('PUBLISH', ARGV[3], 'R ' .. seq)
+redis.call(ARGV[6], ARGV[3], 'R ' .. seq)
 return {1, seq}

@@ -7,7 +7,7 @@
 -- time of that progress: its score says how long it has waited for persistence to move,
 -- which is what the persist-lag gauge reports and the sweep orders by.
 -- KEYS[1] seq counter, KEYS[2] log stream, KEYS[3] persisted watermark, KEYS[4] the
--- dirty-room index
+-- dirty-room index that lists the room
 -- ARGV[1] persisted seq, ARGV[2] window (entries to keep), ARGV[3] room name, ARGV[4] now (ms)
 -- Returns {seq counter, watermark}; {-1, -1} when the room is not in Redis.
 if redis.call('EXISTS', KEYS[1]) == 0 then

@@ -2,9 +2,10 @@
 -- was not checked on (Redis restarted, maybe from an older state).
 -- KEYS[1] seq counter, KEYS[2] log stream, KEYS[3] persisted watermark, KEYS[4] epoch,
 -- KEYS[5] run_id the room was checked on, KEYS[6..] client_id markers of restored messages
--- ARGV[1] this Redis process's run_id, ARGV[2] the counter the caller saw (and the archive
+-- ARGV[1] this Redis process's run_id (filled in by the connection), ARGV[2] the counter the caller saw (and the archive
 -- was compared with), ARGV[3] archived last seq, ARGV[4] archived watermark,
 -- ARGV[5] the room's new epoch, ARGV[6] client_id marker TTL (s), ARGV[7] pub/sub channel,
+-- ARGV[8] the publish command (PUBLISH or SPUBLISH),
 -- then triplets of (seq, entry JSON, index in KEYS of its client_id marker or 0) of archived messages above
 -- ARGV[2], in ascending seq order.
 -- Returns the counter afterwards, or -1 when Redis no longer holds the room.
@@ -18,7 +19,7 @@ local tail = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 if #tail > 0 then
   top = tonumber(string.match(tail[1][1], '^(%d+)'))
 end
-for i = 8, #ARGV, 3 do
+for i = 9, #ARGV, 3 do
   local restored = tonumber(ARGV[i])
   if restored > top then
     redis.call('XADD', KEYS[2], ARGV[i] .. '-0', 'm', ARGV[i + 1])
@@ -42,5 +43,5 @@ redis.call('SET', KEYS[4], ARGV[5])
 redis.call('SET', KEYS[5], ARGV[1])
 -- Sockets may have seen seqs above the counter this Redis came back with (acked
 -- messages it lost): "R <seq>" tells every gateway to reload their view from there.
-redis.call('PUBLISH', ARGV[7], 'R ' .. ARGV[2])
+redis.call(ARGV[8], ARGV[7], 'R ' .. ARGV[2])
 return seq
