@@ -506,7 +506,8 @@ impl Hub {
                     });
                 }
                 PushKind::Disconnection => {
-                    tracing::warn!("redis cluster pub/sub lost a node connection; re-subscribing every room");
+                    // Also when the client replaces its first connections to the seed nodes.
+                    tracing::info!("a redis cluster pub/sub node connection closed; re-subscribing every room");
                     self.log.suspect_connections();
                     Arc::clone(&self).resubscribe_everything();
                 }

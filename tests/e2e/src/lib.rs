@@ -1285,7 +1285,8 @@ impl OwnRedisCluster {
         self.nodes.iter().map(OwnRedis::url).collect()
     }
 
-    fn cli(&self, port: u16, args: &[&str]) -> Result<String> {
+    /// What `redis-cli -p <port> <args>` prints.
+    pub fn cli(&self, port: u16, args: &[&str]) -> Result<String> {
         let out = Command::new("redis-cli").args(["-p", &port.to_string()]).args(args).output()?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }

@@ -31,17 +31,46 @@ fn rooms_on_every_shard(cluster: &OwnRedisCluster, count: usize) -> Result<Vec<S
     Ok(rooms)
 }
 
+/// The channels subscribed on the cluster's nodes: sharded ones (`PUBSUB SHARDCHANNELS`)
+/// or plain ones (`PUBSUB CHANNELS`), of this test's rooms.
+fn subscribed_room_channels(cluster: &OwnRedisCluster, prefix: &str, sharded: bool) -> Result<BTreeSet<String>> {
+    let mut channels = BTreeSet::new();
+    for url in cluster.urls() {
+        let port = url.rsplit(':').next().context("port")?;
+        let kind = if sharded { "SHARDCHANNELS" } else { "CHANNELS" };
+        let out = std::process::Command::new("redis-cli").args(["-p", port, "PUBSUB", kind]).output()?;
+        channels.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|channel| channel.starts_with(prefix) && channel.contains("room:"))
+                .map(str::to_owned),
+        );
+    }
+    Ok(channels)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rooms_on_every_shard_work_across_gateways() -> Result<()> {
+    rooms_work_across_gateways(true).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rooms_work_across_gateways_over_plain_pubsub() -> Result<()> {
+    rooms_work_across_gateways(false).await
+}
+
+async fn rooms_work_across_gateways(sharded: bool) -> Result<()> {
     let cluster = OwnRedisCluster::start()?;
+    let pubsub = if sharded { "true" } else { "false" };
     let stack = Stack::start_on(
         TestEnv::with_redis_cluster(&cluster).await?,
         StackOptions {
             gateways: 2,
             // No flush on backlog: only the persister's sweep over the 16384 per-slot dirty
             // indexes finds these rooms.
-            gateway_args: &["--flush-backlog", "1000000"],
-            ..Default::default()
+            gateway_args: &["--flush-backlog", "1000000", "--redis-sharded-pubsub", pubsub],
+            hydrator_args: &["--redis-sharded-pubsub", pubsub],
+            persister_args: &["--redis-sharded-pubsub", pubsub],
         },
     )
     .await?;
@@ -52,6 +81,12 @@ async fn rooms_on_every_shard_work_across_gateways() -> Result<()> {
         let mut listener = Ws::join(&stack.url(1), room, &bob.token, "").await?;
         sender.expect("history").await?;
         listener.expect("history").await?;
+        let channel = stack.env.room_log(2000)?.keys().channel(&huddle_domain::RoomName::parse(room)?);
+        let (ours, other) = (
+            subscribed_room_channels(&cluster, &stack.env.key_prefix, sharded)?,
+            subscribed_room_channels(&cluster, &stack.env.key_prefix, !sharded)?,
+        );
+        assert!(ours.contains(&channel) && !other.contains(&channel), "{channel}: sharded={sharded}, {ours:?}");
         for i in 1..=5u64 {
             assert_eq!(sender.say(&format!("{room} {i}"), &format!("{room}-{i}")).await?, i, "{room}: acks in order");
         }
@@ -79,21 +114,20 @@ async fn rooms_on_every_shard_work_across_gateways() -> Result<()> {
 /// What one room's sender saw: each acked client_id with its seq.
 type Acks = BTreeMap<String, u64>;
 
-/// Sends `count` messages to `room`, each until it is acked: an `error` answer or no
-/// answer is retried with the same client_id, as a client would.
-async fn send_until_acked(base: String, user: User, room: String, count: u64) -> Result<Acks> {
+/// Sends a message to `room` per client_id, each until it is acked: an `error` answer or
+/// no answer is retried with the same client_id, as a client would.
+async fn send_until_acked(base: String, user: User, room: String, client_ids: Vec<String>) -> Result<Acks> {
     let mut acks = Acks::new();
     let mut ws = Ws::join(&base, &room, &user.token, "").await?;
     ws.expect("history").await?;
-    for i in 1..=count {
-        let client_id = format!("{room}-{i}");
+    for client_id in client_ids {
         let give_up = Instant::now() + Duration::from_secs(60);
         let mut last_failure = String::new();
         loop {
             if Instant::now() > give_up {
                 bail!("{room}: {client_id} was never acked; last answer: {last_failure}");
             }
-            match ws.send_for_answer(&format!("{room} {i}"), &client_id).await {
+            match ws.send_for_answer(&format!("{room} {client_id}"), &client_id).await {
                 Ok(answer) if answer["type"] == "ack" => {
                     acks.insert(client_id, answer["seq"].as_u64().context("ack seq")?);
                     break;
@@ -118,6 +152,36 @@ async fn send_until_acked(base: String, user: User, room: String, count: u64) ->
     Ok(acks)
 }
 
+/// Reads `room` live until it has seen seq `last`. Only a socket the server closed is
+/// reopened (with `since` the last seq seen, as a client would); a silent one is waited
+/// on, so a message the live feed missed stays missed. Returns every seq delivered, in
+/// order of arrival, and how often the socket was reopened.
+async fn listen_until(base: String, user: User, room: String, last: u64) -> Result<(Vec<u64>, usize)> {
+    let mut seen = Vec::new();
+    let mut reopened = 0;
+    let give_up = Instant::now() + Duration::from_secs(90);
+    while seen.last().is_none_or(|seq| *seq < last) {
+        anyhow::ensure!(Instant::now() < give_up, "{room}: saw {seen:?}, never seq {last}");
+        let since = seen.last().map(|seq| format!("since={seq}")).unwrap_or_default();
+        let Ok(mut ws) = Ws::join(&base, &room, &user.token, &since).await else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        while seen.last().is_none_or(|seq| *seq < last) {
+            anyhow::ensure!(Instant::now() < give_up, "{room}: saw {seen:?}, never seq {last}");
+            match ws.next().await {
+                Ok(Some(frame)) if frame["type"] == "message" => seen.extend(frame["seq"].as_u64()),
+                Ok(Some(frame)) if frame["type"] == "history" => seen.extend(seqs(&frame)),
+                Ok(Some(_)) => {}
+                Err(error) if format!("{error:#}").contains("no frame within") => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        reopened += 1;
+    }
+    Ok((seen, reopened - 1))
+}
+
 /// Load on six rooms over every shard; the primary of the first room's slot is SIGKILLed
 /// once 60 messages are archived, and restarted once its replica took over. Returns the acked messages PostgreSQL does not hold,
 /// and the number acked, once every room's backlog is persisted.
@@ -132,14 +196,23 @@ async fn kill_a_primary_under_load(wait_replicas: &str) -> Result<(Vec<(String, 
             gateways: 1,
             gateway_args: &[&redis_args[..], &["--flush-backlog", "5"]].concat(),
             hydrator_args: &redis_args,
-            persister_args: &[&redis_args[..], &["--chunk-size", "5"]].concat(),
+            // The default retry delays (the harness's are shorter): a chunk task that fails on
+            // each of its deliveries while the replica takes over is dead-lettered.
+            persister_args: &[&redis_args[..], &["--chunk-size", "5", "--retry-base-ms", "200"]].concat(),
         },
     )
     .await?;
-    let ada = sign_up(&stack.url(0), "ada").await?;
+    let (ada, bob) = (sign_up(&stack.url(0), "ada").await?, sign_up(&stack.url(0), "bob").await?);
+    let listeners: Vec<_> = rooms
+        .iter()
+        .map(|room| tokio::spawn(listen_until(stack.url(0), bob.clone(), room.clone(), PER_ROOM + 1)))
+        .collect();
     let senders: Vec<_> = rooms
         .iter()
-        .map(|room| tokio::spawn(send_until_acked(stack.url(0), ada.clone(), room.clone(), PER_ROOM)))
+        .map(|room| {
+            let client_ids = (1..=PER_ROOM).map(|i| format!("{room}-{i}")).collect();
+            tokio::spawn(send_until_acked(stack.url(0), ada.clone(), room.clone(), client_ids))
+        })
         .collect();
     let victim = cluster.primary_of(slot_of(&rooms[0]))?;
     let db = stack.env.db().await?;
@@ -161,10 +234,34 @@ async fn kill_a_primary_under_load(wait_replicas: &str) -> Result<(Vec<(String, 
             acked.insert((room.clone(), seq, client_id));
         }
     }
-    anyhow::ensure!(acked.len() == rooms.len() * PER_ROOM as usize, "every send was acked once");
-    // Everything Redis holds reaches PostgreSQL; what it lost on failover never will.
+    // One more message in each room after the failover, so every room takes a write on
+    // the primary that now serves it.
+    for room in &rooms {
+        let acks = send_until_acked(stack.url(0), ada.clone(), room.clone(), vec![format!("{room}-after")]).await?;
+        acked.extend(acks.into_iter().map(|(client_id, seq)| (room.clone(), seq, client_id)));
+    }
+    anyhow::ensure!(acked.len() == rooms.len() * (PER_ROOM as usize + 1), "every send was acked once");
+    // Every room was last checked against the archive on the primary that now serves it:
+    // the promoted replica's rooms were re-checked before it took their writes.
+    let keys = stack.env.room_log(2000)?.keys().clone();
+    for room in &rooms {
+        let primary = cluster.primary_of(slot_of(room))?;
+        let info = cluster.cli(primary, &["INFO", "server"])?;
+        let run_id = info.lines().find_map(|line| line.strip_prefix("run_id:")).context("run_id")?.trim();
+        let checked_on = cluster.cli(primary, &["GET", &keys.checked_on(&huddle_domain::RoomName::parse(room)?)])?;
+        assert_eq!(checked_on.trim(), run_id, "{room} is checked on the process that serves it");
+    }
+    // A listener sees every seq once, in order, across the failover: a feed interrupted by
+    // it is re-subscribed on the new primary and the room resynced from the log.
+    for (room, listener) in rooms.iter().zip(listeners) {
+        let (seen, reopened) = listener.await??;
+        assert_eq!(seen, (1..=PER_ROOM + 1).collect::<Vec<_>>(), "{room}: what a listener saw ({reopened} reopens)");
+    }
+    // Everything Redis holds reaches PostgreSQL; what it lost on failover never will. (A
+    // chunk task that failed on each of its deliveries during the failover is
+    // dead-lettered; its range is queued again once its 30 s claim runs out.)
     let log = stack.env.room_log(2000)?;
-    eventually(Duration::from_secs(30), || async {
+    eventually(Duration::from_secs(60), || async {
         for room in &rooms {
             stack.flush_room(room).await.ok();
         }
