@@ -1193,6 +1193,11 @@ impl OwnRedis {
             .context("redis-server is not installed (scripts/services.sh installs it)")?;
         self.child = Some(child);
         for _ in 0..100 {
+            // A server that could not bind the port exits (another one may answer on it).
+            if let Some(status) = self.child.as_mut().and_then(|child| child.try_wait().ok().flatten()) {
+                self.child = None;
+                bail!("redis-server on port {} exited at start ({status}): the port is taken", self.port);
+            }
             let pong = Command::new("redis-cli").args(["-p", &self.port.to_string(), "PING"]).output()?;
             if pong.stdout.starts_with(b"PONG") {
                 return Ok(());
@@ -1222,7 +1227,10 @@ impl OwnRedisCluster {
     /// Starts the six nodes and forms the cluster; waits until every slot is served.
     pub fn start() -> Result<Self> {
         let mut nodes = Vec::new();
-        for _ in 0..6 {
+        for _ in 0..20 {
+            if nodes.len() == 6 {
+                break;
+            }
             let port = free_port_with_bus()?;
             let dir = std::env::temp_dir().join(format!("huddle-redis-cluster-{}-{port}", std::process::id()));
             std::fs::create_dir_all(&dir)?;
@@ -1238,9 +1246,12 @@ impl OwnRedisCluster {
                 "0",
             ];
             let mut node = OwnRedis { port, dir, args: args.iter().map(|a| a.to_string()).collect(), child: None };
-            node.restart()?;
-            nodes.push(node);
+            // Another test may have taken the port since it was found free: take another.
+            if node.restart().is_ok() {
+                nodes.push(node);
+            }
         }
+        anyhow::ensure!(nodes.len() == 6, "could not start 6 redis-server nodes on free ports");
         let addresses: Vec<String> = nodes.iter().map(|node| format!("127.0.0.1:{}", node.port)).collect();
         let created = Command::new("redis-cli")
             .args(["--cluster", "create"])

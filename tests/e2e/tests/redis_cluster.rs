@@ -152,26 +152,37 @@ async fn send_until_acked(base: String, user: User, room: String, client_ids: Ve
     Ok(acks)
 }
 
-/// Reads `room` live until it has seen seq `last`. Only a socket the server closed is
-/// reopened (with `since` the last seq seen, as a client would); a silent one is waited
-/// on, so a message the live feed missed stays missed. Returns every seq delivered, in
-/// order of arrival, and how often the socket was reopened.
+/// A client's view of `room`, kept as docs/PROTOCOL.md says, until it holds seq `last`: a
+/// `latest` history replaces it, `since` histories and live messages are appended. Only a
+/// socket the server closed is reopened (with `since` and `epoch`); a silent one is
+/// waited on, so a message the live feed missed stays missed. Returns the view and how
+/// often the socket was reopened.
 async fn listen_until(base: String, user: User, room: String, last: u64) -> Result<(Vec<u64>, usize)> {
-    let mut seen = Vec::new();
+    let mut view: Vec<u64> = Vec::new();
+    let mut epoch = None;
     let mut reopened = 0;
     let give_up = Instant::now() + Duration::from_secs(90);
-    while seen.last().is_none_or(|seq| *seq < last) {
-        anyhow::ensure!(Instant::now() < give_up, "{room}: saw {seen:?}, never seq {last}");
-        let since = seen.last().map(|seq| format!("since={seq}")).unwrap_or_default();
-        let Ok(mut ws) = Ws::join(&base, &room, &user.token, &since).await else {
+    while view.last().is_none_or(|seq| *seq < last) {
+        anyhow::ensure!(Instant::now() < give_up, "{room}: holds {view:?}, never seq {last}");
+        let resume = match (view.last(), epoch) {
+            (Some(seq), Some(epoch)) => format!("since={seq}&epoch={epoch}"),
+            _ => String::new(),
+        };
+        let Ok(mut ws) = Ws::join(&base, &room, &user.token, &resume).await else {
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
-        while seen.last().is_none_or(|seq| *seq < last) {
-            anyhow::ensure!(Instant::now() < give_up, "{room}: saw {seen:?}, never seq {last}");
+        while view.last().is_none_or(|seq| *seq < last) {
+            anyhow::ensure!(Instant::now() < give_up, "{room}: holds {view:?}, never seq {last}");
             match ws.next().await {
-                Ok(Some(frame)) if frame["type"] == "message" => seen.extend(frame["seq"].as_u64()),
-                Ok(Some(frame)) if frame["type"] == "history" => seen.extend(seqs(&frame)),
+                Ok(Some(frame)) if frame["type"] == "message" => view.extend(frame["seq"].as_u64()),
+                Ok(Some(frame)) if frame["type"] == "history" => {
+                    epoch = frame["epoch"].as_i64().or(epoch);
+                    if frame["mode"] == "latest" {
+                        view.clear();
+                    }
+                    view.extend(seqs(&frame));
+                }
                 Ok(Some(_)) => {}
                 Err(error) if format!("{error:#}").contains("no frame within") => {}
                 Ok(None) | Err(_) => break,
@@ -179,7 +190,7 @@ async fn listen_until(base: String, user: User, room: String, last: u64) -> Resu
         }
         reopened += 1;
     }
-    Ok((seen, reopened - 1))
+    Ok((view, reopened - 1))
 }
 
 /// Load on six rooms over every shard; the primary of the first room's slot is SIGKILLed
