@@ -39,6 +39,32 @@ async fn user(env: &TestEnv) -> Result<i64> {
 }
 
 #[tokio::test]
+async fn an_append_no_replica_confirms_is_refused_and_its_resend_deduplicated() -> Result<()> {
+    // The shared Redis has no replica: WAIT 1 can never be met.
+    let env = TestEnv::new().await?;
+    let settings = huddle_config::RedisSettings {
+        redis_url: env.redis_url.clone(),
+        redis_pool_size: 2,
+        key_prefix: env.key_prefix.clone(),
+        redis_window: 100,
+        redis_timeout_ms: 5_000,
+        redis_mode: huddle_config::RedisMode::Single,
+        redis_sharded_pubsub: true,
+        redis_wait_replicas: 1,
+        redis_wait_timeout_ms: 50,
+    };
+    let waiting = huddle_roomlog::RoomLog::connect(&settings)?;
+    let room = RoomName::parse("replicated")?;
+    assert_eq!(waiting.hydrate(&room, 0, 0, &[]).await?, (true, 0));
+    let refused = waiting.append(&room, &entry(1, "one", "c1")).await;
+    assert!(matches!(refused, Err(huddle_roomlog::RoomLogError::NotReplicated { acked: 0, wanted: 1 })), "{refused:?}");
+    // The message is in Redis all the same: its resend is acked as the same seq.
+    let at_once = env.room_log(100)?;
+    assert_eq!(at_once.append(&room, &entry(1, "one", "c1")).await?, AppendOutcome::Duplicate { seq: 1 });
+    env.cleanup().await
+}
+
+#[tokio::test]
 async fn appends_need_an_initialised_room_and_dedupe_client_ids() -> Result<()> {
     let env = TestEnv::new().await?;
     let log = env.room_log(100)?;
