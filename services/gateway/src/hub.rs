@@ -153,6 +153,9 @@ pub struct Hub {
     confirmed: Mutex<HashSet<String>>,
     /// On a cluster: a pass re-subscribing every channel is under way.
     resubscribing: std::sync::atomic::AtomicBool,
+    /// On a cluster: a pass was asked for while one ran (a node may have failed after the
+    /// running pass subscribed its channels there): it runs once more.
+    resubscribe_again: std::sync::atomic::AtomicBool,
 }
 
 /// How a hub reaches Redis and treats its sockets.
@@ -245,6 +248,7 @@ impl Hub {
             failed_generation: AtomicU64::new(0),
             confirmed: Mutex::new(HashSet::new()),
             resubscribing: std::sync::atomic::AtomicBool::new(false),
+            resubscribe_again: std::sync::atomic::AtomicBool::new(false),
         });
         match feed {
             Feed::Single(stream) => tokio::spawn(Arc::clone(&hub).dispatch(stream)),
@@ -534,50 +538,60 @@ impl Hub {
         }
     }
 
-    /// Subscribes every wanted channel again, until one whole pass succeeds (one pass at a
-    /// time). Redis confirms each; [`Self::subscription_confirmed`] resyncs its room.
+    /// Subscribes every wanted channel again, until one whole pass succeeds after the last
+    /// request for one (one pass at a time). Redis confirms each;
+    /// [`Self::subscription_confirmed`] resyncs its room.
     fn resubscribe_everything(self: Arc<Self>) {
+        self.resubscribe_again.store(true, Ordering::Release);
         if self.resubscribing.swap(true, Ordering::AcqRel) {
             return;
         }
         tokio::spawn(async move {
             let mut delay = Duration::from_millis(100);
             loop {
-                let channels: Vec<String> = {
-                    let subscriptions = self.subscriptions.lock().await;
-                    std::iter::once(self.keys.ended_sessions())
-                        .chain(subscriptions.rooms.iter().map(|room| self.keys.channel(room)))
-                        .collect()
-                };
-                let mut failure = None;
-                for channel in channels {
-                    let subscribed = tokio::time::timeout(self.deadline, async {
-                        let mut subscriptions = self.subscriptions.lock().await;
-                        let still_wanted =
-                            self.keys.room_of_channel(&channel).is_none_or(|room| subscriptions.rooms.contains(&room));
-                        if still_wanted {
-                            subscriptions.sink.subscribe(channel).await
-                        } else {
-                            Ok(())
-                        }
-                    })
-                    .await;
-                    match subscribed {
-                        Ok(Ok(())) => {}
-                        Ok(Err(error)) => failure = Some(error.to_string()),
-                        Err(_) => failure = Some(format!("no answer within {} ms", self.deadline.as_millis())),
-                    }
-                    if failure.is_some() {
-                        break;
-                    }
+                while self.resubscribe_again.swap(false, Ordering::AcqRel) {
+                    let Some(failure) = self.subscribe_everything().await else { continue };
+                    tracing::warn!(%failure, "re-subscribing on the redis cluster failed; trying again");
+                    self.resubscribe_again.store(true, Ordering::Release);
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
                 }
-                let Some(failure) = failure else { break };
-                tracing::warn!(%failure, "re-subscribing on the redis cluster failed; trying again");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                self.resubscribing.store(false, Ordering::Release);
+                // A request that came after the last pass and before the flag dropped.
+                if !self.resubscribe_again.load(Ordering::Acquire) || self.resubscribing.swap(true, Ordering::AcqRel) {
+                    break;
+                }
             }
-            self.resubscribing.store(false, Ordering::Release);
         });
+    }
+
+    /// One pass subscribing every wanted channel; what failed first, if anything did.
+    async fn subscribe_everything(&self) -> Option<String> {
+        let channels: Vec<String> = {
+            let subscriptions = self.subscriptions.lock().await;
+            std::iter::once(self.keys.ended_sessions())
+                .chain(subscriptions.rooms.iter().map(|room| self.keys.channel(room)))
+                .collect()
+        };
+        for channel in channels {
+            let subscribed = tokio::time::timeout(self.deadline, async {
+                let mut subscriptions = self.subscriptions.lock().await;
+                let still_wanted =
+                    self.keys.room_of_channel(&channel).is_none_or(|room| subscriptions.rooms.contains(&room));
+                if still_wanted {
+                    subscriptions.sink.subscribe(channel).await
+                } else {
+                    Ok(())
+                }
+            })
+            .await;
+            match subscribed {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => return Some(error.to_string()),
+                Err(_) => return Some(format!("no answer within {} ms", self.deadline.as_millis())),
+            }
+        }
+        None
     }
 }
 
