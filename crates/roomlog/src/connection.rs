@@ -19,8 +19,9 @@ use redis::cluster_async::{ClusterConnection, Connect};
 use redis::{AsyncConnectionConfig, Cmd, ErrorKind, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, Value};
 
 /// Stands, in a command's arguments, for the `run_id` of the Redis process that runs the
-/// command: the connection that sends it puts its process's `run_id` in its place. (No
-/// argument Huddle sends is otherwise equal to it: it holds NUL bytes.)
+/// command: the connection that sends it puts its process's `run_id` in its place. Only in
+/// a command sent alone (a script call), not inside a pipeline. (No argument Huddle sends
+/// is otherwise equal to it: it holds NUL bytes.)
 pub(crate) const THIS_PROCESS: &str = "\0this-process\0";
 
 /// `cmd` with every [`THIS_PROCESS`] argument replaced by `run_id`.
