@@ -116,14 +116,14 @@ impl Sink {
         }
     }
 
-    /// A PING, on every node of a cluster.
+    /// A PING, on every primary of a cluster.
     async fn ping(&mut self) -> RedisResult<()> {
         match self {
             Self::Single(sink) => sink.ping::<redis::Value>().await.map(drop),
             Self::Cluster { conn, .. } => {
                 use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
                 let every_node =
-                    RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllNodes, Some(ResponsePolicy::AllSucceeded)));
+                    RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, Some(ResponsePolicy::AllSucceeded)));
                 conn.route_command(redis::cmd("PING"), every_node).await.map(drop)
             }
         }
@@ -298,7 +298,9 @@ impl Hub {
             let mut subscriptions = self.subscriptions.lock().await;
             let empty = !self.lock_members().contains_key(room);
             if empty && subscriptions.rooms.remove(room) {
-                subscriptions.sink.unsubscribe(self.keys.channel(room)).await?;
+                let channel = self.keys.channel(room);
+                self.lock_confirmed().remove(&channel);
+                subscriptions.sink.unsubscribe(channel).await?;
             }
             redis::RedisResult::Ok(())
         })
@@ -447,7 +449,8 @@ impl Hub {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(5));
             // A new connection can be as silent as the old one: every step has the deadline.
-            let Ok(client) = redis::Client::open(self.settings.redis.redis_url.as_str()) else { continue };
+            let Ok(info) = huddle_roomlog::connection_info(&self.settings.redis.redis_url) else { continue };
+            let Ok(client) = redis::Client::open(info) else { continue };
             let Ok(Ok(pubsub)) = tokio::time::timeout(self.deadline, client.get_async_pubsub()).await else {
                 continue;
             };
@@ -495,9 +498,9 @@ impl Hub {
                 }
                 PushKind::Unsubscribe | PushKind::SUnsubscribe => {
                     let Some(channel) = text(0) else { continue };
-                    self.lock_confirmed().remove(&channel);
-                    // Either this hub left the room, or Redis dropped the subscription
-                    // (its slot moved to another shard): a pass puts back a wanted one.
+                    // Either this hub left the room (and forgot its confirmation), or
+                    // Redis dropped the subscription (its slot moved to another shard): a
+                    // pass puts back a wanted one, whose confirmation then resyncs it.
                     let hub = Arc::clone(&self);
                     tokio::spawn(async move {
                         let wanted = match hub.keys.room_of_channel(&channel) {
