@@ -195,7 +195,12 @@ impl TestEnv {
 
     /// The test's Redis hot log, keeping `window` persisted messages per room.
     pub fn room_log(&self, window: u64) -> Result<huddle_roomlog::RoomLog> {
-        Ok(huddle_roomlog::RoomLog::connect(&huddle_config::RedisSettings {
+        Ok(huddle_roomlog::RoomLog::connect(&self.redis_settings(window))?)
+    }
+
+    /// The Redis settings of [`TestEnv::room_log`].
+    pub fn redis_settings(&self, window: u64) -> huddle_config::RedisSettings {
+        huddle_config::RedisSettings {
             redis_url: self.redis_url.clone(),
             redis_pool_size: 4,
             key_prefix: self.key_prefix.clone(),
@@ -205,7 +210,7 @@ impl TestEnv {
             redis_sharded_pubsub: true,
             redis_wait_replicas: 0,
             redis_wait_timeout_ms: 500,
-        })?)
+        }
     }
 
     /// Deletes every Redis key of this test (what "Redis lost everything" means to it): on

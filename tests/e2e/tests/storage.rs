@@ -42,17 +42,8 @@ async fn user(env: &TestEnv) -> Result<i64> {
 async fn an_append_no_replica_confirms_is_refused_and_its_resend_deduplicated() -> Result<()> {
     // The shared Redis has no replica: WAIT 1 can never be met.
     let env = TestEnv::new().await?;
-    let settings = huddle_config::RedisSettings {
-        redis_url: env.redis_url.clone(),
-        redis_pool_size: 2,
-        key_prefix: env.key_prefix.clone(),
-        redis_window: 100,
-        redis_timeout_ms: 5_000,
-        redis_mode: huddle_config::RedisMode::Single,
-        redis_sharded_pubsub: true,
-        redis_wait_replicas: 1,
-        redis_wait_timeout_ms: 50,
-    };
+    let settings =
+        huddle_config::RedisSettings { redis_wait_replicas: 1, redis_wait_timeout_ms: 50, ..env.redis_settings(100) };
     let waiting = huddle_roomlog::RoomLog::connect(&settings)?;
     let room = RoomName::parse("replicated")?;
     assert_eq!(waiting.hydrate(&room, 0, 0, &[]).await?, (true, 0));
