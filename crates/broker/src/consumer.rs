@@ -13,6 +13,8 @@ use lapin::types::AMQPValue;
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use huddle_config::QueueType;
+
 use crate::{Broker, Delivery, TaskQueue};
 
 static TASKS: LazyLock<Counter<u64>> =
@@ -50,7 +52,6 @@ pub async fn consume<H: TaskHandler>(
     stopped: watch::Receiver<bool>,
 ) {
     let queue_name = broker.topology().queue(queue);
-    let delivery_limit = broker.topology().delivery_limit();
     // Every outcome's series exists from the start, so the first dead letter shows as an
     // increase from 0 (a series that is born at 1 shows no increase to alerts).
     for outcome in ["ok", "retry", "dead"] {
@@ -79,7 +80,7 @@ pub async fn consume<H: TaskHandler>(
             })
             .for_each_concurrent(usize::from(prefetch), |delivery| async {
                 match delivery {
-                    Ok(delivery) => settle(&handler, queue, &queue_name, delivery, retry_base, delivery_limit).await,
+                    Ok(delivery) => settle(&broker, &handler, queue, &queue_name, delivery, retry_base).await,
                     Err(error) => tracing::warn!(queue = %queue_name, %error, "consumer error"),
                 }
             })
@@ -90,34 +91,63 @@ pub async fn consume<H: TaskHandler>(
 }
 
 async fn settle<H: TaskHandler>(
+    broker: &Broker,
     handler: &H,
     queue: TaskQueue,
     queue_name: &str,
     delivery: Delivery,
     retry_base: Duration,
-    delivery_limit: u32,
 ) {
+    let delivery_limit = broker.topology().delivery_limit();
+    let classic = broker.topology().queue_type() == QueueType::Classic;
     let span = tracing::info_span!("task", queue = queue_name, redelivered = delivery.redelivered);
-    huddle_telemetry::continue_trace(&span, trace_headers(&delivery));
-    let outcome = match handler.handle(queue, &delivery.data).instrument(span).await {
-        Ok(()) => answer(delivery.ack(BasicAckOptions::default())).await.map(|_| "ok"),
-        Err(TaskError::Poison(reason)) => {
-            tracing::error!(queue = queue_name, %reason, "poison task dead-lettered");
-            answer(delivery.reject(BasicRejectOptions { requeue: false })).await.map(|_| "dead")
+    let earlier = earlier_deliveries(&delivery, classic);
+    let outcome = if classic && delivery.redelivered {
+        // Its last delivery ended unsettled (its consumer died, or the connection did):
+        // that delivery is counted in a copy before anything else, so a task that kills
+        // its consumer reaches the delivery limit too, as on a quorum queue.
+        if earlier > delivery_limit {
+            tracing::error!(
+                queue = queue_name,
+                delivery_limit,
+                "task never settled within its delivery limit; dead-lettered"
+            );
+            move_then_ack(broker.dead_letter(queue, &delivery), &delivery).await.map(|_| "dead")
+        } else {
+            move_then_ack(broker.requeue_counted(queue, &delivery, earlier), &delivery).await.map(|_| "retry")
         }
-        Err(TaskError::Transient(reason)) if delivery_count(&delivery) >= delivery_limit => {
-            // Returned once more, it passes the queue's delivery limit: RabbitMQ
-            // dead-letters it (reason delivery_limit). Counted here as dead, so the
-            // dead-letter alert sees it; no back-off, nothing will retry it.
-            tracing::error!(queue = queue_name, %reason, delivery_limit, "task failed on its last delivery; dead-lettered");
-            answer(delivery.nack(BasicNackOptions { requeue: true, multiple: false })).await.map(|_| "dead")
-        }
-        Err(TaskError::Transient(reason)) => {
-            let attempt = delivery_count(&delivery);
-            let delay = retry_base.saturating_mul(1 << attempt.min(16)).min(MAX_RETRY_DELAY);
-            tracing::warn!(queue = queue_name, %reason, attempt, delay_ms = delay.as_millis() as u64, "task failed; will retry");
-            tokio::time::sleep(delay).await;
-            answer(delivery.nack(BasicNackOptions { requeue: true, multiple: false })).await.map(|_| "retry")
+    } else {
+        huddle_telemetry::continue_trace(&span, trace_headers(&delivery));
+        match handler.handle(queue, &delivery.data).instrument(span).await {
+            Ok(()) => answer(delivery.ack(BasicAckOptions::default())).await.map(|_| "ok"),
+            Err(TaskError::Poison(reason)) => {
+                tracing::error!(queue = queue_name, %reason, "poison task dead-lettered");
+                answer(delivery.reject(BasicRejectOptions { requeue: false })).await.map(|_| "dead")
+            }
+            Err(TaskError::Transient(reason)) if earlier >= delivery_limit => {
+                // Returned once more, it passes the delivery limit: a quorum queue
+                // dead-letters it (reason delivery_limit), as this does on a classic one.
+                // Counted here as dead, so the dead-letter alert sees it; no back-off,
+                // nothing will retry it.
+                tracing::error!(queue = queue_name, %reason, delivery_limit, "task failed on its last delivery; dead-lettered");
+                if classic {
+                    move_then_ack(broker.dead_letter(queue, &delivery), &delivery).await.map(|_| "dead")
+                } else {
+                    answer(delivery.nack(BasicNackOptions { requeue: true, multiple: false })).await.map(|_| "dead")
+                }
+            }
+            Err(TaskError::Transient(reason)) => {
+                let delay = retry_base.saturating_mul(1 << earlier.min(16)).min(MAX_RETRY_DELAY);
+                tracing::warn!(queue = queue_name, %reason, attempt = earlier, delay_ms = delay.as_millis() as u64, "task failed; will retry");
+                tokio::time::sleep(delay).await;
+                if classic {
+                    move_then_ack(broker.requeue_counted(queue, &delivery, earlier + 1), &delivery)
+                        .await
+                        .map(|_| "retry")
+                } else {
+                    answer(delivery.nack(BasicNackOptions { requeue: true, multiple: false })).await.map(|_| "retry")
+                }
+            }
         }
     };
     match outcome {
@@ -126,6 +156,21 @@ async fn settle<H: TaskHandler>(
         }
         // The channel is gone: the broker redelivers the task to another consumer.
         Err(error) => tracing::warn!(queue = queue_name, %error, "could not settle task"),
+    }
+}
+
+/// Acks `delivery` once its copy is published (`publish_copy`); if the copy is not, the
+/// original goes back to its queue unchanged.
+async fn move_then_ack(
+    publish_copy: impl Future<Output = crate::Result<()>>,
+    delivery: &Delivery,
+) -> Result<(), String> {
+    match publish_copy.await {
+        Ok(()) => answer(delivery.ack(BasicAckOptions::default())).await.map(|_| ()),
+        Err(error) => {
+            let _ = answer(delivery.nack(BasicNackOptions { requeue: true, multiple: false })).await;
+            Err(format!("could not re-publish the task: {error}"))
+        }
     }
 }
 
@@ -155,14 +200,17 @@ fn trace_headers(delivery: &Delivery) -> Vec<(&str, String)> {
         .collect()
 }
 
-/// Earlier deliveries of this task, as counted by the quorum queue.
-fn delivery_count(delivery: &Delivery) -> u32 {
-    let Some(headers) = delivery.properties.headers() else { return 0 };
-    match headers.inner().get("x-delivery-count") {
-        Some(AMQPValue::LongLongInt(n)) => *n as u32,
-        Some(AMQPValue::LongInt(n)) => *n as u32,
-        Some(AMQPValue::LongUInt(n)) => *n,
-        Some(AMQPValue::ShortInt(n)) => *n as u32,
-        _ => 0,
-    }
+/// Earlier deliveries of this task: as counted by the quorum queue, or on a classic queue
+/// by the copies this consumer re-published, plus the one that ended unsettled if this is
+/// a redelivery.
+fn earlier_deliveries(delivery: &Delivery, classic: bool) -> u32 {
+    let header = if classic { crate::DELIVERIES_HEADER } else { "x-delivery-count" };
+    let counted = delivery.properties.headers().as_ref().and_then(|headers| match headers.inner().get(header) {
+        Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).ok(),
+        Some(AMQPValue::LongInt(n)) => u32::try_from(*n).ok(),
+        Some(AMQPValue::LongUInt(n)) => Some(*n),
+        Some(AMQPValue::ShortInt(n)) => u32::try_from(*n).ok(),
+        _ => None,
+    });
+    counted.unwrap_or(0).saturating_add(u32::from(classic && delivery.redelivered))
 }

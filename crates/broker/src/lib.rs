@@ -4,15 +4,18 @@
 //!
 //! | name | kind | purpose |
 //! |---|---|---|
-//! | `{p}.flush` | quorum queue | FlushRoom master tasks |
-//! | `{p}.persist-chunk` | quorum queue | PersistChunk tasks |
-//! | `{p}.hydrate` | quorum queue | HydrateRoom re-warm tasks |
+//! | `{p}.flush` | task queue | FlushRoom master tasks |
+//! | `{p}.persist-chunk` | task queue | PersistChunk tasks |
+//! | `{p}.hydrate` | task queue | HydrateRoom re-warm tasks |
 //! | `{p}.dlx` | fanout exchange | receives tasks past their delivery limit |
-//! | `{p}.dead` | quorum queue | bound to `{p}.dlx`: poison tasks for an operator |
+//! | `{p}.dead` | task queue | bound to `{p}.dlx`: poison tasks for an operator |
 //!
-//! Task queues are durable quorum queues with `x-delivery-limit`: a task that keeps
-//! failing is dead-lettered instead of looping forever. Publishing is persistent and
-//! waits for the broker's confirm; consumers ack after their work is committed.
+//! Queues are durable, of the configured [`QueueType`]: quorum queues by default, with
+//! `x-delivery-limit`, so that RabbitMQ dead-letters a task that keeps failing instead of
+//! letting it loop forever; classic queues have no delivery count, so the consumer keeps
+//! one in the [`DELIVERIES_HEADER`] of a re-published copy and dead-letters the task itself
+//! at the same limit. Publishing is persistent and waits for the broker's confirm;
+//! consumers ack after their work is committed.
 //!
 //! It carries opaque task payloads: it knows no task's meaning, no Redis and no PostgreSQL.
 
@@ -21,7 +24,7 @@ mod consumer;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use huddle_config::BrokerSettings;
+use huddle_config::{BrokerSettings, QueueType};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -90,22 +93,39 @@ impl TaskQueue {
     }
 }
 
-/// Queue and exchange names under one prefix.
+/// Queue and exchange names under one prefix, and how the queues are declared.
 #[derive(Debug, Clone)]
 pub struct Topology {
     prefix: String,
     delivery_limit: u32,
+    queue_type: QueueType,
+    quorum_group_size: Option<u32>,
 }
 
+/// On a classic queue: how many earlier deliveries of this task ended without success.
+/// The consumer keeps it in each copy it re-publishes (quorum queues count deliveries
+/// themselves, in `x-delivery-count`).
+pub const DELIVERIES_HEADER: &str = "x-huddle-deliveries";
+
 impl Topology {
-    /// Names under `prefix`; tasks are dead-lettered after `delivery_limit` deliveries.
-    pub fn new(prefix: impl Into<String>, delivery_limit: u32) -> Self {
-        Self { prefix: prefix.into(), delivery_limit }
+    /// The names and queue arguments the settings ask for.
+    pub fn new(settings: &BrokerSettings) -> Self {
+        Self {
+            prefix: settings.queue_prefix.clone(),
+            delivery_limit: settings.delivery_limit,
+            queue_type: settings.queue_type,
+            quorum_group_size: settings.quorum_group_size,
+        }
     }
 
-    /// Deliveries of a failing task before RabbitMQ dead-letters it.
+    /// Deliveries of a failing task before it is dead-lettered.
     pub fn delivery_limit(&self) -> u32 {
         self.delivery_limit
+    }
+
+    /// The kind of queue the tasks are in.
+    pub fn queue_type(&self) -> QueueType {
+        self.queue_type
     }
 
     /// Name of a task queue.
@@ -123,15 +143,24 @@ impl Topology {
         format!("{}.dead", self.prefix)
     }
 
-    async fn declare(&self, channel: &Channel) -> Result<()> {
-        let quorum = |extra: &[(&str, AMQPValue)]| {
-            let mut args = FieldTable::default();
-            args.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from("quorum")));
-            for (key, value) in extra {
-                args.insert((*key).into(), value.clone());
-            }
-            args
+    /// The arguments every queue of this topology is declared with, plus `extra`.
+    fn queue_arguments(&self, extra: &[(&str, AMQPValue)]) -> FieldTable {
+        let mut args = FieldTable::default();
+        let kind = match self.queue_type {
+            QueueType::Quorum => "quorum",
+            QueueType::Classic => "classic",
         };
+        args.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from(kind)));
+        if let (QueueType::Quorum, Some(size)) = (self.queue_type, self.quorum_group_size) {
+            args.insert("x-quorum-initial-group-size".into(), AMQPValue::LongInt(size as i32));
+        }
+        for (key, value) in extra {
+            args.insert((*key).into(), value.clone());
+        }
+        args
+    }
+
+    async fn declare(&self, channel: &Channel) -> Result<()> {
         let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
         let dlx = self.dead_letter_exchange();
         channel
@@ -143,7 +172,7 @@ impl Topology {
             )
             .await?;
         let dead = self.dead_letter_queue();
-        channel.queue_declare(dead.as_str().into(), durable, quorum(&[])).await?;
+        channel.queue_declare(dead.as_str().into(), durable, self.queue_arguments(&[])).await?;
         channel
             .queue_bind(
                 dead.as_str().into(),
@@ -153,11 +182,16 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
+        let dead_letter_exchange = ("x-dead-letter-exchange", AMQPValue::LongString(LongString::from(dlx.as_str())));
         for queue in TaskQueue::ALL {
-            let args = quorum(&[
-                ("x-dead-letter-exchange", AMQPValue::LongString(LongString::from(dlx.as_str()))),
-                ("x-delivery-limit", AMQPValue::LongInt(self.delivery_limit as i32)),
-            ]);
+            let args = match self.queue_type {
+                QueueType::Quorum => self.queue_arguments(&[
+                    dead_letter_exchange.clone(),
+                    ("x-delivery-limit", AMQPValue::LongInt(self.delivery_limit as i32)),
+                ]),
+                // A classic queue has no delivery limit of its own: the consumer keeps it.
+                QueueType::Classic => self.queue_arguments(std::slice::from_ref(&dead_letter_exchange)),
+            };
             channel.queue_declare(self.queue(queue).as_str().into(), durable, args).await?;
         }
         Ok(())
@@ -198,7 +232,7 @@ impl Broker {
         Self {
             urls: node_urls(&settings.amqp_url).into(),
             preferred: Arc::new(AtomicUsize::new(0)),
-            topology: Topology::new(settings.queue_prefix.clone(), settings.delivery_limit),
+            topology: Topology::new(settings),
             link: Arc::new(Mutex::new(None)),
         }
     }
@@ -355,10 +389,13 @@ impl Broker {
 
     /// Moves up to `limit` dead-lettered tasks back to the queues they died in; returns
     /// how many moved. Each is re-published (with confirm) before it leaves the dead queue.
+    /// Only tasks already dead when it starts are moved: one that dies again meanwhile
+    /// (still poison) stays in the dead queue instead of going round again.
     pub async fn redrive_dead_letters(&self, limit: usize) -> Result<usize> {
+        let queue = self.topology.dead_letter_queue();
+        let limit = limit.min(self.depth_of(&queue).await? as usize);
         let (connection, publisher) = self.connection().await?;
         let channel = connection.create_channel().await?;
-        let queue = self.topology.dead_letter_queue();
         let mut moved = 0;
         while moved < limit {
             let Some(message) = channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false }).await?
@@ -366,25 +403,75 @@ impl Broker {
                 break;
             };
             let task = DeadTask::from_delivery(&message.delivery);
-            let properties = message.delivery.properties.clone();
-            let confirm = publisher
-                .basic_publish(
-                    "".into(),
-                    task.queue.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &message.delivery.data,
-                    properties,
-                )
-                .await?;
-            if !confirm.await?.is_ack() {
-                retire_after_nack(&publisher).await;
-                return Err(BrokerError::Nacked { queue: task.queue });
-            }
+            // A re-driven task starts counting its deliveries again.
+            let properties = with_headers(&message.delivery, &[], &[DELIVERIES_HEADER, "x-delivery-count"]);
+            self.publish_confirmed(&publisher, "", &task.queue, &message.delivery.data, properties).await?;
             message.delivery.ack(BasicAckOptions::default()).await?;
             moved += 1;
         }
         let _ = channel.close(200, "redriven".into()).await;
         Ok(moved)
+    }
+
+    /// On a classic queue: puts a copy of `delivery` at the back of `queue` that records
+    /// `deliveries` earlier deliveries in its [`DELIVERIES_HEADER`]. The caller acks the
+    /// original after this returns; if that ack is lost, the task runs twice (tasks are
+    /// idempotent), never not at all.
+    pub async fn requeue_counted(&self, queue: TaskQueue, delivery: &Delivery, deliveries: u32) -> Result<()> {
+        let (_, publisher) = self.connection().await?;
+        let properties = with_headers(delivery, &[(DELIVERIES_HEADER, AMQPValue::LongUInt(deliveries))], &[]);
+        self.publish_confirmed(&publisher, "", &self.topology.queue(queue), &delivery.data, properties).await
+    }
+
+    /// On a classic queue: moves `delivery` to the dead-letter exchange the way a quorum
+    /// queue does past its delivery limit (`x-first-death-reason: delivery_limit`). The
+    /// caller acks the original after this returns.
+    pub async fn dead_letter(&self, queue: TaskQueue, delivery: &Delivery) -> Result<()> {
+        let (_, publisher) = self.connection().await?;
+        let died_in = self.topology.queue(queue);
+        let properties = with_headers(
+            delivery,
+            &[
+                ("x-first-death-queue", AMQPValue::LongString(LongString::from(died_in.as_str()))),
+                ("x-first-death-reason", AMQPValue::LongString(LongString::from("delivery_limit"))),
+            ],
+            &[],
+        );
+        self.publish_confirmed(&publisher, &self.topology.dead_letter_exchange(), "", &delivery.data, properties).await
+    }
+
+    /// Publishes one message and waits for the broker's confirm.
+    async fn publish_confirmed(
+        &self,
+        publisher: &Channel,
+        exchange: &str,
+        routing_key: &str,
+        payload: &[u8],
+        properties: BasicProperties,
+    ) -> Result<()> {
+        let confirm = publisher
+            .basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions::default(), payload, properties)
+            .await?;
+        if !confirm.await?.is_ack() {
+            retire_after_nack(publisher).await;
+            let queue = if exchange.is_empty() { routing_key } else { exchange };
+            return Err(BrokerError::Nacked { queue: queue.to_owned() });
+        }
+        Ok(())
+    }
+
+    /// Tasks waiting in `queue` (ready, not yet handed to a consumer).
+    pub async fn queue_depth(&self, queue: TaskQueue) -> Result<u32> {
+        self.depth_of(&self.topology.queue(queue)).await
+    }
+
+    async fn depth_of(&self, queue: &str) -> Result<u32> {
+        let (connection, _) = self.connection().await?;
+        let channel = connection.create_channel().await?;
+        let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+        let declared = channel.queue_declare(queue.into(), passive, FieldTable::default()).await?;
+        let _ = channel.close(200, "counted".into()).await;
+        Ok(declared.message_count())
     }
 
     /// Deletes every queue and exchange of this topology (test clean-up).
@@ -436,6 +523,23 @@ impl DeadTask {
         };
         Self { queue: header("x-first-death-queue"), reason: header("x-first-death-reason"), size: delivery.data.len() }
     }
+}
+
+/// The properties of `delivery`, persistent, with the headers of `set` set and those of
+/// `remove` removed.
+fn with_headers(delivery: &Delivery, set: &[(&str, AMQPValue)], remove: &[&str]) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    if let Some(old) = delivery.properties.headers() {
+        for (key, value) in old.inner() {
+            if !remove.contains(&key.as_str()) && !set.iter().any(|(name, _)| *name == key.as_str()) {
+                headers.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    for (key, value) in set {
+        headers.insert((*key).into(), value.clone());
+    }
+    delivery.properties.clone().with_delivery_mode(2).with_headers(headers)
 }
 
 /// Closes a publisher channel a task was nacked on, so the next publish opens a new one.

@@ -93,6 +93,23 @@ pub struct BrokerSettings {
     /// Deliveries of one task before it is dead-lettered as poison.
     #[arg(long, env = "HUDDLE_TASK_DELIVERY_LIMIT", default_value_t = 5)]
     pub delivery_limit: u32,
+    /// Kind of the task queues: `quorum` (replicated over a RabbitMQ cluster's nodes; the
+    /// default) or `classic` (one node's queue, for a broker without quorum queues).
+    #[arg(long, env = "HUDDLE_QUEUE_TYPE", value_enum, default_value_t = QueueType::Quorum)]
+    pub queue_type: QueueType,
+    /// Nodes each quorum queue is replicated to when it is first declared
+    /// (`x-quorum-initial-group-size`); unset: every node of the cluster.
+    #[arg(long, env = "HUDDLE_QUORUM_GROUP_SIZE")]
+    pub quorum_group_size: Option<u32>,
+}
+
+/// Which kind of RabbitMQ queue carries the tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum QueueType {
+    /// Quorum queues: replicated (Raft), and RabbitMQ counts each task's deliveries.
+    Quorum,
+    /// Classic queues: on one node; Huddle counts each task's deliveries in a header.
+    Classic,
 }
 
 /// How the services trust each other (every service reads it).

@@ -94,6 +94,8 @@ pub async fn run(args: PersistArgs) -> Result<PersistResult> {
         amqp_url: args.amqp_url.clone(),
         queue_prefix: args.queue_prefix.clone(),
         delivery_limit: 5,
+        queue_type: huddle_config::QueueType::Quorum,
+        quorum_group_size: None,
     })
     .await?;
 

@@ -62,6 +62,8 @@ pub struct TestEnv {
     /// The RabbitMQ this test's services use: the shared one unless the test brought its
     /// own (e.g. an [`OwnRabbitCluster`]'s node list).
     pub amqp_url: String,
+    /// The kind of task queue the services declare (quorum unless a test asks otherwise).
+    pub queue_type: huddle_config::QueueType,
 }
 
 impl TestEnv {
@@ -108,6 +110,7 @@ impl TestEnv {
             key_prefix: format!("ht{id}:"),
             queue_prefix: format!("ht{id}"),
             amqp_url: amqp_url(),
+            queue_type: huddle_config::QueueType::Quorum,
             redis_url,
             redis_mode,
             id,
@@ -177,7 +180,22 @@ impl TestEnv {
 
     /// Flags for services that talk to RabbitMQ.
     pub fn broker_args(&self) -> Vec<String> {
-        vec!["--amqp-url".into(), self.amqp_url.clone(), "--queue-prefix".into(), self.queue_prefix.clone()]
+        vec![
+            "--amqp-url".into(),
+            self.amqp_url.clone(),
+            "--queue-prefix".into(),
+            self.queue_prefix.clone(),
+            "--queue-type".into(),
+            self.queue_type_name().into(),
+        ]
+    }
+
+    /// `quorum` or `classic`, as `HUDDLE_QUEUE_TYPE` takes it.
+    pub fn queue_type_name(&self) -> &'static str {
+        match self.queue_type {
+            huddle_config::QueueType::Quorum => "quorum",
+            huddle_config::QueueType::Classic => "classic",
+        }
     }
 
     /// The test's RabbitMQ topology, connected.
@@ -190,6 +208,8 @@ impl TestEnv {
             amqp_url: self.amqp_url.clone(),
             queue_prefix: self.queue_prefix.clone(),
             delivery_limit: 5,
+            queue_type: self.queue_type,
+            quorum_group_size: None,
         }
     }
 
@@ -1002,6 +1022,7 @@ impl Service {
             .env("HUDDLE_KEY_PREFIX", &env.key_prefix)
             .env("HUDDLE_AMQP_URL", &env.amqp_url)
             .env("HUDDLE_QUEUE_PREFIX", &env.queue_prefix)
+            .env("HUDDLE_QUEUE_TYPE", env.queue_type_name())
             .env("HUDDLE_SESSION_SECRET", env.session_secret())
             .env("HUDDLE_GRPC_TOKEN", env.grpc_token())
             .env("HUDDLE_AUTH_RATE", "1000000")
@@ -1477,12 +1498,16 @@ impl OwnRabbitCluster {
     /// get a replica on every node).
     pub fn start(size: usize) -> Result<Self> {
         let cookie = uuid::Uuid::new_v4().simple().to_string();
+        // Node names and directories are unique per cluster, so that the tests of one
+        // process can each run a cluster at the same time.
+        static CLUSTERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let cluster = format!("{}-{}", std::process::id(), CLUSTERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
         let mut nodes = Vec::new();
         for i in 0..size {
             let port = free_addr()?.rsplit(':').next().context("port")?.parse()?;
             let dist_port = free_addr()?.rsplit(':').next().context("port")?.parse()?;
-            let name = format!("huddle-test-{}-{i}@localhost", std::process::id());
-            let dir = std::env::temp_dir().join(format!("huddle-rabbit-{}-{i}", std::process::id()));
+            let name = format!("huddle-test-{cluster}-{i}@localhost");
+            let dir = std::env::temp_dir().join(format!("huddle-rabbit-{cluster}-{i}"));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir)?;
             std::fs::write(dir.join("plugins"), "[].")?;
@@ -1532,6 +1557,15 @@ impl OwnRabbitCluster {
             Ok(output) => String::from_utf8_lossy(&output.stdout).into_owned(),
             Err(error) => error.to_string(),
         }
+    }
+}
+
+impl OwnRabbitCluster {
+    /// The nodes (by index) that hold a replica of quorum queue `queue`, as node `i`'s
+    /// `rabbitmq-queues quorum_status` reports them.
+    pub fn quorum_members(&self, i: usize, queue: &str) -> Vec<usize> {
+        let status = self.quorum_status(i, queue);
+        (0..self.nodes.len()).filter(|n| status.contains(&self.nodes[*n].name)).collect()
     }
 }
 

@@ -1,7 +1,8 @@
 //! Delivery guarantees: idempotent resends, exact recovery with `since`, slow consumers,
 //! graceful shutdown.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use huddle_config::QueueType;
 use huddle_e2e::{seqs, sign_up, Stack, StackOptions, Ws};
 use serde_json::json;
 
@@ -195,9 +196,25 @@ async fn gateway_shutdown_closes_sockets_with_1012_and_flushes_their_rooms() -> 
     stack.shutdown().await
 }
 
+/// A stack of one gateway whose task queues are of `queue_type`.
+async fn stack_on_queues_of(queue_type: QueueType) -> Result<Stack> {
+    let mut env = huddle_e2e::TestEnv::new().await?;
+    env.queue_type = queue_type;
+    Stack::start_on(env, StackOptions { gateways: 1, ..StackOptions::default() }).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_task_is_dead_lettered_and_can_be_redriven() -> Result<()> {
-    let stack = Stack::start(1).await?;
+    a_poison_task_is_dead_lettered_and_can_be_redriven_on(QueueType::Quorum).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_task_is_dead_lettered_and_can_be_redriven_on_classic_queues() -> Result<()> {
+    a_poison_task_is_dead_lettered_and_can_be_redriven_on(QueueType::Classic).await
+}
+
+async fn a_poison_task_is_dead_lettered_and_can_be_redriven_on(queue_type: QueueType) -> Result<()> {
+    let stack = stack_on_queues_of(queue_type).await?;
     let broker = stack.env.broker().await?;
     let poison =
         huddle_proto::v1::FlushRoomTask { room: "Not A Room!".into(), reason: "test".into(), requested_at_ms: 0 };
@@ -226,7 +243,12 @@ async fn a_poison_task_is_dead_lettered_and_can_be_redriven() -> Result<()> {
     })
     .await?;
     assert!(metrics.contains("huddle_tasks_total"));
-    assert_eq!(broker.dead_letters(10).await?.len(), 1);
+    // A quorum queue dead-letters a rejected task a moment after the reject.
+    huddle_e2e::eventually(std::time::Duration::from_secs(10), || async {
+        Ok((broker.dead_letters(10).await?.len() == 1).then_some(()))
+    })
+    .await
+    .context("the re-driven poison task is not back in the dead letters, once")?;
     broker.close().await;
     stack.shutdown().await
 }
@@ -314,7 +336,16 @@ async fn a_growing_backlog_is_flushed_while_the_room_stays_busy() -> Result<()> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_that_keeps_failing_is_retried_then_dead_lettered() -> Result<()> {
-    let stack = Stack::start(1).await?;
+    a_task_that_keeps_failing_is_retried_then_dead_lettered_on(QueueType::Quorum).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_keeps_failing_on_a_classic_queue_is_retried_then_dead_lettered() -> Result<()> {
+    a_task_that_keeps_failing_is_retried_then_dead_lettered_on(QueueType::Classic).await
+}
+
+async fn a_task_that_keeps_failing_is_retried_then_dead_lettered_on(queue_type: QueueType) -> Result<()> {
+    let stack = stack_on_queues_of(queue_type).await?;
     let log = stack.env.room_log(100)?;
     // The archive fails every insert for a reason that is not the row's fault (not a data
     // or constraint error, so nothing is quarantined): the task must be retried.
@@ -498,4 +529,87 @@ async fn a_since_from_before_a_redis_loss_gets_the_latest_history() -> Result<()
     let view = again.expect("history").await?;
     assert_eq!((view["mode"].as_str(), seqs(&view)), (Some("since"), vec![6]));
     stack.shutdown().await
+}
+
+/// A task whose consumer dies while working on it, every time, ends in the dead-letter
+/// queue after the delivery limit, like a task that keeps failing: RabbitMQ counts the
+/// deliveries of a quorum queue, the consumer those of a classic one (a copy per death).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_whose_consumer_dies_every_time_is_dead_lettered_at_the_limit() -> Result<()> {
+    a_task_whose_consumer_dies_every_time_is_dead_lettered_on(QueueType::Quorum).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_whose_consumer_dies_every_time_on_a_classic_queue_is_dead_lettered_at_the_limit() -> Result<()> {
+    a_task_whose_consumer_dies_every_time_is_dead_lettered_on(QueueType::Classic).await
+}
+
+/// Counts the deliveries it gets and never finishes one until the test has cut the
+/// consumer's connection (its ack then goes nowhere, as if the process had died).
+#[derive(Clone)]
+struct DiesMidTask {
+    started: tokio::sync::mpsc::UnboundedSender<()>,
+    connection_cut: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl huddle_broker::TaskHandler for DiesMidTask {
+    async fn handle(&self, _: huddle_broker::TaskQueue, _: &[u8]) -> Result<(), huddle_broker::TaskError> {
+        let cut = self.connection_cut.notified();
+        let _ = self.started.send(());
+        cut.await;
+        Ok(())
+    }
+}
+
+async fn a_task_whose_consumer_dies_every_time_is_dead_lettered_on(queue_type: QueueType) -> Result<()> {
+    let mut env = huddle_e2e::TestEnv::new().await?;
+    env.queue_type = queue_type;
+    let admin = env.broker().await?;
+    let task = huddle_proto::v1::FlushRoomTask { room: "lobby".into(), reason: "test".into(), requested_at_ms: 0 };
+    admin.publish(huddle_broker::TaskQueue::Flush, &[task]).await?;
+
+    let consumer_link = env.broker().await?;
+    let (started, mut deliveries) = tokio::sync::mpsc::unbounded_channel();
+    let connection_cut = std::sync::Arc::new(tokio::sync::Notify::new());
+    let handler = DiesMidTask { started, connection_cut: connection_cut.clone() };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let consumer = tokio::spawn(huddle_broker::consume(
+        consumer_link.clone(),
+        huddle_broker::TaskQueue::Flush,
+        1,
+        handler,
+        std::time::Duration::from_millis(10),
+        stopped,
+    ));
+    let limit = 5;
+    // Each delivery is cut off mid-task. The next one comes after the consumer reconnects:
+    // at once, or once its lost ack times out (10 s).
+    for delivery in 1..=limit + 1 {
+        tokio::time::timeout(std::time::Duration::from_secs(20), deliveries.recv())
+            .await
+            .ok()
+            .flatten()
+            .with_context(|| format!("delivery {delivery} of {} never came", limit + 1))?;
+        consumer_link.close().await;
+        connection_cut.notify_waiters();
+    }
+    let dead = huddle_e2e::eventually(std::time::Duration::from_secs(20), || async {
+        let dead = admin.dead_letters(10).await?;
+        Ok((!dead.is_empty()).then_some(dead))
+    })
+    .await
+    .context("the task never reached the dead letters")?;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let handled = limit + 1 + std::iter::from_fn(|| deliveries.try_recv().ok()).count();
+    let _ = stop.send(true);
+    consumer.abort();
+    assert_eq!(handled, limit + 1, "the task is handed out once, then once per allowed redelivery");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].queue, format!("{}.flush", env.queue_prefix));
+    assert_eq!(dead[0].reason, "delivery_limit");
+    let queued = admin.queue_depth(huddle_broker::TaskQueue::Flush).await?;
+    assert_eq!(queued, 0, "no copy of the task is left behind in the queue");
+    admin.delete_topology().await?;
+    admin.close().await;
+    Ok(())
 }

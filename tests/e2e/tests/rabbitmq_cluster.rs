@@ -54,6 +54,8 @@ async fn a_killed_rabbitmq_node_loses_no_acked_message() -> Result<()> {
     )
     .await?;
     let flush_queue = stack.env.broker().await?.topology().queue(huddle_broker::TaskQueue::Flush);
+    let members = cluster.quorum_members(2, &flush_queue);
+    assert_eq!(members.len(), 3, "unless told otherwise, a quorum queue has a replica on every node: {members:?}");
     let base = stack.url(0);
     let ada = sign_up(&base, "ada").await?;
     let mut ws = Ws::join(&base, "lobby", &ada.token, "").await?;
@@ -80,4 +82,28 @@ async fn a_killed_rabbitmq_node_loses_no_acked_message() -> Result<()> {
     assert_eq!(seqs, (1..=90).collect::<Vec<i64>>());
     ws.leave().await?;
     stack.shutdown().await
+}
+
+/// `HUDDLE_QUORUM_GROUP_SIZE` sets on how many of the cluster's nodes each task queue is
+/// replicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quorum_group_size_sets_how_many_nodes_hold_each_queue() -> Result<()> {
+    let cluster = OwnRabbitCluster::start(3)?;
+    let mut env = TestEnv::new().await?;
+    env.amqp_url = cluster.urls();
+    let settings = huddle_config::BrokerSettings {
+        amqp_url: env.amqp_url.clone(),
+        queue_prefix: env.queue_prefix.clone(),
+        delivery_limit: 5,
+        queue_type: huddle_config::QueueType::Quorum,
+        quorum_group_size: Some(2),
+    };
+    let broker = huddle_broker::Broker::connect(&settings).await?;
+    for queue in huddle_broker::TaskQueue::ALL {
+        let name = broker.topology().queue(queue);
+        let members = cluster.quorum_members(0, &name);
+        assert_eq!(members.len(), 2, "{name}: {}", cluster.quorum_status(0, &name));
+    }
+    broker.close().await;
+    Ok(())
 }
