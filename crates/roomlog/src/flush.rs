@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 use huddle_domain::RoomName;
 use redis::Script;
 
-use crate::{Result, RoomLog};
+use crate::{Result, RoomLog, RoomLogError};
 
 static MARK_PERSISTED: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/mark_persisted.lua")));
 static CLEAR_DIRTY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/clear_dirty.lua")));
@@ -32,6 +32,16 @@ pub struct PersistLag {
     pub messages: u64,
     /// Rooms with unpersisted messages, in all.
     pub dirty_rooms: u64,
+}
+
+/// The dirty rooms the sweep found.
+#[derive(Debug)]
+pub struct DirtyRooms {
+    /// Rooms with unpersisted messages and when each became dirty (ms since the epoch),
+    /// longest-dirty first.
+    pub rooms: Vec<(RoomName, i64)>,
+    /// On a cluster: one error per shard that did not answer, whose rooms are left out.
+    pub unreachable: Vec<RoomLogError>,
 }
 
 /// A room's write-back state as Redis sees it.
@@ -131,8 +141,14 @@ impl RoomLog {
 
     /// The persist lag over `rooms`: messages Redis holds that PostgreSQL lacks (seq
     /// counter minus watermark, summed), and how many rooms are dirty in all.
+    /// On a cluster with a shard that does not answer it fails: a lag that left that
+    /// shard's rooms out would look smaller than it is.
     pub async fn unpersisted(&self, rooms: &[RoomName]) -> Result<PersistLag> {
-        let sizes: Vec<u64> = self.on_dirty_indexes(redis::Cmd::zcard).await?;
+        let sizes = self.on_dirty_indexes::<u64>(redis::Cmd::zcard).await?;
+        if let Some(error) = sizes.unreachable.into_iter().next() {
+            return Err(error);
+        }
+        let sizes = sizes.values;
         let counters: Vec<Option<u64>> = self
             .query_each(
                 rooms
@@ -149,18 +165,21 @@ impl RoomLog {
     }
 
     /// Up to `limit` dirty rooms, longest-dirty first, with when they became dirty (from
-    /// every index: on a cluster, one per hash slot).
-    pub async fn dirty_rooms(&self, limit: usize) -> Result<Vec<(RoomName, i64)>> {
+    /// every index: on a cluster, one per hash slot). On a cluster, the rooms of a shard
+    /// that does not answer are left out (they wait for a later sweep) and its error is in
+    /// [`DirtyRooms::unreachable`]; the call fails only if no shard answers.
+    pub async fn dirty_rooms(&self, limit: usize) -> Result<DirtyRooms> {
         let last = limit.saturating_sub(1) as isize;
-        let indexes: Vec<Vec<(String, f64)>> =
-            self.on_dirty_indexes(|index| redis::Cmd::zrange_withscores(index, 0, last)).await?;
+        let indexes =
+            self.on_dirty_indexes::<Vec<(String, f64)>>(|index| redis::Cmd::zrange_withscores(index, 0, last)).await?;
         let mut rooms: Vec<(RoomName, i64)> = indexes
+            .values
             .into_iter()
             .flatten()
             .filter_map(|(name, score)| RoomName::parse(&name).ok().map(|room| (room, score as i64)))
             .collect();
         rooms.sort_by_key(|(_, since)| *since);
         rooms.truncate(limit);
-        Ok(rooms)
+        Ok(DirtyRooms { rooms, unreachable: indexes.unreachable })
     }
 }

@@ -56,7 +56,7 @@ pub mod sessions;
 
 pub use append::{parse_published, AppendOutcome, CLIENT_ID_TTL_SECS};
 pub use entry::LogEntry;
-pub use flush::{FlushClaim, PersistLag, RoomState};
+pub use flush::{DirtyRooms, FlushClaim, PersistLag, RoomState};
 pub use hydrate::RESET_PREFIX;
 pub use keys::Keyspace;
 pub use locks::LockGuard;
@@ -98,6 +98,14 @@ pub enum RoomLogError {
         /// What is wrong with it (bad id, no field `m`, or JSON that does not decode).
         reason: String,
     },
+}
+
+/// What the shards that answered returned, and why the others did not.
+pub(crate) struct Reached<T> {
+    /// The replies, in slot order, of every shard that answered.
+    pub(crate) values: Vec<T>,
+    /// One error per shard (slot range) that did not.
+    pub(crate) unreachable: Vec<RoomLogError>,
 }
 
 /// Result alias for this crate.
@@ -275,17 +283,18 @@ impl RoomLog {
     /// Runs `command` on every dirty-room index: on one Redis, its one index; on a
     /// cluster, one per hash slot, as one pipeline per slot range to the primary that
     /// serves it (`CLUSTER SLOTS`), so a sweep costs a round trip per primary rather than
-    /// 16384 requests. A range that moved meanwhile fails the call; the next one sees the
-    /// new owner.
+    /// 16384 requests. A range whose primary does not answer (down, or the range moved
+    /// meanwhile) is left out and its error returned with the rest; only when no range
+    /// answers does the call fail.
     pub(crate) async fn on_dirty_indexes<T: redis::FromRedisValue>(
         &self,
         command: impl Fn(String) -> redis::Cmd,
-    ) -> Result<Vec<T>> {
+    ) -> Result<Reached<T>> {
         use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
         let mut conn = self.conn().await?;
         let Conn::Cluster(cluster) = &mut conn else {
             let calls = self.keys.dirty_indexes().into_iter().map(&command).collect();
-            return self.query_each(calls).await;
+            return Ok(Reached { values: self.query_each(calls).await?, unreachable: Vec::new() });
         };
         let ranges: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER").arg("SLOTS").query_async(cluster).await?;
         let bound = |range: &[redis::Value], i: usize| redis::from_redis_value_ref::<u16>(range.get(i)?).ok();
@@ -306,8 +315,17 @@ impl RoomLog {
                         .collect::<Result<Vec<T>, redis::RedisError>>()
                 }
             });
-        let per_range = futures_util::future::try_join_all(calls).await?;
-        Ok(per_range.into_iter().flatten().collect())
+        let mut reached = Reached { values: Vec::new(), unreachable: Vec::new() };
+        for range in futures_util::future::join_all(calls).await {
+            match range {
+                Ok(values) => reached.values.extend(values),
+                Err(error) => reached.unreachable.push(error.into()),
+            }
+        }
+        match (reached.values.is_empty(), reached.unreachable.is_empty()) {
+            (true, false) => Err(reached.unreachable.swap_remove(0)),
+            _ => Ok(reached),
+        }
     }
 
     /// Runs commands that may each touch another hash slot: as one pipeline on a single

@@ -32,8 +32,15 @@ pub async fn run(log: RoomLog, broker: Broker, interval: Duration, mut stopped: 
 }
 
 async fn sweep_once(log: &RoomLog, broker: &Broker, interval: Duration) -> Result<(), String> {
-    let rooms = log.dirty_rooms(ROOMS_PER_SWEEP).await.map_err(|e| e.to_string())?;
-    report_lag(log, &rooms).await?;
+    let dirty = log.dirty_rooms(ROOMS_PER_SWEEP).await.map_err(|e| e.to_string())?;
+    for error in &dirty.unreachable {
+        tracing::warn!(%error, "a redis shard did not answer the sweep; its rooms wait for a later one");
+    }
+    let rooms = dirty.rooms;
+    // The gauges are not worth a sweep: the flushes are queued even if they fail.
+    if let Err(error) = report_lag(log, &rooms).await {
+        tracing::warn!(%error, "persist lag not reported");
+    }
     let lock_ttl = (interval.as_millis() as u64).saturating_sub(50).max(1);
     // The lock is left to expire: that is what spaces sweeps across replicas.
     let Some(_lock) = log.try_lock(log.keys().lock("sweep"), lock_ttl).await.map_err(|e| e.to_string())? else {

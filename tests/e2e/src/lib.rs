@@ -1351,6 +1351,24 @@ impl OwnRedisCluster {
         bail!("no live node knows a primary for slot {slot}")
     }
 
+    /// The port of a replica of the primary on `primary`, as a live node sees it.
+    pub fn replica_of(&self, primary: u16) -> Result<u16> {
+        let node = self.nodes.iter().find(|node| node.child.is_some()).context("no live node")?;
+        let nodes = self.cli(node.port, &["CLUSTER", "NODES"])?;
+        let port_of = |fields: &[&str]| fields[1].split('@').next().and_then(|a| a.rsplit(':').next()?.parse().ok());
+        let lines: Vec<Vec<&str>> = nodes.lines().map(|line| line.split_whitespace().collect()).collect();
+        let id = lines
+            .iter()
+            .find(|fields| fields.len() > 3 && port_of(fields) == Some(primary))
+            .map(|fields| fields[0])
+            .with_context(|| format!("no node on port {primary}"))?;
+        lines
+            .iter()
+            .filter(|fields| fields.len() > 3 && fields[2].contains("slave") && fields[3] == id)
+            .find_map(|fields| port_of(fields))
+            .with_context(|| format!("the primary on port {primary} has no replica"))
+    }
+
     /// SIGKILLs the node on `port`.
     pub fn kill(&mut self, port: u16) -> Result<()> {
         self.nodes.iter_mut().find(|node| node.port == port).context("no such node")?.kill()

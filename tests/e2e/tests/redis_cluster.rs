@@ -308,3 +308,53 @@ async fn a_killed_primary_without_wait_loses_at_most_what_was_in_flight() -> Res
     assert!(lost.len() <= 6, "lost {lost:?}");
     Ok(())
 }
+
+/// With a shard down for good (its primary and its replica killed, so no failover), the
+/// sweep still finds the dirty rooms of every other shard, and names the one that did not
+/// answer; the persist lag, which would look smaller without that shard, fails instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_reads_the_shards_that_answer_when_one_is_down() -> Result<()> {
+    let mut cluster = OwnRedisCluster::start()?;
+    let env = TestEnv::with_redis_cluster(&cluster).await?;
+    let log = env.room_log(2000)?;
+    let rooms = rooms_on_every_shard(&cluster, 12)?;
+    for room in &rooms {
+        let room = huddle_domain::RoomName::parse(room)?;
+        log.hydrate(&room, 0, 0, &[]).await?;
+        let post = huddle_domain::Post {
+            user_id: 1,
+            user_name: "ada".into(),
+            body: "hi".into(),
+            sent_at_ms: 0,
+            client_id: String::new(),
+        };
+        log.append(&room, &post).await?;
+    }
+    let all: BTreeSet<String> = log.dirty_rooms(100).await?.rooms.iter().map(|(room, _)| room.to_string()).collect();
+    assert_eq!(all, rooms.iter().cloned().collect::<BTreeSet<_>>());
+
+    // Without full coverage required, the other shards keep serving while one is down.
+    for url in cluster.urls() {
+        let port: u16 = url.rsplit(':').next().context("port")?.parse()?;
+        cluster.cli(port, &["CONFIG", "SET", "cluster-require-full-coverage", "no"])?;
+    }
+    let doomed = cluster.primary_of(slot_of(&rooms[0]))?;
+    let replica = cluster.replica_of(doomed)?;
+    cluster.kill(replica)?;
+    cluster.kill(doomed)?;
+    let (left, lost): (Vec<&String>, Vec<&String>) =
+        rooms.iter().partition(|room| cluster.primary_of(slot_of(room)).is_ok_and(|primary| primary != doomed));
+    anyhow::ensure!(!lost.is_empty() && !left.is_empty(), "rooms on the dead shard: {lost:?}");
+
+    let dirty = eventually(Duration::from_secs(10), || async {
+        let dirty = log.dirty_rooms(100).await?;
+        Ok((!dirty.unreachable.is_empty()).then_some(dirty))
+    })
+    .await
+    .context("the dead shard's failure should be reported")?;
+    let found: BTreeSet<String> = dirty.rooms.iter().map(|(room, _)| room.to_string()).collect();
+    assert_eq!(found, left.into_iter().cloned().collect::<BTreeSet<_>>(), "{:?}", dirty.unreachable);
+    assert_eq!(dirty.unreachable.len(), 1, "one shard is down: {:?}", dirty.unreachable);
+    assert!(log.unpersisted(&[]).await.is_err(), "a lag without the dead shard's rooms would be too small");
+    Ok(())
+}

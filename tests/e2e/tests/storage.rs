@@ -74,7 +74,7 @@ async fn appends_need_an_initialised_room_and_dedupe_client_ids() -> Result<()> 
     assert_eq!(log.append(&room, &entry(1, "three", "")).await?, AppendOutcome::Appended { seq: 44, unpersisted: 3 });
     let stored: Vec<u64> = log.range(&room, 1, u64::MAX).await?.iter().map(|m| m.seq).collect();
     assert_eq!(stored, vec![42, 43, 44]);
-    let dirty = log.dirty_rooms(10).await?;
+    let dirty = log.dirty_rooms(10).await?.rooms;
     assert_eq!(dirty.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(), vec!["dedupe"]);
     env.cleanup().await
 }
@@ -167,7 +167,7 @@ async fn trimming_keeps_the_window_and_never_drops_unpersisted_entries() -> Resu
     let kept: Vec<u64> = log.range(&room, 1, u64::MAX).await?.iter().map(|m| m.seq).collect();
     assert_eq!(kept, (16..=20).collect::<Vec<_>>());
     log.clear_dirty_if_clean(&room).await?;
-    assert!(log.dirty_rooms(10).await?.is_empty());
+    assert!(log.dirty_rooms(10).await?.rooms.is_empty());
     // A room Redis does not hold is left alone.
     assert_eq!(log.mark_persisted(&RoomName::parse("absent")?, 5).await?, None);
     env.cleanup().await
