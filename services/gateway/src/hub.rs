@@ -156,6 +156,8 @@ pub struct Hub {
     /// On a cluster: a pass was asked for while one ran (a node may have failed after the
     /// running pass subscribed its channels there): it runs once more.
     resubscribe_again: std::sync::atomic::AtomicBool,
+    /// On a cluster: a push found the backlog full and was dropped.
+    pushes_dropped: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// How a hub reaches Redis and treats its sockets.
@@ -167,6 +169,8 @@ pub struct HubSettings {
     pub keys: Keyspace,
     /// Frames queued per socket before it is dropped as too slow.
     pub queue_capacity: usize,
+    /// On a cluster: pushes waiting for the dispatcher before new ones are dropped.
+    pub push_backlog: usize,
     /// Deadline of connecting and of a subscribe, unsubscribe or keepalive round-trip.
     pub deadline: Duration,
     /// How often the pub/sub connection is PINGed.
@@ -215,6 +219,7 @@ impl Hub {
     /// replaced, and every local socket resyncs.
     async fn start(settings: &HubSettings, log: RoomLog) -> redis::RedisResult<Arc<Self>> {
         let keys = settings.keys.clone();
+        let pushes_dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (mut sink, feed) = match settings.redis.redis_mode {
             RedisMode::Single => {
                 let client = redis::Client::open(huddle_roomlog::connection_info(&settings.redis.redis_url)?)?;
@@ -222,12 +227,21 @@ impl Hub {
                 (Sink::Single(sink), Feed::Single(stream))
             }
             RedisMode::Cluster => {
-                let (pushes_tx, pushes) = mpsc::unbounded_channel();
+                let (pushes_tx, pushes) = mpsc::channel(settings.push_backlog.max(1));
+                let overflowed = Arc::clone(&pushes_dropped);
+                // Called on the connection's task, which must not wait: a push that finds
+                // the backlog full is dropped, and the dispatcher resyncs every room.
+                let push_sender = move |push: PushInfo| -> Result<(), std::convert::Infallible> {
+                    if let Err(mpsc::error::TrySendError::Full(_)) = pushes_tx.try_send(push) {
+                        overflowed.store(true, Ordering::Release);
+                    }
+                    Ok(())
+                };
                 let client = huddle_roomlog::cluster_client(&settings.redis, true)
                     .map_err(|error| {
                         redis::RedisError::from((redis::ErrorKind::Io, "cluster client", error.to_string()))
                     })?
-                    .push_sender(pushes_tx)
+                    .push_sender(push_sender)
                     .build()?;
                 let conn = client.get_async_connection().await?;
                 (Sink::Cluster { conn, sharded: settings.redis.sharded_pubsub() }, Feed::Cluster(pushes))
@@ -249,6 +263,7 @@ impl Hub {
             confirmed: Mutex::new(HashSet::new()),
             resubscribing: std::sync::atomic::AtomicBool::new(false),
             resubscribe_again: std::sync::atomic::AtomicBool::new(false),
+            pushes_dropped,
         });
         match feed {
             Feed::Single(stream) => tokio::spawn(Arc::clone(&hub).dispatch(stream)),
@@ -471,10 +486,7 @@ impl Hub {
             subscriptions.sink = Sink::Single(sink);
             // A keepalive failure of the replaced connection must not tear this one down.
             self.generation.fetch_add(1, Ordering::AcqRel);
-            let rooms: Vec<RoomName> = self.lock_members().keys().cloned().collect();
-            for room in rooms {
-                self.deliver(&room, Outbound::Resync);
-            }
+            self.resync_every_room();
             tracing::info!(rooms = subscriptions.rooms.len(), "redis pub/sub reconnected");
             return stream;
         }
@@ -482,8 +494,20 @@ impl Hub {
 
     /// Reads a cluster's pushes: messages, and the confirmations and losses of
     /// subscriptions that tell when a room's live feed was interrupted.
-    async fn dispatch_pushes(self: Arc<Self>, mut pushes: mpsc::UnboundedReceiver<PushInfo>) {
+    async fn dispatch_pushes(self: Arc<Self>, mut pushes: mpsc::Receiver<PushInfo>) {
         while let Some(push) = pushes.recv().await {
+            if self.pushes_dropped.swap(false, Ordering::AcqRel) {
+                // What was dropped was published before now, so it is in the logs the
+                // rooms re-read now; a dropped (un)subscribe confirmation is made up for by
+                // subscribing every channel again.
+                tracing::warn!(
+                    backlog = self.settings.push_backlog,
+                    "redis cluster pub/sub pushes dropped (this thread fell behind); every room resyncs"
+                );
+                crate::metrics::PUBSUB_OVERFLOWS.add(1, &[]);
+                self.resync_every_room();
+                Arc::clone(&self).resubscribe_everything();
+            }
             let text =
                 |index: usize| push.data.get(index).and_then(|value| redis::from_redis_value_ref::<String>(value).ok());
             match push.kind {
@@ -522,6 +546,15 @@ impl Hub {
             }
         }
         tracing::error!("redis cluster pub/sub feed closed; live delivery on this thread has stopped");
+    }
+
+    /// Tells every socket of this thread to re-read its room's log (live delivery had a
+    /// gap).
+    fn resync_every_room(&self) {
+        let rooms: Vec<RoomName> = self.lock_members().keys().cloned().collect();
+        for room in rooms {
+            self.deliver(&room, Outbound::Resync);
+        }
     }
 
     fn lock_confirmed(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
@@ -601,5 +634,5 @@ impl Hub {
 /// What the hub's dispatcher reads: one Redis's pub/sub stream, or a cluster's pushes.
 enum Feed {
     Single(PubSubStream),
-    Cluster(mpsc::UnboundedReceiver<PushInfo>),
+    Cluster(mpsc::Receiver<PushInfo>),
 }

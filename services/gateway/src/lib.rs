@@ -112,6 +112,11 @@ pub struct Settings {
     /// Outgoing frames queued per socket before it is closed as a slow consumer (4008).
     #[arg(long, env = "HUDDLE_SOCKET_QUEUE", default_value_t = 1024)]
     pub socket_queue: usize,
+    /// On a Redis Cluster: pub/sub pushes a worker thread may have waiting before it drops
+    /// new ones and resyncs every room it serves from the log (the counterpart of the
+    /// output-buffer limit with which a single Redis cuts off a pub/sub client that lags).
+    #[arg(long, env = "HUDDLE_REDIS_PUSH_BACKLOG", default_value_t = 16_384)]
+    pub redis_push_backlog: usize,
     /// Sustained sends per second allowed per account (all its sockets on this gateway).
     #[arg(long, env = "HUDDLE_SEND_RATE", default_value_t = 20.0)]
     pub send_rate: f64,
@@ -394,6 +399,7 @@ pub async fn start(mut settings: Settings) -> Result<RunningGateway, StartError>
         redis: settings.redis.clone(),
         keys: log.keys().clone(),
         queue_capacity: settings.socket_queue,
+        push_backlog: settings.redis_push_backlog,
         deadline: std::time::Duration::from_millis(settings.join_timeout_ms.max(1)),
         keepalive: std::time::Duration::from_millis(settings.pubsub_keepalive_ms.max(1)),
     };

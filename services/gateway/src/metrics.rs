@@ -62,6 +62,15 @@ pub static CLIENT_ERRORS: LazyLock<Counter<u64>> =
 pub static FLUSH_REQUESTS: LazyLock<Counter<u64>> =
     LazyLock::new(|| counter("huddle_gateway_flush_requests", "FlushRoom tasks queued, by reason"));
 
+/// `huddle_gateway_pubsub_overflows_total`: on a Redis Cluster, times a worker thread's
+/// pub/sub backlog was full, so pushes were dropped and every room on it resynced.
+pub static PUBSUB_OVERFLOWS: LazyLock<Counter<u64>> = LazyLock::new(|| {
+    counter(
+        "huddle_gateway_pubsub_overflows",
+        "Redis Cluster pub/sub pushes dropped because a worker thread fell behind (its rooms then resync from the log)",
+    )
+});
+
 /// `huddle_gateway_stuck_connection_resets_total`: connections reset because a frame
 /// could not be written within the write timeout.
 pub static STUCK_RESETS: LazyLock<Counter<u64>> = LazyLock::new(|| {

@@ -358,3 +358,45 @@ async fn the_sweep_reads_the_shards_that_answer_when_one_is_down() -> Result<()>
     assert!(log.unpersisted(&[]).await.is_err(), "a lag without the dead shard's rooms would be too small");
     Ok(())
 }
+
+/// A gateway worker that falls behind its pub/sub feed (a backlog of one push here)
+/// drops pushes instead of queueing them without bound, and its sockets re-read the log:
+/// a listener still sees every message, once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_behind_its_pubsub_feed_drops_pushes_and_resyncs_its_rooms() -> Result<()> {
+    let cluster = OwnRedisCluster::start()?;
+    let stack = Stack::start_on(
+        TestEnv::with_redis_cluster(&cluster).await?,
+        StackOptions { gateways: 2, gateway_args: &["--redis-push-backlog", "1"], ..StackOptions::default() },
+    )
+    .await?;
+    let (senders, each) = (8, 25);
+    let last = senders * each;
+    let bob = sign_up(&stack.url(1), "bob").await?;
+    let listener = tokio::spawn(listen_until(stack.url(1), bob, "busy".into(), last));
+    // The listener is in the room before anyone sends.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut sending = Vec::new();
+    for s in 0..senders {
+        let user = sign_up(&stack.url(0), &format!("sender{s}")).await?;
+        let client_ids = (0..each).map(|i| format!("s{s}-{i}")).collect();
+        sending.push(tokio::spawn(send_until_acked(stack.url(0), user, "busy".into(), client_ids)));
+    }
+    let mut acked = BTreeSet::new();
+    for sender in sending {
+        acked.extend(sender.await??.into_values());
+    }
+    assert_eq!(acked, (1..=last).collect::<BTreeSet<u64>>(), "every send is acked once");
+    let (view, reopened) = listener.await??;
+    assert_eq!(view, (1..=last).collect::<Vec<u64>>(), "the listener sees every message once, in order");
+    assert_eq!(reopened, 0, "nothing closed the listener's socket");
+    let metrics =
+        huddle_e2e::http().get(format!("http://{}/metrics", stack.gateways[1].ops_addr())).send().await?.text().await?;
+    let overflows = metrics
+        .lines()
+        .find(|line| line.starts_with("huddle_gateway_pubsub_overflows_total"))
+        .and_then(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(overflows > 0.0, "the listener's worker should have dropped pushes (backlog 1): {overflows}");
+    stack.shutdown().await
+}
