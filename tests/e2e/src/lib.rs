@@ -1351,6 +1351,54 @@ impl OwnRedisCluster {
         bail!("no live node knows a primary for slot {slot}")
     }
 
+    /// Moves hash slot `slot` (with its keys) from its primary to the primary on `to`, the
+    /// way `redis-cli --cluster reshard` moves each slot: IMPORTING and MIGRATING, the keys
+    /// in batches by MIGRATE, then the new owner announced to every primary. Commands on
+    /// the slot meanwhile get ASK or TRYAGAIN, as in a production reshard.
+    pub fn move_slot(&self, slot: u16, to: u16) -> Result<()> {
+        let from = self.primary_of(slot)?;
+        anyhow::ensure!(from != to, "slot {slot} is already on port {to}");
+        let id = |port: u16| -> Result<String> { Ok(self.cli(port, &["CLUSTER", "MYID"])?.trim().to_owned()) };
+        let (from_id, to_id) = (id(from)?, id(to)?);
+        let slot_arg = slot.to_string();
+        let ok = |port: u16, args: &[&str]| -> Result<()> {
+            let out = self.cli(port, args)?;
+            anyhow::ensure!(out.trim() == "OK", "redis-cli -p {port} {args:?}: {out}");
+            Ok(())
+        };
+        ok(to, &["CLUSTER", "SETSLOT", &slot_arg, "IMPORTING", &from_id])?;
+        ok(from, &["CLUSTER", "SETSLOT", &slot_arg, "MIGRATING", &to_id])?;
+        loop {
+            let keys = self.cli(from, &["CLUSTER", "GETKEYSINSLOT", &slot_arg, "10"])?;
+            let keys: Vec<&str> = keys.lines().filter(|key| !key.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let port = to.to_string();
+            let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+            args.extend(&keys);
+            ok(from, &args)?;
+        }
+        for node in self.nodes.iter().filter(|node| node.child.is_some()) {
+            if self.cli(node.port, &["ROLE"])?.starts_with("master") {
+                ok(node.port, &["CLUSTER", "SETSLOT", &slot_arg, "NODE", &to_id])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The ports of the primaries, as a live node sees them.
+    pub fn primaries(&self) -> Result<Vec<u16>> {
+        let node = self.nodes.iter().find(|node| node.child.is_some()).context("no live node")?;
+        let nodes = self.cli(node.port, &["CLUSTER", "NODES"])?;
+        Ok(nodes
+            .lines()
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .filter(|fields| fields.len() > 2 && fields[2].contains("master") && !fields[2].contains("fail"))
+            .filter_map(|fields| fields[1].split('@').next()?.rsplit(':').next()?.parse().ok())
+            .collect())
+    }
+
     /// The port of a replica of the primary on `primary`, as a live node sees it.
     pub fn replica_of(&self, primary: u16) -> Result<u16> {
         let node = self.nodes.iter().find(|node| node.child.is_some()).context("no live node")?;

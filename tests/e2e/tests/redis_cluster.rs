@@ -400,3 +400,62 @@ async fn a_worker_behind_its_pubsub_feed_drops_pushes_and_resyncs_its_rooms() ->
     assert!(overflows > 0.0, "the listener's worker should have dropped pushes (backlog 1): {overflows}");
     stack.shutdown().await
 }
+
+/// A room's hash slot moves to another primary (a reshard) while four senders and a
+/// listener on another gateway use it: every send is acked once, the listener sees every
+/// message once and in order, the gateways subscribe the room's channel on the new owner,
+/// and PostgreSQL ends with every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_room_whose_slot_moves_to_another_primary_loses_nothing() -> Result<()> {
+    let cluster = OwnRedisCluster::start()?;
+    let stack = Stack::start_on(
+        TestEnv::with_redis_cluster(&cluster).await?,
+        StackOptions { gateways: 2, ..StackOptions::default() },
+    )
+    .await?;
+    let room = "moving";
+    let slot = slot_of(room);
+    let from = cluster.primary_of(slot)?;
+    let to = *cluster.primaries()?.iter().find(|port| **port != from).context("another primary")?;
+    let (senders, each) = (4, 50);
+    let last = senders * each;
+    let bob = sign_up(&stack.url(1), "bob").await?;
+    // Stays in the room to the end, so that its gateway is still subscribed when checked.
+    let mut stays = Ws::join(&stack.url(1), room, &bob.token, "").await?;
+    stays.expect("history").await?;
+    let listener = tokio::spawn(listen_until(stack.url(1), bob, room.into(), last));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut sending = Vec::new();
+    for s in 0..senders {
+        let user = sign_up(&stack.url(0), &format!("sender{s}")).await?;
+        let client_ids = (0..each).map(|i| format!("s{s}-{i}")).collect();
+        sending.push(tokio::spawn(send_until_acked(stack.url(0), user, room.into(), client_ids)));
+    }
+    // The move starts once a quarter of the messages are in.
+    let log = stack.env.room_log(2000)?;
+    let name = huddle_domain::RoomName::parse(room)?;
+    eventually(Duration::from_secs(20), || async { Ok((log.state(&name).await?.last_seq >= last / 4).then_some(())) })
+        .await?;
+    tokio::task::block_in_place(|| cluster.move_slot(slot, to))?;
+    assert_eq!(cluster.primary_of(slot)?, to, "the slot is on its new primary");
+
+    let mut acked = BTreeSet::new();
+    for sender in sending {
+        acked.extend(sender.await??.into_values());
+    }
+    assert_eq!(acked, (1..=last).collect::<BTreeSet<u64>>(), "every send is acked once, nothing stored twice");
+    let (view, _) = listener.await??;
+    assert_eq!(view, (1..=last).collect::<Vec<u64>>(), "the listener sees every message once, in order");
+    let channel = log.keys().channel(&name);
+    let on_new_owner = cluster.cli(to, &["PUBSUB", "SHARDCHANNELS", &channel])?;
+    assert!(on_new_owner.contains(&channel), "the gateways subscribe {channel} on the new owner: {on_new_owner:?}");
+    let expected: BTreeSet<u64> = (1..=last).collect();
+    eventually(Duration::from_secs(30), || async {
+        let stored: BTreeSet<u64> = archived(&stack).await?.into_iter().map(|(_, seq, _)| seq).collect();
+        Ok((stored == expected).then_some(()))
+    })
+    .await
+    .context("PostgreSQL should hold every message of the moved room")?;
+    drop(stays);
+    stack.shutdown().await
+}
