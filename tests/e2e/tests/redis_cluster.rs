@@ -403,14 +403,40 @@ async fn a_worker_behind_its_pubsub_feed_drops_pushes_and_resyncs_its_rooms() ->
 
 /// A room's hash slot moves to another primary (a reshard) while four senders and a
 /// listener on another gateway use it: every send is acked once, the listener sees every
-/// message once and in order, the gateways subscribe the room's channel on the new owner,
-/// and PostgreSQL ends with every message.
+/// message once and in order, PostgreSQL ends with every message, and the room's channel
+/// ends up subscribed once per socket-holding worker (on the new owner, by sharded
+/// pub/sub), not on two nodes (which would deliver typing and presence twice).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_room_whose_slot_moves_to_another_primary_loses_nothing() -> Result<()> {
+    a_room_whose_slot_moves_loses_nothing(true).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_room_whose_slot_moves_loses_nothing_over_plain_pubsub() -> Result<()> {
+    a_room_whose_slot_moves_loses_nothing(false).await
+}
+
+/// Subscriptions to `channel` over every live node: sharded (`PUBSUB SHARDNUMSUB`) or
+/// plain (`PUBSUB NUMSUB`).
+fn subscriptions_to(cluster: &OwnRedisCluster, channel: &str, sharded: bool) -> Result<u64> {
+    let kind = if sharded { "SHARDNUMSUB" } else { "NUMSUB" };
+    let mut total = 0;
+    for url in cluster.urls() {
+        let port: u16 = url.rsplit(':').next().context("port")?.parse()?;
+        let out = cluster.cli(port, &["PUBSUB", kind, channel])?;
+        // redis-cli prints the channel, then its count (nothing from a node that is down).
+        total += out.lines().nth(1).and_then(|count| count.trim().parse::<u64>().ok()).unwrap_or(0);
+    }
+    Ok(total)
+}
+
+async fn a_room_whose_slot_moves_loses_nothing(sharded: bool) -> Result<()> {
     let cluster = OwnRedisCluster::start()?;
+    let pubsub = if sharded { "true" } else { "false" };
+    let args = ["--redis-sharded-pubsub", pubsub];
     let stack = Stack::start_on(
         TestEnv::with_redis_cluster(&cluster).await?,
-        StackOptions { gateways: 2, ..StackOptions::default() },
+        StackOptions { gateways: 2, gateway_args: &args, hydrator_args: &args, persister_args: &args },
     )
     .await?;
     let room = "moving";
@@ -447,8 +473,19 @@ async fn a_room_whose_slot_moves_to_another_primary_loses_nothing() -> Result<()
     let (view, _) = listener.await??;
     assert_eq!(view, (1..=last).collect::<Vec<u64>>(), "the listener sees every message once, in order");
     let channel = log.keys().channel(&name);
-    let on_new_owner = cluster.cli(to, &["PUBSUB", "SHARDCHANNELS", &channel])?;
-    assert!(on_new_owner.contains(&channel), "the gateways subscribe {channel} on the new owner: {on_new_owner:?}");
+    if sharded {
+        let on_new_owner = cluster.cli(to, &["PUBSUB", "SHARDCHANNELS", &channel])?;
+        assert!(on_new_owner.contains(&channel), "the gateways subscribe {channel} on the new owner: {on_new_owner:?}");
+    }
+    // The senders and the listener have left: only the socket that stays holds the room.
+    eventually(Duration::from_secs(10), || async {
+        Ok((subscriptions_to(&cluster, &channel, sharded)? == 1).then_some(()))
+    })
+    .await
+    .with_context(|| {
+        let count = subscriptions_to(&cluster, &channel, sharded).unwrap_or_default();
+        format!("{channel} should be subscribed once, for the socket that stays, not {count} times")
+    })?;
     let expected: BTreeSet<u64> = (1..=last).collect();
     eventually(Duration::from_secs(30), || async {
         let stored: BTreeSet<u64> = archived(&stack).await?.into_iter().map(|(_, seq, _)| seq).collect();
