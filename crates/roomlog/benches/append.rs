@@ -4,7 +4,9 @@
 //! multiplexed pool pipelines).
 //!
 //! `cargo bench -p huddle-roomlog --bench append`; Redis from `HUDDLE_BENCH_REDIS_URL`
-//! (default `redis://127.0.0.1:6379`). Every key it writes is under its own prefix
+//! (default `redis://127.0.0.1:6379`; for a Redis Cluster, every node's URL separated by
+//! commas with `HUDDLE_BENCH_REDIS_MODE=cluster`), and `HUDDLE_BENCH_WAIT_REPLICAS` (default
+//! 0) replicas each append waits for. Every key it writes is under its own prefix
 //! (`bench-append-<pid>:`); the log is trimmed between batches the way the persister's
 //! watermark trims it, and its keys are deleted at the end. It flushes nothing.
 
@@ -38,9 +40,14 @@ impl Bench {
             key_prefix: prefix.clone(),
             redis_window: 2000,
             redis_timeout_ms: 2_000,
-            redis_mode: huddle_config::RedisMode::Single,
+            redis_mode: match std::env::var("HUDDLE_BENCH_REDIS_MODE").as_deref() {
+                Ok("cluster") => huddle_config::RedisMode::Cluster,
+                _ => huddle_config::RedisMode::Single,
+            },
             redis_sharded_pubsub: true,
-            redis_wait_replicas: 0,
+            redis_wait_replicas: std::env::var("HUDDLE_BENCH_WAIT_REPLICAS")
+                .map(|n| n.parse().expect("HUDDLE_BENCH_WAIT_REPLICAS is a number"))
+                .unwrap_or(0),
             redis_wait_timeout_ms: 500,
         })
         .unwrap_or_else(|error| panic!("the append benchmark needs a Redis: {url} is not usable: {error}"));
@@ -73,11 +80,26 @@ impl Bench {
         self.log.mark_persisted(&self.room, state.last_seq).await.expect("mark persisted");
     }
 
-    /// Deletes every key under the benchmark's prefix (and nothing else).
+    /// Deletes every key under the benchmark's prefix (and nothing else), on every node
+    /// the URL names (on a cluster, the node that owns the room's slot holds them).
     fn clean_up(&self) {
         self.runtime.block_on(async {
-            let client = redis::Client::open(self.url.as_str()).expect("redis url");
+            for url in self.url.split(',') {
+                self.clean_up_node(url).await;
+            }
+        });
+    }
+
+    async fn clean_up_node(&self, url: &str) {
+        {
+            let client = redis::Client::open(url).expect("redis url");
             let mut conn = client.get_multiplexed_async_connection().await.expect("redis connection");
+            // A cluster's replicas refuse the DEL; their primaries' deletes reach them.
+            let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut conn).await.expect("ROLE");
+            if role.first().is_some_and(|role| redis::from_redis_value_ref::<String>(role).is_ok_and(|r| r == "slave"))
+            {
+                return;
+            }
             let pattern = format!("{}*", self.prefix);
             let mut keys: Vec<String> = vec![];
             let mut iter: redis::AsyncIter<String> =
@@ -89,7 +111,7 @@ impl Bench {
             for chunk in keys.chunks(1000) {
                 redis::cmd("DEL").arg(chunk).query_async::<()>(&mut conn).await.expect("delete the bench's keys");
             }
-        });
+        }
     }
 }
 
