@@ -168,6 +168,9 @@ async fn move_then_ack(
     match publish_copy.await {
         Ok(()) => answer(delivery.ack(BasicAckOptions::default())).await.map(|_| ()),
         Err(error) => {
+            // Not hot: the original comes back with its old count, and the copy would fail
+            // again at once while the broker refuses it.
+            tokio::time::sleep(RECONNECT_DELAY).await;
             let _ = answer(delivery.nack(BasicNackOptions { requeue: true, multiple: false })).await;
             Err(format!("could not re-publish the task: {error}"))
         }

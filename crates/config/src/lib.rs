@@ -98,8 +98,8 @@ pub struct BrokerSettings {
     #[arg(long, env = "HUDDLE_QUEUE_TYPE", value_enum, default_value_t = QueueType::Quorum)]
     pub queue_type: QueueType,
     /// Nodes each quorum queue is replicated to when it is first declared
-    /// (`x-quorum-initial-group-size`); unset: every node of the cluster.
-    #[arg(long, env = "HUDDLE_QUORUM_GROUP_SIZE")]
+    /// (`x-quorum-initial-group-size`, at least 1); unset: RabbitMQ's own default.
+    #[arg(long, env = "HUDDLE_QUORUM_GROUP_SIZE", value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub quorum_group_size: Option<u32>,
 }
 

@@ -156,8 +156,8 @@ pub struct Hub {
     /// On a cluster: a pass was asked for while one ran (a node may have failed after the
     /// running pass subscribed its channels there): it runs once more.
     resubscribe_again: std::sync::atomic::AtomicBool,
-    /// On a cluster: a push found the backlog full and was dropped.
-    pushes_dropped: Arc<std::sync::atomic::AtomicBool>,
+    /// On a cluster: pushes that found the backlog full and were dropped.
+    dropped: Arc<DroppedPushes>,
 }
 
 /// How a hub reaches Redis and treats its sockets.
@@ -219,7 +219,7 @@ impl Hub {
     /// replaced, and every local socket resyncs.
     async fn start(settings: &HubSettings, log: RoomLog) -> redis::RedisResult<Arc<Self>> {
         let keys = settings.keys.clone();
-        let pushes_dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let dropped = Arc::new(DroppedPushes::default());
         let (mut sink, feed) = match settings.redis.redis_mode {
             RedisMode::Single => {
                 let client = redis::Client::open(huddle_roomlog::connection_info(&settings.redis.redis_url)?)?;
@@ -228,14 +228,18 @@ impl Hub {
             }
             RedisMode::Cluster => {
                 let (pushes_tx, pushes) = mpsc::channel(settings.push_backlog.max(1));
-                let overflowed = Arc::clone(&pushes_dropped);
+                let overflowed = Arc::clone(&dropped);
                 // Called on the connection's task, which must not wait: a push that finds
-                // the backlog full is dropped, and the dispatcher resyncs every room.
-                let push_sender = move |push: PushInfo| -> Result<(), std::convert::Infallible> {
-                    if let Err(mpsc::error::TrySendError::Full(_)) = pushes_tx.try_send(push) {
-                        overflowed.store(true, Ordering::Release);
+                // the backlog full is dropped, and the dispatcher is told at once.
+                let push_sender = move |push: PushInfo| -> Result<(), mpsc::error::TrySendError<PushInfo>> {
+                    match pushes_tx.try_send(push) {
+                        Err(mpsc::error::TrySendError::Full(push)) => {
+                            overflowed.record(&push.kind);
+                            Ok(())
+                        }
+                        // The hub is gone: the client may stop sending.
+                        other => other,
                     }
-                    Ok(())
                 };
                 let client = huddle_roomlog::cluster_client(&settings.redis, true)
                     .map_err(|error| {
@@ -263,7 +267,7 @@ impl Hub {
             confirmed: Mutex::new(HashSet::new()),
             resubscribing: std::sync::atomic::AtomicBool::new(false),
             resubscribe_again: std::sync::atomic::AtomicBool::new(false),
-            pushes_dropped,
+            dropped,
         });
         match feed {
             Feed::Single(stream) => tokio::spawn(Arc::clone(&hub).dispatch(stream)),
@@ -495,19 +499,17 @@ impl Hub {
     /// Reads a cluster's pushes: messages, and the confirmations and losses of
     /// subscriptions that tell when a room's live feed was interrupted.
     async fn dispatch_pushes(self: Arc<Self>, mut pushes: mpsc::Receiver<PushInfo>) {
-        while let Some(push) = pushes.recv().await {
-            if self.pushes_dropped.swap(false, Ordering::AcqRel) {
-                // What was dropped was published before now, so it is in the logs the
-                // rooms re-read now; a dropped (un)subscribe confirmation is made up for by
-                // subscribing every channel again.
-                tracing::warn!(
-                    backlog = self.settings.push_backlog,
-                    "redis cluster pub/sub pushes dropped (this thread fell behind); every room resyncs"
-                );
-                crate::metrics::PUBSUB_OVERFLOWS.add(1, &[]);
-                self.resync_every_room();
-                Arc::clone(&self).resubscribe_everything();
-            }
+        loop {
+            // A drop wakes this even when no push follows it (the room went quiet).
+            let next = tokio::select! {
+                push = pushes.recv() => push,
+                _ = self.dropped.noticed.notified() => {
+                    self.recover_from_dropped_pushes();
+                    continue;
+                }
+            };
+            let Some(push) = next else { break };
+            self.recover_from_dropped_pushes();
             let text =
                 |index: usize| push.data.get(index).and_then(|value| redis::from_redis_value_ref::<String>(value).ok());
             match push.kind {
@@ -546,6 +548,26 @@ impl Hub {
             }
         }
         tracing::error!("redis cluster pub/sub feed closed; live delivery on this thread has stopped");
+    }
+
+    /// After pushes were dropped: every room re-reads its log (what was dropped was
+    /// published before now, so it is there), and if a subscription's confirmation or loss
+    /// was among them, every channel is subscribed again.
+    fn recover_from_dropped_pushes(self: &Arc<Self>) {
+        let (messages, others) = self.dropped.take();
+        if !messages && !others {
+            return;
+        }
+        tracing::warn!(
+            backlog = self.settings.push_backlog,
+            subscription_changes_dropped = others,
+            "redis cluster pub/sub pushes dropped (this thread fell behind); every room resyncs"
+        );
+        crate::metrics::PUBSUB_OVERFLOWS.add(1, &[]);
+        self.resync_every_room();
+        if others {
+            Arc::clone(self).resubscribe_everything();
+        }
     }
 
     /// Tells every socket of this thread to re-read its room's log (live delivery had a
@@ -628,6 +650,30 @@ impl Hub {
             }
         }
         None
+    }
+}
+
+/// What a cluster's push channel had to drop since the dispatcher last looked.
+#[derive(Default)]
+struct DroppedPushes {
+    messages: std::sync::atomic::AtomicBool,
+    others: std::sync::atomic::AtomicBool,
+    noticed: tokio::sync::Notify,
+}
+
+impl DroppedPushes {
+    fn record(&self, kind: &PushKind) {
+        let flag = match kind {
+            PushKind::Message | PushKind::SMessage => &self.messages,
+            _ => &self.others,
+        };
+        flag.store(true, Ordering::Release);
+        self.noticed.notify_one();
+    }
+
+    /// Whether messages, and whether other pushes, were dropped; forgets both.
+    fn take(&self) -> (bool, bool) {
+        (self.messages.swap(false, Ordering::AcqRel), self.others.swap(false, Ordering::AcqRel))
     }
 }
 

@@ -81,3 +81,12 @@ pub static OLDEST_UNPERSISTED_SECONDS: LazyLock<Gauge<f64>> = LazyLock::new(|| {
 pub static DIRTY_ROOMS: LazyLock<Gauge<f64>> = LazyLock::new(|| {
     gauge("huddle_persister_dirty_rooms", "Rooms with unpersisted messages at this replica's last sweep")
 });
+
+/// `huddle_persister_redis_shards_unreachable`: Redis Cluster shards whose dirty-room
+/// index this replica's last sweep could not read.
+pub static REDIS_SHARDS_UNREACHABLE: LazyLock<Gauge<f64>> = LazyLock::new(|| {
+    gauge(
+        "huddle_persister_redis_shards_unreachable",
+        "Redis Cluster shards whose dirty-room index this replica's last sweep could not read (their rooms wait)",
+    )
+});

@@ -11,7 +11,9 @@ use huddle_proto::v1::FlushRoomTask;
 use huddle_roomlog::RoomLog;
 use tokio::sync::watch;
 
-use crate::metrics::{DIRTY_ROOMS, OLDEST_UNPERSISTED_SECONDS, SWEEP_FLUSHES, UNPERSISTED_MESSAGES};
+use crate::metrics::{
+    DIRTY_ROOMS, OLDEST_UNPERSISTED_SECONDS, REDIS_SHARDS_UNREACHABLE, SWEEP_FLUSHES, UNPERSISTED_MESSAGES,
+};
 
 /// Rooms re-queued per sweep at most; the rest wait for the next one.
 const ROOMS_PER_SWEEP: usize = 10_000;
@@ -33,13 +35,18 @@ pub async fn run(log: RoomLog, broker: Broker, interval: Duration, mut stopped: 
 
 async fn sweep_once(log: &RoomLog, broker: &Broker, interval: Duration) -> Result<(), String> {
     let dirty = log.dirty_rooms(ROOMS_PER_SWEEP).await.map_err(|e| e.to_string())?;
+    REDIS_SHARDS_UNREACHABLE.record(dirty.unreachable.len() as f64, &[]);
     for error in &dirty.unreachable {
         tracing::warn!(%error, "a redis shard did not answer the sweep; its rooms wait for a later one");
     }
     let rooms = dirty.rooms;
-    // The gauges are not worth a sweep: the flushes are queued even if they fail.
-    if let Err(error) = report_lag(log, &rooms).await {
-        tracing::warn!(%error, "persist lag not reported");
+    // Without a shard the lag would look smaller than it is (and reading it would wait on
+    // that shard again): the gauges keep their values, and the shard gauge says why. They
+    // are not worth a sweep either: the flushes are queued even if reporting fails.
+    if dirty.unreachable.is_empty() {
+        if let Err(error) = report_lag(log, &rooms).await {
+            tracing::warn!(%error, "persist lag not reported");
+        }
     }
     let lock_ttl = (interval.as_millis() as u64).saturating_sub(50).max(1);
     // The lock is left to expire: that is what spaces sweeps across replicas.

@@ -1379,7 +1379,11 @@ impl OwnRedisCluster {
             args.extend(&keys);
             ok(from, &args)?;
         }
-        for node in self.nodes.iter().filter(|node| node.child.is_some()) {
+        // The new owner first, then the old one (as redis-cli's reshard does: clients
+        // the old owner sends on with MOVED are then served), then every other primary.
+        ok(to, &["CLUSTER", "SETSLOT", &slot_arg, "NODE", &to_id])?;
+        ok(from, &["CLUSTER", "SETSLOT", &slot_arg, "NODE", &to_id])?;
+        for node in self.nodes.iter().filter(|node| node.child.is_some() && ![from, to].contains(&node.port)) {
             if self.cli(node.port, &["ROLE"])?.starts_with("master") {
                 ok(node.port, &["CLUSTER", "SETSLOT", &slot_arg, "NODE", &to_id])?;
             }

@@ -311,18 +311,28 @@ async fn a_killed_primary_without_wait_loses_at_most_what_was_in_flight() -> Res
 
 /// With a shard down for good (its primary and its replica killed, so no failover), the
 /// sweep still finds the dirty rooms of every other shard, and names the one that did not
-/// answer; the persist lag, which would look smaller without that shard, fails instead.
+/// answer; the persist lag, which would look smaller without that shard, fails instead. A
+/// persister started then persists the other shards' rooms and reports the dead shard.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sweep_reads_the_shards_that_answer_when_one_is_down() -> Result<()> {
     let mut cluster = OwnRedisCluster::start()?;
     let env = TestEnv::with_redis_cluster(&cluster).await?;
+    let archive = huddle_archive::Archive::connect(&huddle_config::PostgresSettings {
+        database_url: env.database_url.clone(),
+        database_pool_size: 2,
+        database_timeout_ms: 10_000,
+    })?;
+    archive.migrate().await?;
+    let db = env.db().await?;
+    let ada: i64 =
+        db.query_one("INSERT INTO users (username, password_hash) VALUES ('ada', 'x') RETURNING id", &[]).await?.get(0);
     let log = env.room_log(2000)?;
     let rooms = rooms_on_every_shard(&cluster, 12)?;
     for room in &rooms {
         let room = huddle_domain::RoomName::parse(room)?;
         log.hydrate(&room, 0, 0, &[]).await?;
         let post = huddle_domain::Post {
-            user_id: 1,
+            user_id: ada,
             user_name: "ada".into(),
             body: "hi".into(),
             sent_at_ms: 0,
@@ -345,6 +355,7 @@ async fn the_sweep_reads_the_shards_that_answer_when_one_is_down() -> Result<()>
     let (left, lost): (Vec<&String>, Vec<&String>) =
         rooms.iter().partition(|room| cluster.primary_of(slot_of(room)).is_ok_and(|primary| primary != doomed));
     anyhow::ensure!(!lost.is_empty() && !left.is_empty(), "rooms on the dead shard: {lost:?}");
+    let left: BTreeSet<String> = left.into_iter().cloned().collect();
 
     let dirty = eventually(Duration::from_secs(10), || async {
         let dirty = log.dirty_rooms(100).await?;
@@ -353,9 +364,31 @@ async fn the_sweep_reads_the_shards_that_answer_when_one_is_down() -> Result<()>
     .await
     .context("the dead shard's failure should be reported")?;
     let found: BTreeSet<String> = dirty.rooms.iter().map(|(room, _)| room.to_string()).collect();
-    assert_eq!(found, left.into_iter().cloned().collect::<BTreeSet<_>>(), "{:?}", dirty.unreachable);
+    assert_eq!(found, left, "{:?}", dirty.unreachable);
     assert_eq!(dirty.unreachable.len(), 1, "one shard is down: {:?}", dirty.unreachable);
     assert!(log.unpersisted(&[]).await.is_err(), "a lag without the dead shard's rooms would be too small");
+
+    // The persister's sweep queues the rooms it can read, and says one shard is missing.
+    let persister = huddle_e2e::start_persister(&env, &[]).await?;
+    // Each sweep waits out the dead shard's connection timeout (5 s) first.
+    let persisted = eventually(Duration::from_secs(40), || async {
+        let rows = db.query("SELECT DISTINCT r.name FROM messages m JOIN rooms r ON r.id = m.room_id", &[]).await?;
+        let names: BTreeSet<String> = rows.iter().map(|row| row.get(0)).collect();
+        Ok((names == left).then_some(names))
+    })
+    .await
+    .context("the sweep should persist every room of the shards that answer")?;
+    assert!(persisted.iter().all(|room| !lost.contains(&room)));
+    let metrics =
+        huddle_e2e::http().get(format!("http://{}/metrics", persister.ops_addr())).send().await?.text().await?;
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line.starts_with("huddle_persister_redis_shards_unreachable") && line.ends_with(" 1")),
+        "the persister reports the unreachable shard: {}",
+        metrics.lines().filter(|line| line.contains("shards_unreachable")).collect::<Vec<_>>().join("\n")
+    );
+    persister.stop().await;
     Ok(())
 }
 
@@ -494,5 +527,82 @@ async fn a_room_whose_slot_moves_loses_nothing(sharded: bool) -> Result<()> {
     .await
     .context("PostgreSQL should hold every message of the moved room")?;
     drop(stays);
+    stack.shutdown().await
+}
+
+/// A crowd over the cluster: 300 sockets in 30 rooms spread over every shard, on 3
+/// gateways, joining at once and each sending 2 messages at once. Every socket sees every
+/// message of its room once, in seq order, and PostgreSQL ends with all 600.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crowd_over_the_cluster_sees_every_message_of_its_room_once() -> Result<()> {
+    const CROWD: &[&str] = &[
+        "--join-rate",
+        "100000",
+        "--account-connections",
+        "100000",
+        "--send-rate",
+        "100000",
+        "--send-burst",
+        "100000",
+        "--auth-rate",
+        "100000",
+        "--auth-burst",
+        "100000",
+    ];
+    let cluster = OwnRedisCluster::start()?;
+    let stack = Stack::start_on(
+        TestEnv::with_redis_cluster(&cluster).await?,
+        StackOptions { gateways: 3, gateway_args: CROWD, ..StackOptions::default() },
+    )
+    .await?;
+    let (rooms, members, each) = (30usize, 10usize, 2usize);
+    let names = rooms_on_every_shard(&cluster, rooms)?;
+    let per_room = (members * each) as u64;
+    let mut users = Vec::new();
+    for room in 0..rooms {
+        users.push(sign_up(&stack.url(room % 3), &format!("crowd{room}")).await?);
+    }
+    let joined = std::sync::Arc::new(tokio::sync::Barrier::new(rooms * members));
+    let mut sockets = Vec::new();
+    for (room, name) in names.iter().enumerate() {
+        for member in 0..members {
+            let (base, token, name, joined) =
+                (stack.url(member % 3), users[room].token.clone(), name.clone(), joined.clone());
+            sockets.push(tokio::spawn(async move {
+                let mut ws = Ws::join(&base, &name, &token, "").await?;
+                ws.expect("history").await?;
+                joined.wait().await;
+                for i in 0..each {
+                    ws.send_json(&serde_json::json!({
+                        "type": "send", "body": format!("{name} {member} {i}"), "client_id": format!("m{member}-{i}")
+                    }))
+                    .await?;
+                }
+                let (mut seen, mut acks) = (Vec::new(), 0);
+                while seen.len() < per_room as usize || acks < each {
+                    match ws.next().await.with_context(|| format!("{name}: saw {seen:?}, {acks} acks"))? {
+                        Some(frame) if frame["type"] == "message" => seen.extend(frame["seq"].as_u64()),
+                        Some(frame) if frame["type"] == "ack" => acks += 1,
+                        Some(frame) if frame["type"] == "error" => bail!("{name}: refused: {frame}"),
+                        Some(_) => {}
+                        None => bail!("{name}: closed after {seen:?}"),
+                    }
+                }
+                anyhow::ensure!(seen == (1..=per_room).collect::<Vec<_>>(), "{name}, member {member}: saw {seen:?}");
+                anyhow::Ok(ws)
+            }));
+        }
+    }
+    let mut open = Vec::new();
+    for socket in sockets {
+        open.push(socket.await??);
+    }
+    let expected = (rooms as u64) * per_room;
+    eventually(Duration::from_secs(30), || async {
+        Ok((archived(&stack).await?.len() as u64 == expected).then_some(()))
+    })
+    .await
+    .with_context(|| format!("PostgreSQL should hold all {expected} messages"))?;
+    drop(open);
     stack.shutdown().await
 }
