@@ -58,6 +58,13 @@ pub enum BrokerError {
     /// The AMQP URL setting named no node.
     #[error("no AMQP URL given")]
     NoNodes,
+    /// A dead-lettered task names no queue it died in (no `x-first-death-queue`), so it
+    /// cannot be re-driven: it is left in the dead-letter queue.
+    #[error("a dead-lettered task names no queue it died in; left in the dead-letter queue after {moved} moved")]
+    UnknownOrigin {
+        /// Tasks moved before it.
+        moved: usize,
+    },
     /// RabbitMQ refused (nacked) a published or re-driven task instead of confirming it.
     #[error("broker refused task for {queue} (nack)")]
     Nacked {
@@ -403,6 +410,11 @@ impl Broker {
                 break;
             };
             let task = DeadTask::from_delivery(&message.delivery);
+            if task.queue.is_empty() {
+                // Published to "" it would be dropped unrouted (and still confirmed).
+                let _ = channel.close(200, "a dead task of unknown origin".into()).await;
+                return Err(BrokerError::UnknownOrigin { moved });
+            }
             // A re-driven task starts counting its deliveries again.
             let properties = with_headers(&message.delivery, &[], &[DELIVERIES_HEADER, "x-delivery-count"]);
             self.publish_confirmed(&publisher, "", &task.queue, &message.delivery.data, properties).await?;

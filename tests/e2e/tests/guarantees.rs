@@ -613,3 +613,45 @@ async fn a_task_whose_consumer_dies_every_time_is_dead_lettered_on(queue_type: Q
     admin.close().await;
     Ok(())
 }
+
+/// A dead-lettered task that names no queue it died in (put there by hand, say) cannot be
+/// re-driven: the re-drive says so and leaves it where it is (before, it was published to
+/// the routing key "" and dropped unrouted, confirmed all the same).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_task_of_unknown_origin_is_left_in_the_dead_queue() -> Result<()> {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    let env = huddle_e2e::TestEnv::new().await?;
+    let broker = env.broker().await?;
+    let connection = lapin::Connection::connect(&env.amqp_url, lapin::ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    let dead_queue = broker.topology().dead_letter_queue();
+    let confirm = channel
+        .basic_publish(
+            "".into(),
+            dead_queue.as_str().into(),
+            BasicPublishOptions::default(),
+            b"by hand",
+            lapin::BasicProperties::default().with_delivery_mode(2),
+        )
+        .await?
+        .await?;
+    anyhow::ensure!(confirm.is_ack(), "the broker refused the hand-made dead letter");
+    let _ = connection.close(200, "done".into()).await;
+    huddle_e2e::eventually(std::time::Duration::from_secs(5), || async {
+        Ok((broker.dead_letters(10).await?.len() == 1).then_some(()))
+    })
+    .await?;
+
+    let redriven = broker.redrive_dead_letters(10).await;
+    assert!(
+        matches!(redriven, Err(huddle_broker::BrokerError::UnknownOrigin { moved: 0 })),
+        "the re-drive names the problem: {redriven:?}"
+    );
+    let left = broker.dead_letters(10).await?;
+    assert_eq!(left.len(), 1, "the task stays in the dead queue: {left:?}");
+    assert_eq!((left[0].queue.as_str(), left[0].size), ("", 7));
+    broker.delete_topology().await?;
+    broker.close().await;
+    Ok(())
+}
