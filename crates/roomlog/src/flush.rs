@@ -62,8 +62,8 @@ pub struct RoomState {
 impl RoomLog {
     /// Moves the Redis watermark up to `persisted` (never down) and trims the log to its
     /// window without touching unpersisted entries; a room still dirty after the move is
-    /// re-scored in the dirty index with now (it waits for persistence since now). `None`
-    /// when the room is not in Redis.
+    /// re-scored in the dirty index with now (it waits for persistence since now), and one
+    /// with nothing left unpersisted leaves the index. `None` when the room is not in Redis.
     pub async fn mark_persisted(&self, room: &RoomName, persisted: u64) -> Result<Option<(u64, u64)>> {
         let (seq, watermark): (i64, i64) = MARK_PERSISTED
             .key(self.keys.seq(room))

@@ -143,12 +143,9 @@ impl PersistTasks {
         metrics::MESSAGES_WRITTEN.add(messages.len() as u64, &[]);
         huddle_failpoints::crash_point!("persister::chunk_stored");
         let step = Instant::now();
-        let mark = async {
-            transient!(self.log.mark_persisted(&room, watermark).await)?;
-            huddle_failpoints::crash_point!("persister::watermark_moved");
-            transient!(self.log.clear_dirty_if_clean(&room).await)
-        };
-        mark.instrument(tracing::info_span!("mark")).await?;
+        // Moves the watermark and, when the room is clean, drops its dirty mark.
+        transient!(self.log.mark_persisted(&room, watermark).instrument(tracing::info_span!("mark")).await)?;
+        huddle_failpoints::crash_point!("persister::watermark_moved");
         metrics::step_done("mark", step);
         metrics::CHUNK_SECONDS.record(huddle_telemetry::metrics::elapsed(began), &[]);
         tracing::debug!(%room, from, to, written = messages.len(), watermark, "chunk persisted");

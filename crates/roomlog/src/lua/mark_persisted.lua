@@ -1,5 +1,7 @@
 #!lua flags=allow-oom
 -- Records that every seq <= ARGV[1] is in PostgreSQL, then trims the log to its window.
+-- A room with nothing left unpersisted leaves the dirty index in the same step (what
+-- clear_dirty.lua does), so a chunk costs one round trip here instead of two.
 -- Allowed at maxmemory: it frees memory (trimming) and writes a few bytes; without it a
 -- full Redis could never be drained.
 -- Entries above the persisted watermark are never trimmed.
@@ -22,6 +24,9 @@ if upto > watermark then
   if seq > watermark then
     redis.call('ZADD', KEYS[4], 'XX', ARGV[4], ARGV[3])
   end
+end
+if seq <= watermark then
+  redis.call('ZREM', KEYS[4], ARGV[3])
 end
 local keep_from = math.min(watermark + 1, seq - tonumber(ARGV[2]) + 1)
 if keep_from > 1 then
