@@ -49,9 +49,17 @@ async fn sweep_once(log: &RoomLog, broker: &Broker, interval: Duration) -> Resul
         }
     }
     let lock_ttl = (interval.as_millis() as u64).saturating_sub(50).max(1);
-    // The lock is left to expire: that is what spaces sweeps across replicas.
-    let Some(_lock) = log.try_lock(log.keys().lock("sweep"), lock_ttl).await.map_err(|e| e.to_string())? else {
-        return Ok(());
+    // The lock is left to expire: that is what spaces sweeps across replicas. On a Redis
+    // Cluster it lives on one shard; while that shard is down every replica sweeps: their
+    // flushes are idempotent (the flush claims keep a range from being queued twice), and
+    // without that the other shards' rooms would never be swept.
+    let _lock = match log.try_lock(log.keys().lock("sweep"), lock_ttl).await {
+        Ok(Some(lock)) => Some(lock),
+        Ok(None) => return Ok(()),
+        Err(error) => {
+            tracing::warn!(%error, "the sweep lock cannot be taken; sweeping without it");
+            None
+        }
     };
     if rooms.is_empty() {
         return Ok(());
