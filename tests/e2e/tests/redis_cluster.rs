@@ -12,6 +12,11 @@ use anyhow::{bail, Context, Result};
 use huddle_e2e::{eventually, seqs, sign_up, OwnRedisCluster, Stack, StackOptions, TestEnv, User, Ws};
 use huddle_roomlog::keys::slot_of;
 
+/// At most two of these tests run at once: each starts 6 redis-servers and a stack, and
+/// more at once on 2 cores made Redis calls time out (seen in CI: a failover test missed
+/// its deadline while the other cluster tests ran).
+static AT_ONCE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 /// `(room, seq, client_id)` of every archived message.
 async fn archived(stack: &Stack) -> Result<BTreeSet<(String, u64, String)>> {
     let rows = stack
@@ -51,11 +56,13 @@ fn subscribed_room_channels(cluster: &OwnRedisCluster, prefix: &str, sharded: bo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rooms_on_every_shard_work_across_gateways() -> Result<()> {
+    let _turn = AT_ONCE.acquire().await?;
     rooms_work_across_gateways(true).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rooms_work_across_gateways_over_plain_pubsub() -> Result<()> {
+    let _turn = AT_ONCE.acquire().await?;
     rooms_work_across_gateways(false).await
 }
 
@@ -293,6 +300,7 @@ async fn kill_a_primary_under_load(wait_replicas: &str) -> Result<(Vec<(String, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_primary_loses_no_acked_message_when_appends_wait_for_a_replica() -> Result<()> {
+    let _turn = AT_ONCE.acquire().await?;
     let (lost, acked) = kill_a_primary_under_load("1").await?;
     eprintln!("redis primary killed with WAIT 1: {} of {acked} acked messages lost", lost.len());
     assert_eq!(lost, Vec::new(), "every acked message is in PostgreSQL");
@@ -301,6 +309,7 @@ async fn a_killed_primary_loses_no_acked_message_when_appends_wait_for_a_replica
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_primary_without_wait_loses_at_most_what_was_in_flight() -> Result<()> {
+    let _turn = AT_ONCE.acquire().await?;
     let (lost, acked) = kill_a_primary_under_load("0").await?;
     eprintln!("redis primary killed without WAIT: {} of {acked} acked messages lost: {lost:?}", lost.len());
     // One sender per room sends one message at a time: at most one acked message per room
@@ -315,6 +324,7 @@ async fn a_killed_primary_without_wait_loses_at_most_what_was_in_flight() -> Res
 /// persister started then persists the other shards' rooms and reports the dead shard.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sweep_reads_the_shards_that_answer_when_one_is_down() -> Result<()> {
+    let _turn = AT_ONCE.acquire().await?;
     let mut cluster = OwnRedisCluster::start()?;
     let env = TestEnv::with_redis_cluster(&cluster).await?;
     let archive = huddle_archive::Archive::connect(&huddle_config::PostgresSettings {
@@ -401,6 +411,7 @@ async fn the_sweep_reads_the_shards_that_answer_when_one_is_down() -> Result<()>
 /// a listener still sees every message, once and in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_behind_its_pubsub_feed_drops_pushes_and_resyncs_its_rooms() -> Result<()> {
+    let _turn = AT_ONCE.acquire().await?;
     let cluster = OwnRedisCluster::start()?;
     let stack = Stack::start_on(
         TestEnv::with_redis_cluster(&cluster).await?,
@@ -445,11 +456,13 @@ async fn a_worker_behind_its_pubsub_feed_drops_pushes_and_resyncs_its_rooms() ->
 /// pub/sub), not on two nodes (which would deliver typing and presence twice).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_room_whose_slot_moves_to_another_primary_loses_nothing() -> Result<()> {
+    let _turn = AT_ONCE.acquire().await?;
     a_room_whose_slot_moves_loses_nothing(true).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_room_whose_slot_moves_loses_nothing_over_plain_pubsub() -> Result<()> {
+    let _turn = AT_ONCE.acquire().await?;
     a_room_whose_slot_moves_loses_nothing(false).await
 }
 
@@ -539,6 +552,7 @@ async fn a_room_whose_slot_moves_loses_nothing(sharded: bool) -> Result<()> {
 /// message of its room once, in seq order, and PostgreSQL ends with all 600.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_crowd_over_the_cluster_sees_every_message_of_its_room_once() -> Result<()> {
+    let _turn = AT_ONCE.acquire().await?;
     const CROWD: &[&str] = &[
         "--join-rate",
         "100000",
