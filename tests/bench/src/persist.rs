@@ -49,6 +49,12 @@ pub struct PersistArgs {
     /// Give up when the persister has not caught up after this many seconds.
     #[arg(long, default_value_t = 300)]
     pub timeout_secs: u64,
+    /// The persister's process id: its CPU time during the flush is reported per row.
+    #[arg(long)]
+    pub persister_pid: Option<u32>,
+    /// The Redis process id: its CPU time during the flush is reported per row.
+    #[arg(long)]
+    pub redis_pid: Option<u32>,
     /// Where to append the result as a JSON line.
     #[arg(long)]
     pub out: Option<String>,
@@ -78,6 +84,10 @@ pub struct PersistResult {
     /// Rows per second through the same COPY into a table that also has the messages
     /// table's foreign keys (checked per row): the ceiling of any writer into `messages`.
     pub copy_fk_rows_per_sec: f64,
+    /// The persister's CPU time during the flush, per row (µs), when its pid was given.
+    pub persister_cpu_us_per_row: Option<f64>,
+    /// Redis's CPU time during the flush, per row (µs), when its pid was given.
+    pub redis_cpu_us_per_row: Option<f64>,
 }
 
 /// Builds the backlog, times the persister through it, then times the baseline COPY.
@@ -167,6 +177,8 @@ pub async fn run(args: PersistArgs) -> Result<PersistResult> {
     eprintln!("persist: backlog of {} messages over {} rooms in {backlog_secs:.2} s", rows.len(), rooms.len());
 
     // The persister's run: one FlushRoom per room, as a gateway or the sweep queues them.
+    let cpu_of = |pid: Option<u32>| pid.map(|pid| crate::cpu::cpu_seconds(&pid.to_string())).transpose();
+    let cpu_at_start = (cpu_of(args.persister_pid)?, cpu_of(args.redis_pid)?);
     let started = Instant::now();
     let flushes: Vec<FlushRoomTask> = rooms
         .iter()
@@ -200,6 +212,11 @@ pub async fn run(args: PersistArgs) -> Result<PersistResult> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let persist_secs = started.elapsed().as_secs_f64();
+    let per_row = |before: Option<f64>, pid: Option<u32>| -> Result<Option<f64>> {
+        Ok(before.zip(cpu_of(pid)?).map(|(before, after)| (after - before) * 1e6 / rows.len() as f64))
+    };
+    let persister_cpu = per_row(cpu_at_start.0, args.persister_pid)?;
+    let redis_cpu = per_row(cpu_at_start.1, args.redis_pid)?;
     for (index, (room, _)) in rooms.iter().enumerate() {
         let archived = archive.watermark(room).await?;
         anyhow::ensure!(
@@ -225,11 +242,16 @@ pub async fn run(args: PersistArgs) -> Result<PersistResult> {
         copy_rows_per_sec: copy_rate,
         ratio: persist_rate / copy_rate,
         copy_fk_rows_per_sec: copy_fk_rate,
+        persister_cpu_us_per_row: persister_cpu,
+        redis_cpu_us_per_row: redis_cpu,
     };
     eprintln!(
         "persist: persister {persist_rate:.0} rows/s ({persist_secs:.2} s), raw binary COPY {copy_rate:.0} rows/s ({copy_secs:.3} s), ratio {:.3}; COPY with the foreign keys {copy_fk_rate:.0} rows/s",
         result.ratio
     );
+    if let (Some(persister), Some(redis)) = (persister_cpu, redis_cpu) {
+        eprintln!("persist: CPU per row during the flush: persister {persister:.2} µs, Redis {redis:.2} µs");
+    }
     crate::append_json_line(args.out.as_deref(), &result)?;
     Ok(result)
 }
