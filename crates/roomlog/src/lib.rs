@@ -378,7 +378,6 @@ mod tests {
         ("login_failed.lua", include_str!("lua/login_failed.lua")),
         ("mark_persisted.lua", include_str!("lua/mark_persisted.lua")),
         ("presence.lua", include_str!("lua/presence.lua")),
-        ("read_chunk.lua", include_str!("lua/read_chunk.lua")),
         ("readiness.lua", include_str!("lua/readiness.lua")),
         ("recheck.lua", include_str!("lua/recheck.lua")),
         ("release_claim.lua", include_str!("lua/release_claim.lua")),

@@ -3,13 +3,7 @@
 
 use huddle_domain::{RoomName, StoredMessage};
 
-use std::sync::LazyLock;
-
-use redis::Script;
-
 use crate::{LogEntry, Result, RoomLog, RoomLogError};
-
-static READ_CHUNK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/read_chunk.lua")));
 
 /// A stream entry as Redis returns it: id, then field names and values as bytes.
 type RawEntry = (String, Vec<Vec<u8>>);
@@ -74,15 +68,20 @@ impl RoomLog {
     }
 
     /// Entries with `from <= seq <= to` and the epoch they belong to, read atomically
-    /// (even when Redis is at maxmemory): what a chunk task writes to the archive. Entries that cannot be decoded come back
-    /// apart, with their raw bytes, instead of failing the whole chunk.
+    /// (even when Redis is at maxmemory): what a chunk task writes to the archive. Entries
+    /// that cannot be decoded come back apart, with their raw bytes, instead of failing the
+    /// whole chunk.
+    ///
+    /// One `MULTI`/`EXEC` (read-only commands, so a full Redis still runs it) rather than
+    /// a script: a script's `XRANGE` reply is turned into a Lua table and back, which cost
+    /// Redis about 1 ms for a chunk of 500 entries against 0.2 ms for the transaction
+    /// (`INFO commandstats`, Redis 7.0): most of what a chunk costs the Redis it drains.
     pub async fn chunk(&self, room: &RoomName, from: u64, to: u64) -> Result<Chunk> {
-        let (epoch, raw): (Option<i64>, Vec<RawEntry>) = READ_CHUNK
-            .key(self.keys.epoch(room))
-            .key(self.keys.log(room))
-            .arg(format!("{from}-0"))
-            .arg(format!("{to}-0"))
-            .invoke_async(&mut self.conn().await?)
+        let (epoch, raw): (Option<i64>, Vec<RawEntry>) = redis::pipe()
+            .atomic()
+            .get(self.keys.epoch(room))
+            .xrange(self.keys.log(room), format!("{from}-0"), format!("{to}-0"))
+            .query_async(&mut self.conn().await?)
             .await?;
         let mut chunk =
             Chunk { epoch: epoch.unwrap_or(0), messages: Vec::with_capacity(raw.len()), unreadable: Vec::new() };
