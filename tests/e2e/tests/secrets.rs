@@ -8,7 +8,10 @@ use huddle_gateway::{Settings, StartError};
 
 fn settings(env: &TestEnv, extra: &[&str]) -> Settings {
     let mut args: Vec<String> =
-        ["huddle-gateway", "--addr", "127.0.0.1:0", "--hydrator-url"].iter().map(|s| s.to_string()).collect();
+        ["huddle-gateway", "--addr", "127.0.0.1:0", "--ops-addr", "127.0.0.1:0", "--hydrator-url"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     args.push(format!("http://{}", free_addr().expect("a free port")));
     args.extend(env.store_args());
     args.extend(env.broker_args());
