@@ -189,10 +189,17 @@ impl PasswordHashing {
 #[derive(Debug, Clone)]
 pub struct AuthUser(pub Claims);
 
+/// The token of an `Authorization` value with the `Bearer` scheme, which is
+/// case-insensitive (RFC 9110 §11.1): `bearer x` is as good as `Bearer x`.
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 fn token_of(req: &HttpRequest) -> Option<String> {
     if let Some(header) = req.headers().get(actix_web::http::header::AUTHORIZATION) {
-        if let Some(token) = header.to_str().ok().and_then(|h| h.strip_prefix("Bearer ")) {
-            return Some(token.trim().to_owned());
+        if let Some(token) = header.to_str().ok().and_then(bearer_token) {
+            return Some(token.to_owned());
         }
     }
     if let Some(cookie) = req.cookie(SESSION_COOKIE) {
@@ -287,5 +294,15 @@ mod tests {
         );
         assert_eq!(signer.verify(&forged, 50), Err(TokenError::BadSignature));
         assert_eq!(signer.verify("garbage", 50), Err(TokenError::Malformed));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_other_schemes_are_not_tokens() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER  abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+        assert_eq!(bearer_token("Bearer"), None);
     }
 }
