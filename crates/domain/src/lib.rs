@@ -14,6 +14,15 @@ use time::format_description::well_known::Rfc3339;
 pub const MAX_BODY_BYTES: usize = 4000;
 /// Longest room name accepted.
 pub const MAX_ROOM_LEN: usize = 64;
+/// Messages in a history page when the client asks for none (`limit` 0).
+pub const DEFAULT_PAGE_LEN: u32 = 50;
+/// The most messages a history page holds, whatever the client asks for.
+pub const MAX_PAGE_LEN: u32 = 200;
+
+/// How many messages a history page asked for with `limit` holds at most.
+pub fn page_len(limit: u32) -> usize {
+    (if limit == 0 { DEFAULT_PAGE_LEN } else { limit.min(MAX_PAGE_LEN) }) as usize
+}
 
 /// Why an input was refused. [`ValidationError::code`] is the stable, documented code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -294,6 +303,11 @@ mod tests {
         assert!(validate_client_id("c-1:abc.9").is_ok());
         assert!(validate_client_id("a b").is_err());
         assert!(validate_client_id(&"a".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn a_page_holds_50_by_default_and_200_at_most() {
+        assert_eq!([0, 1, 200, 201, u32::MAX].map(page_len), [50, 1, 200, 200, 200]);
     }
 
     #[test]

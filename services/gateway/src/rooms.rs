@@ -215,20 +215,33 @@ impl RoomService {
         Ok(Some(missed))
     }
 
-    /// A page of older history through the hydrator (Redis, then PostgreSQL below it).
+    /// A page of older history: from Redis while it holds the page, continued through the
+    /// hydrator (PostgreSQL) below Redis's oldest entry. Pages Redis holds are thus served
+    /// while the hydrator is down, and cost one Redis read instead of a gRPC call.
     pub async fn history_page(
         &self,
         room: &RoomName,
         before: u64,
         limit: u32,
     ) -> Result<(Vec<StoredMessage>, bool), ApiError> {
-        let mut hydrator = self.hydrator.clone();
-        let call = hydrator.get_history(GetHistoryRequest { room: room.to_string(), before_seq: before, limit });
-        let page = Box::pin(observed_call("huddle.v1.Hydrator/GetHistory", call))
-            .await
-            .map_err(|status| ApiError::unavailable(format!("hydrator: {}", status.message())))?
-            .into_inner();
-        Ok((page.messages.into_iter().map(StoredMessage::from).collect(), page.has_more))
+        let limit = huddle_domain::page_len(limit);
+        let mut page = self.log.before(room, before, limit).await.map_err(ApiError::unavailable)?;
+        let reaches_the_first = page.first().is_some_and(|m| m.seq == 1);
+        if page.len() < limit && !reaches_the_first {
+            let below = page.first().map_or(before, |m| m.seq);
+            let mut hydrator = self.hydrator.clone();
+            let request =
+                GetHistoryRequest { room: room.to_string(), before_seq: below, limit: (limit - page.len()) as u32 };
+            let older = Box::pin(observed_call("huddle.v1.Hydrator/GetHistory", hydrator.get_history(request)))
+                .await
+                .map_err(|status| ApiError::unavailable(format!("hydrator: {}", status.message())))?
+                .into_inner();
+            let mut older: Vec<StoredMessage> = older.messages.into_iter().map(StoredMessage::from).collect();
+            older.append(&mut page);
+            page = older;
+        }
+        let has_more = page.first().is_some_and(|m| m.seq > 1);
+        Ok((page, has_more))
     }
 
     /// Records a socket joining, refreshing or leaving the room's presence. A user's first

@@ -8,14 +8,10 @@ use tonic::Status;
 
 use crate::hydrate::{internal, HydrateService};
 
-/// Page size when the caller asks for none, and the most a caller can get.
-const DEFAULT_LIMIT: u32 = 50;
-const MAX_LIMIT: u32 = 200;
-
 impl HydrateService {
     /// Up to `limit` messages with seq < `before` (0: newest), oldest first.
     pub async fn history(&self, room: &RoomName, before: u64, limit: u32) -> Result<GetHistoryResponse, Status> {
-        let limit = if limit == 0 { DEFAULT_LIMIT } else { limit.min(MAX_LIMIT) } as usize;
+        let limit = huddle_domain::page_len(limit);
         let mut page = self.log.before(room, before, limit).await.map_err(internal)?;
         if page.len() < limit {
             let below = page.first().map_or(if before == 0 { u64::MAX } else { before }, |m| m.seq);

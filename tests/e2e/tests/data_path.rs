@@ -264,6 +264,48 @@ async fn older_history_is_paged_from_postgres_through_the_hydrator() -> Result<(
     stack.shutdown().await
 }
 
+/// Pages Redis holds come from Redis: a gateway whose hydrator is down still serves them,
+/// over REST and over the socket, and refuses with 503 only a page Redis does not hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_pages_redis_holds_are_served_while_the_hydrator_is_down() -> Result<()> {
+    let stack = Stack::start(1).await?;
+    let ada = sign_up(&stack.url(0), "ada").await?;
+    let mut a = Ws::join(&stack.url(0), "held", &ada.token, "").await?;
+    a.expect("history").await?;
+    for i in 1..=5 {
+        a.say(&format!("m{i}"), &format!("k{i}")).await?;
+    }
+    let no_hydrator = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let gateway = huddle_e2e::start_gateway(&stack.env, no_hydrator, &[]).await?;
+    let base = format!("http://{}", gateway.addr());
+    let page = |query: &str| {
+        let request = huddle_e2e::http().get(format!("{base}/api/rooms/{query}")).bearer_auth(&ada.token);
+        async move {
+            let response = request.send().await?;
+            anyhow::Ok((response.status().as_u16(), response.json::<serde_json::Value>().await?))
+        }
+    };
+
+    let (status, newest) = page("held/messages?limit=3").await?;
+    assert_eq!((status, seqs(&newest), newest["has_more"].as_bool()), (200, vec![3, 4, 5], Some(true)));
+    // Fewer than asked for, but down to seq 1: the whole page is in Redis.
+    let (status, oldest) = page("held/messages?before=3&limit=10").await?;
+    assert_eq!((status, seqs(&oldest), oldest["has_more"].as_bool()), (200, vec![1, 2], Some(false)));
+
+    let mut same = Ws::join(&base, "held", &ada.token, "").await?;
+    same.expect("history").await?;
+    same.send_json(&json!({"type": "history", "before_seq": 4, "limit": 2})).await?;
+    assert_eq!(seqs(&same.expect("history").await?), vec![2, 3]);
+    drop(same);
+
+    // Redis holds nothing of this room: the page needs the hydrator, and says so.
+    let (status, refused) = page("never-joined/messages").await?;
+    assert_eq!((status, refused["error"]["code"].as_str()), (503, Some("unavailable")));
+    a.leave().await?;
+    gateway.stop().await;
+    stack.shutdown().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_announces_a_users_first_socket_in_and_last_socket_out() -> Result<()> {
     let stack = Stack::start(2).await?;
