@@ -37,6 +37,18 @@ async fn bad_frames_get_error_events_and_the_connection_keeps_working() -> Resul
         a.expect("error").await?
     };
     assert_eq!(error["client_id"], "e9");
+    // A refused client_id is not echoed back (it may be anything, e.g. 10 KB of it).
+    a.send_json(&json!({"type": "send", "body": "hi", "client_id": "x".repeat(10_000)})).await?;
+    let refused = a.expect("error").await?;
+    assert_eq!((refused["code"].as_str(), refused.get("client_id")), (Some("bad_client_id"), None));
+
+    // History page parameters out of range are 400 bad_request with a JSON body.
+    for query in ["limit=4294967296", "limit=-1", "before=x", "before=18446744073709551616"] {
+        let response =
+            http().get(format!("{base}/api/rooms/rough/messages?{query}")).bearer_auth(&ada.token).send().await?;
+        assert_eq!(response.status(), 400, "{query}");
+        assert_eq!(response.json::<Value>().await?["error"]["code"], "bad_request", "{query}");
+    }
 
     a.send_binary(b"\x00\x01").await?;
     assert_eq!(a.expect("error").await?["code"], "binary_unsupported");
