@@ -58,8 +58,9 @@ pub(crate) struct ServerManager {
     /// When the pool's clock started ([`Health`] times are relative to it).
     clock: Instant,
     /// Milliseconds on the pool's clock when Redis was last suspected of having gone away:
-    /// a connection whose last reply is older is PINGed before it is handed out.
-    suspected_at_ms: AtomicU64,
+    /// a connection whose last reply is older is PINGed before it is handed out. Shared
+    /// with every connection's [`Health`], which sets it when its connection fails.
+    suspected_at_ms: Arc<AtomicU64>,
 }
 
 impl ServerManager {
@@ -67,14 +68,18 @@ impl ServerManager {
         Ok(Self {
             inner: deadpool_redis::Manager::new(connection_info(url)?)?,
             clock: Instant::now(),
-            suspected_at_ms: AtomicU64::new(0),
+            suspected_at_ms: Arc::new(AtomicU64::new(0)),
         })
     }
 
     /// Every connection idle since now is PINGed before its next use.
     pub(crate) fn suspect(&self) {
-        self.suspected_at_ms.store(self.clock.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
+        suspect_since(self.clock, &self.suspected_at_ms);
     }
+}
+
+fn suspect_since(clock: Instant, suspected_at_ms: &AtomicU64) {
+    suspected_at_ms.store(clock.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
 }
 
 /// Where `url` points, with Nagle's algorithm off: requests are small and pipelined, and
@@ -101,15 +106,17 @@ pub(crate) struct Health {
     /// Milliseconds on the pool's clock of the last successful reply.
     last_reply_ms: AtomicU64,
     broken: AtomicBool,
+    /// The pool's [`ServerManager::suspect`] mark.
+    pool_suspected_at_ms: Arc<AtomicU64>,
 }
 
 /// How recent a reply must be for a connection to be handed out without a PING.
 const FRESH: Duration = Duration::from_secs(1);
 
 impl Health {
-    fn new(clock: Instant) -> Self {
+    fn new(clock: Instant, pool_suspected_at_ms: Arc<AtomicU64>) -> Self {
         let now = clock.elapsed().as_millis() as u64;
-        Self { clock, last_reply_ms: AtomicU64::new(now), broken: AtomicBool::new(false) }
+        Self { clock, last_reply_ms: AtomicU64::new(now), broken: AtomicBool::new(false), pool_suspected_at_ms }
     }
 
     fn observe<T>(&self, result: &Result<T, RedisError>) {
@@ -117,6 +124,9 @@ impl Health {
             Ok(_) => self.last_reply_ms.store(self.clock.elapsed().as_millis() as u64, Ordering::Relaxed),
             Err(error) if error.is_unrecoverable_error() || error.is_io_error() || error.is_connection_dropped() => {
                 self.broken.store(true, Ordering::Relaxed);
+                // Most likely Redis restarted: its other connections are as dead as this
+                // one, but would be handed out unchecked while their last reply is fresh.
+                suspect_since(self.clock, &self.pool_suspected_at_ms);
             }
             Err(_) => {}
         }
@@ -136,7 +146,8 @@ impl managed::Manager for ServerManager {
     async fn create(&self) -> Result<ServerConnection, RedisError> {
         let mut conn = managed::Manager::create(&self.inner).await?;
         let run_id = read_run_id(&mut conn).await?;
-        Ok(ServerConnection { conn, run_id, health: Arc::new(Health::new(self.clock)) })
+        let health = Arc::new(Health::new(self.clock, Arc::clone(&self.suspected_at_ms)));
+        Ok(ServerConnection { conn, run_id, health })
     }
 
     /// A connection that failed is dropped; one that answered within the last second is

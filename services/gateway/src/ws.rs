@@ -300,6 +300,9 @@ impl Connection {
         if crate::auth::is_revoked(&self.state, &self.user.jti).await.map_err(unavailable)? {
             return Err(session_ended("session ended (logged out or revoked); log in again"));
         }
+        // A Redis that came back empty holds no room yet: restore it from the archive
+        // first, or the client would be handed an empty view.
+        self.state.rooms.ensure_ready(&self.room).await.map_err(unavailable)?;
         let state = self.state.rooms.state(&self.room).await.map_err(unavailable)?;
         if state.epoch != self.epoch || state.last_seq < self.last_seq {
             return self.send_initial_history(None).await;

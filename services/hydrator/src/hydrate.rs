@@ -53,7 +53,12 @@ impl HydrateService {
     #[tracing::instrument(skip_all, fields(%room))]
     pub async fn hydrate(&self, room: &RoomName) -> Result<HydrateRoomResponse, Status> {
         let started = Instant::now();
-        let result = self.hydrate_once_ready(room).await;
+        let mut result = self.hydrate_once_ready(room).await;
+        if result.as_ref().is_err_and(|status| status.code() == tonic::Code::Internal) {
+            // Once more: a call is idempotent, and the usual cause, a connection that
+            // broke when Redis restarted, is replaced by then (the pool checks the rest).
+            result = self.hydrate_once_ready(room).await;
+        }
         let outcome = match &result {
             Ok(response) if response.already_warm => "warm",
             Ok(_) => "restored",

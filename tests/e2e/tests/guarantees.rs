@@ -432,6 +432,43 @@ async fn a_half_open_pubsub_connection_is_replaced_and_sockets_resync() -> Resul
     stack.shutdown().await
 }
 
+/// Redis restarts empty under open sockets (found by an outside audit: the sockets were
+/// sent an empty `latest` history of epoch 0, and their view stayed empty). Each socket
+/// resyncs once the room is restored from the archive: a `latest` history of everything
+/// persisted, on a new epoch, and seq continues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_open_across_a_redis_restart_get_the_restored_history() -> Result<()> {
+    let mut redis = huddle_e2e::OwnRedis::start()?;
+    let env = huddle_e2e::TestEnv::with_redis(redis.url()).await?;
+    let stack = Stack::start_on(env, StackOptions { gateways: 1, ..StackOptions::default() }).await?;
+    let base = stack.url(0);
+    let (ada, bob) = (sign_up(&base, "ada").await?, sign_up(&base, "bob").await?);
+    let mut a = Ws::join(&base, "restart", &ada.token, "").await?;
+    let epoch = a.expect("history").await?["epoch"].as_i64().context("epoch")?;
+    let mut b = Ws::join(&base, "restart", &bob.token, "").await?;
+    b.expect("history").await?;
+    for i in 1..=5 {
+        a.say(&format!("m{i}"), &format!("k{i}")).await?;
+    }
+    for ws in [&mut a, &mut b] {
+        for seq in 1..=5 {
+            assert_eq!(ws.expect("message").await?["seq"], seq);
+        }
+    }
+    stack.flush_room("restart").await?;
+    stack.wait_persisted(5).await?;
+
+    redis.restart()?;
+    for ws in [&mut a, &mut b] {
+        let view = ws.expect("history").await?;
+        assert_eq!((view["mode"].as_str(), seqs(&view)), (Some("latest"), (1..=5).collect()), "{view}");
+        assert!(view["epoch"].as_i64().is_some_and(|e| e != epoch && e > 0), "a new epoch: {view}");
+    }
+    assert_eq!(b.say("after", "b-1").await?, 6, "seq continues from the archive");
+    assert_eq!(a.expect("message").await?["seq"], 6);
+    stack.shutdown().await
+}
+
 /// A range whose chunk tasks were dead-lettered is queued again by itself once the
 /// archive works again, even while the room stays busy (each new flush renews the room's
 /// claim, which must not hide the stuck range below it).
