@@ -43,7 +43,8 @@ pub enum PresenceChange {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RoomPresence {
     /// Live sockets of the changed user after a join or leave (0 after their last one
-    /// left); `None` after a refresh, which does not count them.
+    /// left), or after a refresh that had to re-add the socket (Redis had lost it); `None`
+    /// after a refresh of a socket Redis still held, which does not count them.
     pub user_sockets: Option<usize>,
     /// Live sockets in the room, all users.
     pub sockets: usize,

@@ -257,7 +257,11 @@ impl RoomService {
             }
         };
         let event = match change {
-            PresenceChange::Join if presence.user_sockets == Some(1) => Some(PresenceEvent::Joined),
+            // A refresh counts sockets only when it had to re-add its own (Redis lost the
+            // room's presence): its user is then announced again.
+            PresenceChange::Join | PresenceChange::Refresh if presence.user_sockets == Some(1) => {
+                Some(PresenceEvent::Joined)
+            }
             PresenceChange::Leave if presence.user_sockets == Some(0) => Some(PresenceEvent::Left),
             _ => None,
         };

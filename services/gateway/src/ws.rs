@@ -89,6 +89,8 @@ struct Connection {
     /// The room's Redis epoch when this client's view was built: a different one means
     /// Redis lost the room meanwhile and seqs may have been reused.
     epoch: i64,
+    /// This socket's entry in the room's presence.
+    me: Presence,
 }
 
 async fn run(
@@ -120,11 +122,12 @@ async fn run(
     let me =
         Presence { socket: uuid::Uuid::new_v4().simple().to_string(), user_id: user.uid, user_name: user.name.clone() };
     let online = state.rooms.presence(&room, PresenceChange::Join, &me).await.map(|p| p.online);
-    let mut conn = Connection { state: Arc::clone(&state), user, room: room.clone(), socket, last_seq: 0, epoch: 0 };
+    let mut conn =
+        Connection { state: Arc::clone(&state), user, room: room.clone(), socket, last_seq: 0, epoch: 0, me };
 
     let exit = match conn.send_initial_history(view).await {
         Ok(()) => match conn.send_text(protocol::presence_snapshot_frame(&room, &online.unwrap_or_default())).await {
-            Ok(()) => conn.serve(&mut stream, &mut membership, &me).await,
+            Ok(()) => conn.serve(&mut stream, &mut membership).await,
             Err(exit) => exit,
         },
         Err(exit) => exit,
@@ -133,7 +136,7 @@ async fn run(
     // connection, not for this task, so cleanup after it could be cut short.
     tracing::debug!(%room, "socket left");
     hub.leave(&room, membership.id).await;
-    state.rooms.presence(&room, PresenceChange::Leave, &me).await;
+    state.rooms.presence(&room, PresenceChange::Leave, &conn.me).await;
     conn.socket.finish(&mut stream, exit).await;
     CONNECTIONS.add(-1, &[]);
 }
@@ -204,12 +207,7 @@ impl Connection {
         self.send_text(protocol::history_frame(&self.room, HistoryMode::Latest, &latest, has_more, self.epoch)).await
     }
 
-    async fn serve(
-        &mut self,
-        stream: &mut AggregatedMessageStream,
-        membership: &mut Membership,
-        me: &Presence,
-    ) -> Exit {
+    async fn serve(&mut self, stream: &mut AggregatedMessageStream, membership: &mut Membership) -> Exit {
         let mut shutdown = self.state.shutdown.clone();
         let session_left = u64::try_from(self.user.exp - crate::auth::now_secs()).unwrap_or(0);
         let session_expires = tokio::time::sleep(Duration::from_secs(session_left));
@@ -243,7 +241,7 @@ impl Connection {
                     if last_heard.elapsed() > CLIENT_TIMEOUT {
                         Err(close(CloseCode::Policy, "heartbeat timeout"))
                     } else {
-                        self.state.rooms.presence(&self.room, PresenceChange::Refresh, me).await;
+                        self.state.rooms.presence(&self.room, PresenceChange::Refresh, &self.me).await;
                         self.socket.ping(b"").await
                     }
                 }
@@ -303,6 +301,9 @@ impl Connection {
         // A Redis that came back empty holds no room yet: restore it from the archive
         // first, or the client would be handed an empty view.
         self.state.rooms.ensure_ready(&self.room).await.map_err(unavailable)?;
+        // Its presence may be gone with it: re-added now (and re-announced if it was),
+        // not at the next heartbeat.
+        self.state.rooms.presence(&self.room, PresenceChange::Refresh, &self.me).await;
         let state = self.state.rooms.state(&self.room).await.map_err(unavailable)?;
         if state.epoch != self.epoch || state.last_seq < self.last_seq {
             return self.send_initial_history(None).await;

@@ -435,7 +435,9 @@ async fn a_half_open_pubsub_connection_is_replaced_and_sockets_resync() -> Resul
 /// Redis restarts empty under open sockets (found by an outside audit: the sockets were
 /// sent an empty `latest` history of epoch 0, and their view stayed empty). Each socket
 /// resyncs once the room is restored from the archive: a `latest` history of everything
-/// persisted, on a new epoch, and seq continues.
+/// persisted, on a new epoch, and seq continues; their presence is restored with it (it was
+/// missing from newcomers' snapshots until each socket's next heartbeat, and never
+/// announced).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sockets_open_across_a_redis_restart_get_the_restored_history() -> Result<()> {
     let mut redis = huddle_e2e::OwnRedis::start()?;
@@ -466,6 +468,15 @@ async fn sockets_open_across_a_redis_restart_get_the_restored_history() -> Resul
     }
     assert_eq!(b.say("after", "b-1").await?, 6, "seq continues from the archive");
     assert_eq!(a.expect("message").await?["seq"], 6);
+
+    // Their presence, lost with Redis, is back: a newcomer's snapshot lists them.
+    let cyd = sign_up(&base, "cyd").await?;
+    let mut c = Ws::join(&base, "restart", &cyd.token, "").await?;
+    c.expect("history").await?;
+    let snapshot = c.expect("presence").await?;
+    let names: Vec<&str> =
+        snapshot["online"].as_array().context("online")?.iter().filter_map(|u| u["name"].as_str()).collect();
+    assert_eq!(names, ["ada", "bob", "cyd"], "{snapshot}");
     stack.shutdown().await
 }
 

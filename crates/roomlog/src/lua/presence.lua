@@ -3,7 +3,8 @@
 -- KEYS[1] online set
 -- ARGV[1] now (ms), ARGV[2] "join" | "refresh" | "leave", ARGV[3] member, ARGV[4] expiry (ms),
 -- ARGV[5] "|<user id>|" (to count the user's other sockets)
--- Returns {this user's sockets after (-1 on refresh: not counted), live sockets in the room,
+-- Returns {this user's sockets after (-1 on a refresh of a socket the set still held: not
+-- counted; a refresh that had to re-add the socket, lost with Redis, counts), live sockets in the room,
 -- n, the "<user id>|<user name>" of n users whose last socket expired just now, then on
 -- join every live member (the joiner's snapshot)}. Nothing here walks the whole set
 -- unless a join or leave needs it, so a heartbeat costs O(log N).
@@ -11,18 +12,20 @@ local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 if #expired > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 end
+local readded = false
 if ARGV[2] == 'leave' then
   redis.call('ZREM', KEYS[1], ARGV[3])
 else
-  redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
+  readded = redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3]) == 1 and ARGV[2] == 'refresh'
   redis.call('PEXPIREAT', KEYS[1], ARGV[4])
 end
+local counted = ARGV[2] ~= 'refresh' or readded
 local members = {}
-if ARGV[2] ~= 'refresh' or #expired > 0 then
+if counted or #expired > 0 then
   members = redis.call('ZRANGE', KEYS[1], 0, -1)
 end
 local mine = -1
-if ARGV[2] ~= 'refresh' then
+if counted then
   mine = 0
   for _, member in ipairs(members) do
     if string.find(member, ARGV[5], 1, true) then mine = mine + 1 end
