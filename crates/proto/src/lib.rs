@@ -53,14 +53,20 @@ impl From<v1::ChatMessage> for StoredMessage {
 /// The encoded descriptors of every Huddle `.proto` file (for server reflection).
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("huddle_descriptor");
 
-/// The gRPC server reflection service (v1) describing Huddle's services and the standard
-/// health service, so `grpcurl` works without `.proto` files.
-pub fn reflection_service() -> Result<
+/// The gRPC server reflection service (v1) describing `service` (its full name, e.g.
+/// `huddle.v1.Persister`), the standard health service and itself, so `grpcurl` works
+/// without `.proto` files and lists only what this server serves.
+pub fn reflection_service(
+    service: &str,
+) -> Result<
     tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
     tonic_reflection::server::Error,
 > {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name(service)
+        .with_service_name("grpc.health.v1.Health")
+        .with_service_name("grpc.reflection.v1.ServerReflection")
         .build_v1()
 }

@@ -128,7 +128,7 @@ impl Worker {
         // Everything but the health service needs the token: a kubelet's gRPC probe sends
         // no metadata, and serving status is no secret.
         let protected: tonic::service::Routes = routes
-            .add_service(huddle_proto::reflection_service()?)
+            .add_service(huddle_proto::reflection_service(service_name)?)
             .into_axum_router()
             .layer(tonic::service::InterceptorLayer::new(RequireToken::new(token)))
             .into();
