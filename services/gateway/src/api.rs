@@ -1,8 +1,13 @@
 //! The REST API: accounts, rooms, history pages. Every error is a JSON body
 //! `{"error": {"code": "...", "message": "..."}}` with a fitting status ([`ApiError`]).
 
+use actix_web::body::MessageBody;
 use actix_web::cookie::{time::Duration as CookieDuration, Cookie, SameSite};
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::error::{JsonPayloadError, PayloadError};
+use actix_web::middleware::Next;
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
 use huddle_domain::{validate_password, RoomName, StoredMessage, Username};
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +24,7 @@ const ROOM_LIST_LIMIT: usize = 500;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/api")
+            .wrap(actix_web::middleware::from_fn(body_deadline))
             .route("/register", web::post().to(register))
             .route("/login", web::post().to(login))
             .route("/logout", web::post().to(logout))
@@ -26,6 +32,34 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/rooms", web::get().to(rooms))
             .route("/rooms/{room}/messages", web::get().to(messages)),
     );
+}
+
+/// Gives an API request's body `HUDDLE_BODY_TIMEOUT_MS` to arrive: a client that
+/// announces a body and never sends it would otherwise hold its connection for ever. (Not
+/// on the WebSocket route: there the "body" is the socket's life.)
+pub async fn body_deadline(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    if let Some(limit) = req.app_data::<web::Data<AppState>>().map(|state| state.settings.body_timeout()) {
+        let deadline = tokio::time::Instant::now() + limit;
+        let body = futures_util::stream::unfold(Some(req.take_payload()), move |payload| async move {
+            let mut payload = payload?;
+            match tokio::time::timeout_at(deadline, payload.next()).await {
+                Ok(chunk) => chunk.map(|chunk| (chunk, Some(payload))),
+                Err(_) => Some((Err(PayloadError::Io(std::io::ErrorKind::TimedOut.into())), None)),
+            }
+        });
+        let body: std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<web::Bytes, PayloadError>>>> =
+            Box::pin(body);
+        req.set_payload(Payload::from(body));
+    }
+    next.call(req).await
+}
+
+/// Whether a body could not be read because it did not arrive in time ([`body_deadline`]).
+fn timed_out(error: &PayloadError) -> bool {
+    matches!(error, PayloadError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut)
 }
 
 /// The body of register and login.
@@ -209,7 +243,10 @@ pub fn page_body(room: &RoomName, messages: &[StoredMessage], has_more: bool) ->
 
 /// Turns actix's extractor errors (bad JSON body, bad query) into JSON error bodies.
 pub fn json_config() -> web::JsonConfig {
-    web::JsonConfig::default().limit(16 * 1024).error_handler(|error, _| ApiError::BadRequest(error.to_string()).into())
+    web::JsonConfig::default().limit(16 * 1024).error_handler(|error, _| match error {
+        JsonPayloadError::Payload(payload) if timed_out(&payload) => ApiError::RequestTimeout.into(),
+        error => ApiError::BadRequest(error.to_string()).into(),
+    })
 }
 
 /// See [`json_config`].

@@ -35,6 +35,10 @@ pub enum ApiError {
     /// No route matches the request: 404 `not_found`.
     #[error("not found")]
     NotFound,
+    /// The request's body did not arrive within `HUDDLE_BODY_TIMEOUT_MS`: 408
+    /// `request_timeout`.
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
     /// A dependency (Redis, PostgreSQL, hydrator) failed or timed out; the detail is
     /// logged: 503 `unavailable`, with `Retry-After: 1`.
     #[error("temporarily unavailable: {0}")]
@@ -75,6 +79,22 @@ impl ApiError {
         Self::Unavailable(error.to_string())
     }
 
+    /// What the client is told: an outage's detail (which dependency, its error) is for
+    /// the logs ([`ApiError::log_cause`]), not for clients.
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::Unavailable(_) => "temporarily unavailable; retry shortly".to_owned(),
+            _ => self.to_string(),
+        }
+    }
+
+    /// Logs the cause of an internal error or an outage (the client only gets its code).
+    pub fn log_cause(&self) {
+        if let Self::Internal(detail) | Self::Unavailable(detail) = self {
+            tracing::error!(code = self.code(), %detail, "request failed");
+        }
+    }
+
     /// Stable machine-readable code (docs/PROTOCOL.md).
     pub fn code(&self) -> &'static str {
         match self {
@@ -86,6 +106,7 @@ impl ApiError {
             Self::OriginNotAllowed => "origin_not_allowed",
             Self::UsernameTaken => "username_taken",
             Self::NotFound => "not_found",
+            Self::RequestTimeout => "request_timeout",
             Self::Unavailable(_) => "unavailable",
             Self::Overloaded(_) => "overloaded",
             Self::RateLimited(_) | Self::AddressThrottled(_) => "rate_limited",
@@ -115,6 +136,7 @@ impl ResponseError for ApiError {
             Self::OriginNotAllowed => StatusCode::FORBIDDEN,
             Self::UsernameTaken => StatusCode::CONFLICT,
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Unavailable(_) | Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::RateLimited(_) | Self::AddressThrottled(_) | Self::LoginLocked(_) | Self::TooManyConnections(_) => {
                 StatusCode::TOO_MANY_REQUESTS
@@ -124,9 +146,7 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        if let Self::Internal(detail) | Self::Unavailable(detail) = self {
-            tracing::error!(code = self.code(), %detail, "request failed");
-        }
+        self.log_cause();
         let mut response = HttpResponse::build(self.status_code());
         match self {
             // Overload and outages are passing: tell clients when to come back.
@@ -138,7 +158,7 @@ impl ResponseError for ApiError {
             }
             _ => {}
         }
-        response.json(ErrorEnvelope { error: ErrorDetail { code: self.code(), message: self.to_string() } })
+        response.json(ErrorEnvelope { error: ErrorDetail { code: self.code(), message: self.public_message() } })
     }
 }
 

@@ -109,6 +109,10 @@ pub struct Settings {
     /// connection is reset (a client that stopped reading is never kept).
     #[arg(long, env = "HUDDLE_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
     pub write_timeout_ms: u64,
+    /// Longest the body of an API request may take to arrive after its head, in ms (a
+    /// client that never sends the body it announced); then it gets 408 `request_timeout`.
+    #[arg(long, env = "HUDDLE_BODY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub body_timeout_ms: u64,
     /// Outgoing frames queued per socket before it is closed as a slow consumer (4008).
     #[arg(long, env = "HUDDLE_SOCKET_QUEUE", default_value_t = 1024)]
     pub socket_queue: usize,
@@ -184,6 +188,11 @@ impl Settings {
     /// The write deadline of a socket frame.
     pub fn write_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.write_timeout_ms.max(1))
+    }
+
+    /// How long an API request's body may take to arrive.
+    pub fn body_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.body_timeout_ms.max(1))
     }
 }
 

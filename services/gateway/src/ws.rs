@@ -372,7 +372,9 @@ impl Connection {
                         .await
                     }
                     Err(error) => {
-                        self.send_error(protocol::error_frame(error.code(), &error.to_string()), error.code()).await
+                        error.log_cause();
+                        self.send_error(protocol::error_frame(error.code(), &error.public_message()), error.code())
+                            .await
                     }
                 }
             }
@@ -413,7 +415,8 @@ impl Connection {
                 self.send_text(protocol::ack_frame(&entry.client_id, seq, duplicate)).await
             }
             Err(error) => {
-                let frame = protocol::send_error_frame(error.code(), &error.to_string(), &entry.client_id);
+                error.log_cause();
+                let frame = protocol::send_error_frame(error.code(), &error.public_message(), &entry.client_id);
                 self.refuse_send(frame, error.code()).await
             }
         }

@@ -310,3 +310,39 @@ async fn pages_and_api_carry_security_headers_and_cross_site_posts_are_refused()
     assert_eq!(same_site.status(), 204, "the page's own origin may log out");
     stack.shutdown().await
 }
+
+/// A request whose announced body never arrives gets 408 `request_timeout` (JSON) at the
+/// deadline and its connection closed (found by an outside audit: such a POST was held
+/// open for 300 s and more, a way to pile up connections).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_never_arrives_gets_408_at_the_deadline() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stack = Stack::start_with(StackOptions {
+        gateways: 1,
+        gateway_args: &["--body-timeout-ms", "300"],
+        ..StackOptions::default()
+    })
+    .await?;
+    let addr = stack.url(0).trim_start_matches("http://").to_owned();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await?;
+    let started = std::time::Instant::now();
+    conn.write_all(
+        b"POST /api/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+    )
+    .await?;
+    let mut response = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(5), conn.read_to_end(&mut response))
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer and no close within 5 s"))??;
+    let elapsed = started.elapsed();
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains(r#""code":"request_timeout""#), "{text}");
+    assert!(elapsed >= std::time::Duration::from_millis(250), "answered before the deadline: {elapsed:?}");
+
+    // An ordinary request is not cut short.
+    let ada = sign_up(&stack.url(0), "ada").await?;
+    let me = http().get(format!("{}/api/me", stack.url(0))).bearer_auth(&ada.token).send().await?;
+    assert_eq!(me.status(), 200);
+    stack.shutdown().await
+}
