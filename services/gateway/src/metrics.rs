@@ -76,7 +76,7 @@ pub static PUBSUB_OVERFLOWS: LazyLock<Counter<u64>> = LazyLock::new(|| {
 pub static STUCK_RESETS: LazyLock<Counter<u64>> = LazyLock::new(|| {
     counter(
         "huddle_gateway_stuck_connection_resets",
-        "Connections reset because the client stopped reading (a frame waited past the write timeout)",
+        "Connections reset because a frame waited past the write timeout (the client read too slowly or not at all)",
     )
 });
 

@@ -159,7 +159,7 @@ impl SocketWriter {
                 STUCK_RESETS.add(1, &[]);
                 tracing::info!(
                     timeout_ms = self.write_timeout.as_millis() as u64,
-                    "client stopped reading; connection reset"
+                    "a frame waited past the write timeout (the client reads too slowly or not at all); connection reset"
                 );
                 return self.abort.abort();
             }
