@@ -126,7 +126,9 @@ fn merge(reports: Vec<ClientReport>) -> ClientReport {
 }
 
 /// Registers (or finds) `name` and logs in. A 503 (overload or an outage) is retried
-/// after its `Retry-After`, for up to five minutes, as docs/PROTOCOL.md asks clients to.
+/// after its `Retry-After`, and a request the gateway never answered (it died, or is
+/// restarting) after a second, for up to five minutes, as docs/PROTOCOL.md asks clients to.
+/// A register whose answer was lost is retried too: its 409 then means it had worked.
 async fn sign_up(base: &str, name: &str) -> Result<String> {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
     let credentials = serde_json::json!({ "username": name, "password": "load-password" });
@@ -135,12 +137,18 @@ async fn sign_up(base: &str, name: &str) -> Result<String> {
         let (http, credentials) = (http.clone(), credentials.clone());
         async move {
             loop {
-                let response = http.post(format!("{base}{path}")).json(&credentials).send().await?;
-                if response.status() != 503 || std::time::Instant::now() > deadline {
-                    return anyhow::Ok(response);
-                }
-                let retry_after =
-                    response.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(1);
+                let retry_after = match http.post(format!("{base}{path}")).json(&credentials).send().await {
+                    Ok(response) if response.status() != 503 => return anyhow::Ok(response),
+                    Ok(response) if std::time::Instant::now() > deadline => return Ok(response),
+                    Ok(response) => {
+                        response.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(1)
+                    }
+                    Err(error) if std::time::Instant::now() > deadline => return Err(error.into()),
+                    Err(error) => {
+                        eprintln!("{path} for {name}: {error}; retrying");
+                        1
+                    }
+                };
                 tokio::time::sleep(Duration::from_secs(retry_after)).await;
             }
         }
