@@ -128,8 +128,20 @@ impl RoomService {
     /// Redis process, hydrating or re-checking it through the hydrator if not.
     /// Answers within the deadline, or refuses with `unavailable` (503, Retry-After).
     pub async fn ensure_ready(&self, room: &RoomName) -> Result<(), ApiError> {
+        self.hydrate_unless(room, |readiness| matches!(readiness, Readiness::Ready { .. })).await
+    }
+
+    /// Makes sure Redis holds the room at all, restoring it from the archive if Redis lost
+    /// it; a room Redis holds is left as it is, even if not yet re-checked on this Redis
+    /// process (a re-check starts a new epoch: the next write does it, and its reset tells
+    /// each socket whether its view survived).
+    pub async fn ensure_held(&self, room: &RoomName) -> Result<(), ApiError> {
+        self.hydrate_unless(room, |readiness| !matches!(readiness, Readiness::Missing)).await
+    }
+
+    async fn hydrate_unless(&self, room: &RoomName, enough: fn(&Readiness) -> bool) -> Result<(), ApiError> {
         let ready = async {
-            if matches!(self.log.readiness(room).await.map_err(ApiError::unavailable)?, Readiness::Ready { .. }) {
+            if enough(&self.log.readiness(room).await.map_err(ApiError::unavailable)?) {
                 return Ok(());
             }
             // Boxed, like every gRPC call here: a tonic call's future is kilobytes, and

@@ -300,7 +300,7 @@ impl Connection {
         }
         // A Redis that came back empty holds no room yet: restore it from the archive
         // first, or the client would be handed an empty view.
-        self.state.rooms.ensure_ready(&self.room).await.map_err(unavailable)?;
+        self.state.rooms.ensure_held(&self.room).await.map_err(unavailable)?;
         // Its presence may be gone with it: re-added now (and re-announced if it was),
         // not at the next heartbeat.
         self.state.rooms.presence(&self.room, PresenceChange::Refresh, &self.me).await;
