@@ -391,6 +391,13 @@ impl Broker {
             dead.push(DeadTask::from_delivery(&message.delivery));
         }
         let _ = channel.close(200, "peeked".into()).await;
+        // The peeked tasks are ready again only once the broker has handled the close:
+        // wait for that (briefly), so that a re-drive right after a peek finds them (it
+        // saw an empty queue, found by CI).
+        let settled_by = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while (self.depth_of(&queue).await? as usize) < dead.len() && std::time::Instant::now() < settled_by {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         Ok(dead)
     }
 
