@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Removes what test runs that crashed left behind: databases huddle_test_<secs>_*, Redis
 # keys ht<secs>_*: and RabbitMQ queues ht<secs>_*, when <secs> (their creation time) is
-# over an hour ago. Runs in progress are younger and left alone.
+# over an hour ago, and the TLS tests' temporary directories of over an hour ago. Runs in
+# progress are younger and left alone.
 set -euo pipefail
 now=$(date +%s)
 old() { [ $((now - $1)) -gt 3600 ]; }
@@ -27,3 +28,5 @@ if command -v redis-cli >/dev/null; then
     if old "$secs"; then redis-cli del "$key" >/dev/null; fi
   done
 fi
+# The TLS tests' certificates (kept for the whole test process) and servers' directories.
+find "${TMPDIR:-/tmp}" -maxdepth 1 \( -name 'huddle-tls-*' -o -name 'huddle-pg-tls-*' \) -mmin +60 -exec rm -rf {} + 2>/dev/null || true

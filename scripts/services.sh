@@ -71,6 +71,8 @@ ensure_tools() {
   local missing=()
   command -v curl >/dev/null || missing+=(curl)
   command -v psql >/dev/null || missing+=(postgresql-client)
+  # The TLS test makes its certificates with it.
+  command -v openssl >/dev/null || missing+=(openssl)
   if [ ${#missing[@]} -gt 0 ]; then install_packages "${missing[@]}"; fi
 }
 

@@ -201,6 +201,9 @@ test("two people chat live: messages, presence, typing; a third joins from the r
   await untilShown(bob, "are you there?");
   let seen = await shown(bob);
   assert.deepEqual(seen.slice(-2).map((m) => [m.body, m.mine, m.cont]), [["hello bob", false, false], ["are you there?", false, true]], "grouped by author, not bob's own");
+  // Alice's page shows her message once its ack or broadcast reaches it, which can be
+  // after bob's page already has it.
+  await untilShown(alice, "are you there?");
   assert.deepEqual((await shown(alice)).slice(-2).map((m) => m.mine), [true, true], "alice's own messages are marked");
   assert.ok(consecutive(seen.map((m) => m.seq)));
   assert.match(await bob.textContent("#messages .day"), /Today/, "a day separator");

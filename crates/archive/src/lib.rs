@@ -148,11 +148,13 @@ impl Archive {
         }
         // Migrations run under an advisory lock with their own session setting (below).
         config.options(format!("-c statement_timeout={}", settings.database_timeout_ms));
-        let manager = Manager::from_config(
-            config,
-            tokio_postgres::NoTls,
-            ManagerConfig { recycling_method: RecyclingMethod::Fast },
-        );
+        let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Fast };
+        let manager = match config.get_ssl_mode() {
+            // `sslmode=require`: TLS, with the server's certificate checked (as libpq's
+            // verify-full would); any other mode is plaintext.
+            tokio_postgres::config::SslMode::Require => Manager::from_config(config, tls_connector()?, manager_config),
+            _ => Manager::from_config(config, tokio_postgres::NoTls, manager_config),
+        };
         let pool = Pool::builder(manager)
             .max_size(settings.database_pool_size)
             .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -363,14 +365,33 @@ impl Archive {
         Ok(RoomRecheck { last_seq: last_seq as u64, watermark: new_watermark as u64, above, lost, epoch })
     }
 
-    /// Up to `limit` messages with seq < `before`, the newest ones, oldest first.
+    /// Up to `limit` messages with seq < `before` (0: no bound), the newest ones, oldest first.
     pub async fn history_before(&self, room: &RoomName, before: u64, limit: usize) -> Result<Vec<StoredMessage>> {
         let row = self.pool.get().await?.query_opt("SELECT id FROM rooms WHERE name = $1", &[&room.as_str()]).await?;
+        let before = if before == 0 { i64::MAX } else { before.min(i64::MAX as u64) as i64 };
         match row {
-            Some(row) => page(&self.pool.get().await?, row.get(0), before.min(i64::MAX as u64) as i64, limit).await,
+            Some(row) => page(&self.pool.get().await?, row.get(0), before, limit).await,
             None => Ok(Vec::new()),
         }
     }
+}
+
+/// TLS for `sslmode=require`: the server's certificate must be valid for the URL's host
+/// and signed by a CA of the system's trust store, or of the bundle `SSL_CERT_FILE` names.
+fn tls_connector() -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
+    let found = rustls_native_certs::load_native_certs();
+    if let Some(error) = found.errors.into_iter().next() {
+        return Err(ArchiveError::Config(format!("reading the trusted CA certificates: {error}")));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    let (_, unparsable) = roots.add_parsable_certificates(found.certs);
+    if roots.is_empty() {
+        return Err(ArchiveError::Config(format!(
+            "sslmode=require, but no trusted CA certificate was found ({unparsable} could not be parsed): set SSL_CERT_FILE"
+        )));
+    }
+    let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
 /// Up to `limit` messages of a room with seq < `before`, the newest ones, oldest first.

@@ -6,8 +6,72 @@
 //!
 //! It holds settings only: it connects to nothing and knows no service's behaviour.
 
+use std::fmt::Display;
+use std::str::FromStr;
+
 use clap::Args;
 use secrecy::{ExposeSecret, SecretString};
+
+/// Parses a count, size or duration that 0 would make meaningless (a pool of no
+/// connections, a deadline already past, a burst of nothing): clap applies it to the
+/// flag and to its environment variable alike, so a 0 stops the service at start.
+pub fn at_least_one<T>(value: &str) -> Result<T, String>
+where
+    T: FromStr + Default + PartialEq,
+    T::Err: Display,
+{
+    match value.trim().parse::<T>() {
+        Ok(zero) if zero == T::default() => Err("must be at least 1".into()),
+        Ok(parsed) => Ok(parsed),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+/// The highest rate a limit takes (per second or per minute): above it a token bucket's
+/// refill interval rounds to nothing.
+pub const MAX_RATE: f64 = 1e9;
+
+/// Parses a rate limit: a finite number above 0 and at most [`MAX_RATE`] (0 or a
+/// negative rate would refuse everything, NaN and infinity nothing).
+pub fn rate(value: &str) -> Result<f64, String> {
+    let parsed: f64 = value.trim().parse().map_err(|error: std::num::ParseFloatError| error.to_string())?;
+    if parsed.is_finite() && parsed > 0.0 && parsed <= MAX_RATE {
+        Ok(parsed)
+    } else {
+        Err(format!("must be a number above 0 and at most {MAX_RATE}"))
+    }
+}
+
+/// Parses a URL list setting (`scheme://host…`, comma-separated) whose every entry must
+/// use one of `schemes`; the value is kept as given.
+fn url_list(value: &str, schemes: &[&str]) -> Result<String, String> {
+    let entries: Vec<&str> = value.split(',').map(str::trim).filter(|entry| !entry.is_empty()).collect();
+    if entries.is_empty() {
+        return Err("no URL given".into());
+    }
+    for entry in entries {
+        let host =
+            schemes.iter().find_map(|scheme| entry.strip_prefix(scheme).and_then(|rest| rest.strip_prefix("://")));
+        match host {
+            Some(rest) if !rest.is_empty() && !rest.starts_with(['/', ':']) => {}
+            _ => return Err(format!("'{entry}' is not a URL with a host and the scheme {}", schemes.join(" or "))),
+        }
+    }
+    Ok(value.to_owned())
+}
+
+/// Parses `HUDDLE_AMQP_URL`: one or more `amqp://` or `amqps://` URLs.
+pub fn amqp_urls(value: &str) -> Result<String, String> {
+    url_list(value, &["amqp", "amqps"])
+}
+
+/// Parses the URL of a gRPC service: one `http://` or `https://` URL.
+pub fn grpc_url(value: &str) -> Result<String, String> {
+    if value.contains(',') {
+        return Err("one URL only".into());
+    }
+    url_list(value, &["http", "https"])
+}
 
 /// Where the PostgreSQL archive lives.
 #[derive(Debug, Clone, Args)]
@@ -16,11 +80,11 @@ pub struct PostgresSettings {
     #[arg(long, env = "HUDDLE_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/huddle")]
     pub database_url: String,
     /// Connections in the PostgreSQL pool.
-    #[arg(long, env = "HUDDLE_DATABASE_POOL_SIZE", default_value_t = 16)]
+    #[arg(long, env = "HUDDLE_DATABASE_POOL_SIZE", default_value_t = 16, value_parser = at_least_one::<usize>)]
     pub database_pool_size: usize,
     /// Deadline of every PostgreSQL wait, in ms: for a pooled connection, for a new
     /// connection, and for one statement (`statement_timeout`).
-    #[arg(long, env = "HUDDLE_DATABASE_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(long, env = "HUDDLE_DATABASE_TIMEOUT_MS", default_value_t = 10_000, value_parser = at_least_one::<u64>)]
     pub database_timeout_ms: u64,
 }
 
@@ -47,10 +111,10 @@ pub struct RedisSettings {
     pub redis_wait_replicas: u32,
     /// How long an append waits for those replicas, in ms; a send they do not confirm in
     /// time is refused as `unavailable` (its resend with the same client_id is deduplicated).
-    #[arg(long, env = "HUDDLE_REDIS_WAIT_TIMEOUT_MS", default_value_t = 500)]
+    #[arg(long, env = "HUDDLE_REDIS_WAIT_TIMEOUT_MS", default_value_t = 500, value_parser = at_least_one::<u64>)]
     pub redis_wait_timeout_ms: u64,
     /// Connections in the Redis pool (pub/sub uses one more, dedicated connection).
-    #[arg(long, env = "HUDDLE_REDIS_POOL_SIZE", default_value_t = 32)]
+    #[arg(long, env = "HUDDLE_REDIS_POOL_SIZE", default_value_t = 32, value_parser = at_least_one::<usize>)]
     pub redis_pool_size: usize,
     /// Prefix of every Redis key and channel, so deployments and test runs can share a Redis.
     #[arg(long, env = "HUDDLE_KEY_PREFIX", default_value = "huddle:")]
@@ -60,7 +124,7 @@ pub struct RedisSettings {
     #[arg(long, env = "HUDDLE_REDIS_WINDOW", default_value_t = 2000)]
     pub redis_window: u64,
     /// Deadline of a Redis pool wait (for a pooled or a new connection), in ms.
-    #[arg(long, env = "HUDDLE_REDIS_TIMEOUT_MS", default_value_t = 5_000)]
+    #[arg(long, env = "HUDDLE_REDIS_TIMEOUT_MS", default_value_t = 5_000, value_parser = at_least_one::<u64>)]
     pub redis_timeout_ms: u64,
 }
 
@@ -85,13 +149,13 @@ impl RedisSettings {
 pub struct BrokerSettings {
     /// AMQP URL of RabbitMQ (vhost is the path, `%2f` for `/`); for a cluster, each node's URL,
     /// separated by commas: a lost connection is reopened to the next node that answers.
-    #[arg(long, env = "HUDDLE_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    #[arg(long, env = "HUDDLE_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", value_parser = amqp_urls)]
     pub amqp_url: String,
     /// Prefix of every queue and exchange name, so deployments and test runs can share a vhost.
     #[arg(long, env = "HUDDLE_QUEUE_PREFIX", default_value = "huddle")]
     pub queue_prefix: String,
     /// Deliveries of one task before it is dead-lettered as poison.
-    #[arg(long, env = "HUDDLE_TASK_DELIVERY_LIMIT", default_value_t = 5)]
+    #[arg(long, env = "HUDDLE_TASK_DELIVERY_LIMIT", default_value_t = 5, value_parser = at_least_one::<u32>)]
     pub delivery_limit: u32,
     /// Kind of the task queues: `quorum` (replicated over a RabbitMQ cluster's nodes; the
     /// default) or `classic` (one node's queue, for a broker without quorum queues).
@@ -139,6 +203,42 @@ impl TrustSettings {
             (None, false) => Err("HUDDLE_GRPC_TOKEN is not set: set it (at least 32 random bytes, the same on every \
                  service), or pass --dev (HUDDLE_DEV=1) on a development machine"
                 .into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{amqp_urls, at_least_one, grpc_url, rate};
+
+    #[test]
+    fn counts_and_durations_start_at_one() {
+        assert_eq!(at_least_one::<u64>("0"), Err("must be at least 1".into()));
+        assert_eq!(at_least_one::<usize>("1"), Ok(1));
+        assert!(at_least_one::<u32>("-1").is_err());
+        assert!(at_least_one::<u32>("ten").is_err());
+    }
+
+    #[test]
+    fn a_rate_is_finite_and_above_zero() {
+        assert_eq!(rate("20"), Ok(20.0));
+        assert_eq!(rate("0.25"), Ok(0.25));
+        for nonsense in ["0", "-1", "NaN", "inf", "1e23", "", "fast"] {
+            assert!(rate(nonsense).is_err(), "{nonsense:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn url_settings_take_their_schemes_only() {
+        assert!(amqp_urls("amqp://guest:guest@127.0.0.1:5672/%2f").is_ok());
+        assert!(amqp_urls("amqps://a:5671/v, amqp://b:5672/v,").is_ok());
+        for nonsense in ["", "not a url", "http://127.0.0.1:5672", "amqp://", "amqp:///vhost", "amqp://a/v,ftp://b"] {
+            assert!(amqp_urls(nonsense).is_err(), "{nonsense:?} was accepted");
+        }
+        assert!(grpc_url("http://127.0.0.1:50051").is_ok());
+        assert!(grpc_url("https://hydrator.huddle.svc:50051").is_ok());
+        for nonsense in ["127.0.0.1:50051", "ftp://127.0.0.1:50051", "http://a:1,http://b:1", "http://"] {
+            assert!(grpc_url(nonsense).is_err(), "{nonsense:?} was accepted");
         }
     }
 }

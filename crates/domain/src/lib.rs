@@ -24,6 +24,38 @@ pub fn page_len(limit: u32) -> usize {
     (if limit == 0 { DEFAULT_PAGE_LEN } else { limit.min(MAX_PAGE_LEN) }) as usize
 }
 
+/// What a history page of `len` messages below `before` (0: the newest) still lacks
+/// once Redis returned `from_redis` for it (its newest messages, oldest first): the
+/// `count` newest messages with seq below `before_seq` (0: no bound), which only the
+/// archive holds. `None` when Redis filled the page or reached the room's first message.
+///
+/// The gateway and the hydrator both page this way: Redis first, the archive only below
+/// Redis's oldest entry.
+pub fn page_remainder(before: u64, len: usize, from_redis: &[StoredMessage]) -> Option<PageRemainder> {
+    let reaches_the_first = from_redis.first().is_some_and(|m| m.seq == 1);
+    (from_redis.len() < len && !reaches_the_first).then(|| PageRemainder {
+        before_seq: from_redis.first().map_or(before, |m| m.seq),
+        count: len - from_redis.len(),
+    })
+}
+
+/// The older part of a history page, below what Redis holds ([`page_remainder`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRemainder {
+    /// Messages with a seq below this one (0: no bound).
+    pub before_seq: u64,
+    /// How many of the newest of them.
+    pub count: usize,
+}
+
+/// A whole history page, oldest first: the archive's part (`older`, see
+/// [`page_remainder`]) then Redis's, and whether the room has messages below it.
+pub fn join_page(mut older: Vec<StoredMessage>, mut from_redis: Vec<StoredMessage>) -> (Vec<StoredMessage>, bool) {
+    older.append(&mut from_redis);
+    let has_more = older.first().is_some_and(|m| m.seq > 1);
+    (older, has_more)
+}
+
 /// Why an input was refused. [`ValidationError::code`] is the stable, documented code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ValidationError {
@@ -308,6 +340,44 @@ mod tests {
     #[test]
     fn a_page_holds_50_by_default_and_200_at_most() {
         assert_eq!([0, 1, 200, 201, u32::MAX].map(page_len), [50, 1, 200, 200, 200]);
+    }
+
+    fn messages(seqs: std::ops::RangeInclusive<u64>) -> Vec<StoredMessage> {
+        seqs.map(|seq| StoredMessage {
+            seq,
+            post: Post {
+                user_id: 1,
+                user_name: "ada".into(),
+                body: seq.to_string(),
+                sent_at_ms: 0,
+                client_id: String::new(),
+            },
+        })
+        .collect()
+    }
+
+    #[test]
+    fn a_page_redis_fills_or_starts_needs_no_archive() {
+        assert_eq!(page_remainder(0, 3, &messages(8..=10)), None);
+        assert_eq!(page_remainder(50, 10, &messages(1..=4)), None, "seq 1 is the room's first");
+    }
+
+    #[test]
+    fn the_archive_continues_a_page_below_the_oldest_entry_redis_holds() {
+        assert_eq!(page_remainder(0, 50, &messages(41..=60)), Some(PageRemainder { before_seq: 41, count: 30 }));
+        // Redis holds nothing of the page: the archive serves it whole, below `before`
+        // (0 stays "no bound").
+        assert_eq!(page_remainder(30, 5, &[]), Some(PageRemainder { before_seq: 30, count: 5 }));
+        assert_eq!(page_remainder(0, 5, &[]), Some(PageRemainder { before_seq: 0, count: 5 }));
+    }
+
+    #[test]
+    fn a_joined_page_is_in_seq_order_and_knows_what_lies_below() {
+        let (page, has_more) = join_page(messages(31..=40), messages(41..=60));
+        assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), (31..=60).collect::<Vec<_>>());
+        assert!(has_more);
+        assert!(!join_page(messages(1..=3), messages(4..=5)).1);
+        assert!(!join_page(Vec::new(), Vec::new()).1);
     }
 
     #[test]

@@ -44,11 +44,98 @@ impl TelemetryGuard {
     }
 }
 
+/// A logging or tracing setting that cannot be used: the service stops at start with it,
+/// rather than logging at a level nobody asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// `RUST_LOG` or `HUDDLE_TRACE_FILTER` is not a filter `tracing` understands.
+    #[error("{variable}={value:?} is not a filter (e.g. `info` or `info,huddle_gateway=debug`): {reason}")]
+    Filter {
+        /// The variable.
+        variable: &'static str,
+        /// Its value.
+        value: String,
+        /// What the parser said.
+        reason: String,
+    },
+    /// `HUDDLE_LOG_FORMAT` is neither `json` nor `pretty`.
+    #[error("HUDDLE_LOG_FORMAT={0:?} is not a log format: json (the default) or pretty")]
+    LogFormat(String),
+}
+
+/// The filter `spec` (the value of `variable`, `default` when unset).
+fn filter(variable: &'static str, spec: Option<&str>, default: &str) -> Result<EnvFilter, TelemetryError> {
+    let spec = spec.unwrap_or(default);
+    EnvFilter::try_new(spec).map_err(|error| TelemetryError::Filter {
+        variable,
+        value: spec.to_owned(),
+        reason: error.to_string(),
+    })
+}
+
+/// The log filter `rust_log` (the `RUST_LOG` value, `info` when unset), and whether
+/// actix-http's lines about clients' malformed input are dropped ([`ClientFaults`]):
+/// unless `rust_log` names `actix_http`.
+fn log_filter(rust_log: Option<&str>) -> Result<(EnvFilter, ClientFaults), TelemetryError> {
+    let filter = filter("RUST_LOG", rust_log, "info")?;
+    Ok((filter, ClientFaults { dropped: !rust_log.unwrap_or_default().contains("actix_http") }))
+}
+
+/// actix-http logs some malformed input from clients at ERROR, without the client's
+/// address: an HTTP request it cannot parse (answered 400 or 431) and a fragmented
+/// WebSocket control frame (the gateway closes that connection with 1002 and logs it at
+/// INFO). Any client could fill the error log with them, so those lines (by target and
+/// message) are dropped; every other line of actix-http passes.
+const CLIENT_FAULT_LINES: [(&str, &str); 2] = [
+    ("actix_http::h1::dispatcher", "stream error: request parse error"),
+    ("actix_http::ws::codec", "Unfinished fragment"),
+];
+
+/// The log filter that drops [`CLIENT_FAULT_LINES`] when `dropped`.
+#[derive(Debug, Clone, Copy)]
+struct ClientFaults {
+    dropped: bool,
+}
+
+impl<S> tracing_subscriber::layer::Filter<S> for ClientFaults {
+    fn enabled(&self, _: &tracing::Metadata<'_>, _: &tracing_subscriber::layer::Context<'_, S>) -> bool {
+        true
+    }
+
+    fn event_enabled(&self, event: &tracing::Event<'_>, _: &tracing_subscriber::layer::Context<'_, S>) -> bool {
+        if !self.dropped {
+            return true;
+        }
+        let target = event.metadata().target();
+        let Some(&(_, prefix)) = CLIENT_FAULT_LINES.iter().find(|(fault_target, _)| *fault_target == target) else {
+            return true;
+        };
+        let mut message = MessageStarts { prefix, matched: false };
+        event.record(&mut message);
+        !message.matched
+    }
+}
+
+/// Finds whether an event's message starts with `prefix`.
+struct MessageStarts {
+    prefix: &'static str,
+    matched: bool,
+}
+
+impl tracing::field::Visit for MessageStarts {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.matched = format!("{value:?}").starts_with(self.prefix);
+        }
+    }
+}
+
 /// Initialises logging (and tracing export) once; later calls do nothing, so tests may
 /// call it freely.
 ///
 /// * Logs: JSON lines on stdout (`HUDDLE_LOG_FORMAT=pretty` for text), filtered by
-///   `RUST_LOG` (default `info`).
+///   `RUST_LOG` (default `info`); actix-http's ERROR lines about clients' malformed
+///   requests and frames are dropped unless `RUST_LOG` names `actix_http`.
 /// * Traces: when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans are exported over OTLP/gRPC
 ///   with `service.name` = `service` (the standard `OTEL_*` variables apply), filtered by
 ///   `HUDDLE_TRACE_FILTER` (default `info`), and W3C trace context crosses RabbitMQ in task
@@ -56,18 +143,28 @@ impl TelemetryGuard {
 /// * Metrics: always on the Prometheus scrape; with the same variable also pushed over
 ///   OTLP ([`metrics`]).
 ///
-/// Needs a Tokio runtime when export is on (the OTLP client is a tonic channel).
-pub fn init(service: &'static str) -> TelemetryGuard {
+/// Needs a Tokio runtime when export is on (the OTLP client is a tonic channel). Fails,
+/// before anything is set up, on a `RUST_LOG`, `HUDDLE_TRACE_FILTER` or
+/// `HUDDLE_LOG_FORMAT` it cannot use.
+pub fn init(service: &'static str) -> Result<TelemetryGuard, TelemetryError> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
 
     use tracing_subscriber::Layer as _;
 
     // Logs and exported spans are filtered separately: quiet logs must not silence traces.
-    let log_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let span_filter = EnvFilter::try_from_env("HUDDLE_TRACE_FILTER")
-        .unwrap_or_else(|_| EnvFilter::new("info,lapin=warn,h2=warn,tower=warn"));
-    let pretty = std::env::var("HUDDLE_LOG_FORMAT").as_deref() == Ok("pretty");
+    let (log_filter, client_faults) = log_filter(std::env::var("RUST_LOG").ok().as_deref())?;
+    let span_filter = filter(
+        "HUDDLE_TRACE_FILTER",
+        std::env::var("HUDDLE_TRACE_FILTER").ok().as_deref(),
+        "info,lapin=warn,h2=warn,tower=warn",
+    )?;
+    let pretty = match std::env::var("HUDDLE_LOG_FORMAT") {
+        Err(_) => false,
+        Ok(format) if format == "json" => false,
+        Ok(format) if format == "pretty" => true,
+        Ok(other) => return Err(TelemetryError::LogFormat(other)),
+    };
     let logs = if pretty {
         tracing_subscriber::fmt::layer().with_target(true).boxed()
     } else {
@@ -88,20 +185,23 @@ pub fn init(service: &'static str) -> TelemetryGuard {
         use opentelemetry::trace::TracerProvider as _;
         tracing_opentelemetry::layer().with_tracer(provider.tracer(service)).with_filter(span_filter)
     });
-    let result = tracing_subscriber::registry().with(logs.with_filter(log_filter)).with(spans).try_init();
+    let result = tracing_subscriber::registry()
+        .with(logs.with_filter(log_filter).with_filter(client_faults))
+        .with(spans)
+        .try_init();
     if result.is_err() {
         // Already initialised (tests): keep the first subscriber and drop this exporter.
         if let Some(provider) = provider {
             let _ = provider.shutdown();
         }
-        return TelemetryGuard(None);
+        return Ok(TelemetryGuard(None));
     }
     if let Some(provider) = &provider {
         opentelemetry::global::set_tracer_provider(provider.clone());
         opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
     }
     tracing::info!(service, version = env!("CARGO_PKG_VERSION"), otlp = provider.is_some(), "telemetry initialised");
-    TelemetryGuard(provider)
+    Ok(TelemetryGuard(provider))
 }
 
 fn otlp_provider(service: &'static str) -> Result<opentelemetry_sdk::trace::SdkTracerProvider, String> {
@@ -197,4 +297,65 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
     tracing::info!("shutdown signal received");
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::Layer as _;
+
+    use super::{log_filter, TelemetryError};
+
+    #[test]
+    fn a_log_filter_it_cannot_parse_is_an_error_not_a_silent_default() {
+        let error = log_filter(Some("info,foo=notalevel")).expect_err("an invalid RUST_LOG was accepted");
+        assert!(matches!(error, TelemetryError::Filter { variable: "RUST_LOG", .. }), "{error}");
+        assert!(error.to_string().contains("info,foo=notalevel"), "{error}");
+        assert!(log_filter(None).is_ok() && log_filter(Some("warn,huddle_gateway=debug")).is_ok());
+    }
+
+    /// The lines `rust_log` lets through when the given events are logged.
+    fn logged(rust_log: Option<&str>) -> String {
+        let (filter, client_faults) = log_filter(rust_log).unwrap();
+        let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+        let writer = {
+            let out = out.clone();
+            move || Sink(out.clone())
+        };
+        let layer = tracing_subscriber::fmt::layer().with_writer(writer).with_filter(filter).with_filter(client_faults);
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+            tracing::error!(target: "actix_http::h1::dispatcher", "stream error: request parse error: invalid Header provided");
+            tracing::error!(target: "actix_http::ws::codec", "Unfinished fragment Ping");
+            tracing::error!(target: "actix_http::h1::dispatcher", "Upgrade handler error: broken");
+            tracing::info!(target: "huddle_gateway", "a line of our own");
+        });
+        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        text
+    }
+
+    struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn client_fault_lines_of_actix_http_are_dropped_unless_the_filter_names_actix_http() {
+        for spec in [None, Some("info")] {
+            let text = logged(spec);
+            assert!(!text.contains("request parse error"), "{spec:?}: {text}");
+            assert!(!text.contains("Unfinished fragment"), "{spec:?}: {text}");
+            assert!(text.contains("Upgrade handler error"), "{spec:?}: other actix-http errors pass: {text}");
+            assert!(text.contains("a line of our own"), "{spec:?}: {text}");
+        }
+        let asked = logged(Some("info,actix_http=debug"));
+        assert!(asked.contains("request parse error") && asked.contains("Unfinished fragment"), "{asked}");
+        assert!(!logged(Some("warn")).contains("a line of our own"), "RUST_LOG=warn still filters");
+    }
 }

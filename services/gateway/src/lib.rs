@@ -19,6 +19,7 @@ pub mod api;
 pub mod auth;
 pub mod error;
 mod flush;
+mod frame_limit;
 pub mod hub;
 pub mod limits;
 mod metrics;
@@ -67,7 +68,7 @@ pub struct Settings {
     #[arg(long, env = "HUDDLE_GATEWAY_WORKERS", default_value_t = 0)]
     pub workers: usize,
     /// gRPC URL of the hydrator.
-    #[arg(long, env = "HUDDLE_HYDRATOR_URL", default_value = "http://127.0.0.1:50051")]
+    #[arg(long, env = "HUDDLE_HYDRATOR_URL", default_value = "http://127.0.0.1:50051", value_parser = huddle_config::grpc_url)]
     pub hydrator_url: String,
     /// Secret that signs session tokens; the same on every replica.
     /// At least 32 bytes, e.g. `openssl rand -base64 48`; required unless `--dev`.
@@ -77,70 +78,70 @@ pub struct Settings {
     #[command(flatten)]
     pub trust: TrustSettings,
     /// Session lifetime in seconds.
-    #[arg(long, env = "HUDDLE_SESSION_TTL_SECS", default_value_t = 7 * 24 * 3600)]
+    #[arg(long, env = "HUDDLE_SESSION_TTL_SECS", default_value_t = 7 * 24 * 3600, value_parser = huddle_config::at_least_one::<u64>)]
     pub session_ttl_secs: u64,
     /// Mark the session cookie Secure (behind HTTPS).
     #[arg(long, env = "HUDDLE_COOKIE_SECURE", default_value_t = false)]
     pub cookie_secure: bool,
     /// Origins allowed to open WebSockets besides the gateway's own (comma-separated; `*` for any).
-    #[arg(long, env = "HUDDLE_ALLOWED_ORIGINS", value_delimiter = ',', default_value = "")]
+    #[arg(long, env = "HUDDLE_ALLOWED_ORIGINS", value_delimiter = ',', default_value = "", value_parser = page::allowed_origin)]
     pub allowed_origins: Vec<String>,
     /// Deadline of a join (room hydration, history), of each hydrator call and of a
     /// send's append, in ms; past it the client gets 503 (join) or `unavailable` (send).
-    #[arg(long, env = "HUDDLE_JOIN_TIMEOUT_MS", default_value_t = 5_000)]
+    #[arg(long, env = "HUDDLE_JOIN_TIMEOUT_MS", default_value_t = 5_000, value_parser = huddle_config::at_least_one::<u64>)]
     pub join_timeout_ms: u64,
     /// Messages sent in the `history` frame on join.
     #[arg(long, env = "HUDDLE_JOIN_HISTORY", default_value_t = 100)]
     pub join_history: usize,
     /// Queue a flush each time a room's unpersisted backlog reaches a multiple of this.
-    #[arg(long, env = "HUDDLE_FLUSH_BACKLOG", default_value_t = 1000)]
+    #[arg(long, env = "HUDDLE_FLUSH_BACKLOG", default_value_t = 1000, value_parser = huddle_config::at_least_one::<u64>)]
     pub flush_backlog: u64,
     /// How often the Redis pub/sub connection is PINGed, in ms; one that does not answer
     /// within the join timeout is replaced and every socket resyncs.
-    #[arg(long, env = "HUDDLE_PUBSUB_KEEPALIVE_MS", default_value_t = 5_000)]
+    #[arg(long, env = "HUDDLE_PUBSUB_KEEPALIVE_MS", default_value_t = 5_000, value_parser = huddle_config::at_least_one::<u64>)]
     pub pubsub_keepalive_ms: u64,
     /// Password hashes (argon2id, ~19 MiB each) computed at once.
-    #[arg(long, env = "HUDDLE_HASH_CONCURRENCY", default_value_t = 2)]
+    #[arg(long, env = "HUDDLE_HASH_CONCURRENCY", default_value_t = 2, value_parser = huddle_config::at_least_one::<usize>)]
     pub hash_concurrency: usize,
     /// Sign-ups and logins waiting for a hashing slot; beyond that they get 503 `overloaded`.
-    #[arg(long, env = "HUDDLE_HASH_QUEUE", default_value_t = 32)]
+    #[arg(long, env = "HUDDLE_HASH_QUEUE", default_value_t = 32, value_parser = huddle_config::at_least_one::<usize>)]
     pub hash_queue: usize,
     /// Longest a frame may wait for a socket that does not read, in ms; then the
     /// connection is reset (a client that stopped reading is never kept).
-    #[arg(long, env = "HUDDLE_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(long, env = "HUDDLE_WRITE_TIMEOUT_MS", default_value_t = 10_000, value_parser = huddle_config::at_least_one::<u64>)]
     pub write_timeout_ms: u64,
     /// Longest the body of an API request may take to arrive after its head, in ms (a
     /// client that never sends the body it announced); then it gets 408 `request_timeout`.
-    #[arg(long, env = "HUDDLE_BODY_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(long, env = "HUDDLE_BODY_TIMEOUT_MS", default_value_t = 10_000, value_parser = huddle_config::at_least_one::<u64>)]
     pub body_timeout_ms: u64,
     /// Outgoing frames queued per socket before it is closed as a slow consumer (4008).
-    #[arg(long, env = "HUDDLE_SOCKET_QUEUE", default_value_t = 1024)]
+    #[arg(long, env = "HUDDLE_SOCKET_QUEUE", default_value_t = 1024, value_parser = huddle_config::at_least_one::<usize>)]
     pub socket_queue: usize,
     /// On a Redis Cluster: pub/sub pushes a worker thread may have waiting before it drops
     /// new ones and resyncs every room it serves from the log (the counterpart of the
     /// output-buffer limit with which a single Redis cuts off a pub/sub client that lags).
-    #[arg(long, env = "HUDDLE_REDIS_PUSH_BACKLOG", default_value_t = 16_384)]
+    #[arg(long, env = "HUDDLE_REDIS_PUSH_BACKLOG", default_value_t = 16_384, value_parser = huddle_config::at_least_one::<usize>)]
     pub redis_push_backlog: usize,
     /// Sustained sends per second allowed per account (all its sockets on this gateway).
-    #[arg(long, env = "HUDDLE_SEND_RATE", default_value_t = 20.0)]
+    #[arg(long, env = "HUDDLE_SEND_RATE", default_value_t = 20.0, value_parser = huddle_config::rate)]
     pub send_rate: f64,
     /// Burst of sends allowed per account.
-    #[arg(long, env = "HUDDLE_SEND_BURST", default_value_t = 50)]
+    #[arg(long, env = "HUDDLE_SEND_BURST", default_value_t = 50, value_parser = huddle_config::at_least_one::<u32>)]
     pub send_burst: u32,
     /// Typing notices and pings per second per account (burst: 4 times as many).
-    #[arg(long, env = "HUDDLE_NOTICE_RATE", default_value_t = 5.0)]
+    #[arg(long, env = "HUDDLE_NOTICE_RATE", default_value_t = 5.0, value_parser = huddle_config::rate)]
     pub notice_rate: f64,
     /// History pages per second per account (burst: 4 times as many).
-    #[arg(long, env = "HUDDLE_HISTORY_RATE", default_value_t = 5.0)]
+    #[arg(long, env = "HUDDLE_HISTORY_RATE", default_value_t = 5.0, value_parser = huddle_config::rate)]
     pub history_rate: f64,
     /// Joins (socket upgrades) per second per account (burst: 4 times as many).
-    #[arg(long, env = "HUDDLE_JOIN_RATE", default_value_t = 5.0)]
+    #[arg(long, env = "HUDDLE_JOIN_RATE", default_value_t = 5.0, value_parser = huddle_config::rate)]
     pub join_rate: f64,
     /// Sign-ups and logins per minute per client address (an IPv6 /64 counts as one).
-    #[arg(long, env = "HUDDLE_AUTH_RATE", default_value_t = 30.0)]
+    #[arg(long, env = "HUDDLE_AUTH_RATE", default_value_t = 30.0, value_parser = huddle_config::rate)]
     pub auth_rate: f64,
     /// Burst of sign-ups and logins allowed per client address.
-    #[arg(long, env = "HUDDLE_AUTH_BURST", default_value_t = 10)]
+    #[arg(long, env = "HUDDLE_AUTH_BURST", default_value_t = 10, value_parser = huddle_config::at_least_one::<u32>)]
     pub auth_burst: u32,
     /// Proxies whose `X-Forwarded-For` header names the client (comma-separated IP
     /// addresses or CIDR networks, e.g. the ingress controllers' pod network); from anyone
@@ -152,13 +153,13 @@ pub struct Settings {
     pub login_free_failures: u32,
     /// Longest lock on an account's logins, in seconds; the lock starts at 1 s after the
     /// free failures and doubles with each further failure.
-    #[arg(long, env = "HUDDLE_LOGIN_MAX_LOCK_SECS", default_value_t = 900)]
+    #[arg(long, env = "HUDDLE_LOGIN_MAX_LOCK_SECS", default_value_t = 900, value_parser = huddle_config::at_least_one::<u64>)]
     pub login_max_lock_secs: u64,
     /// Open sockets per account on this gateway.
-    #[arg(long, env = "HUDDLE_ACCOUNT_CONNECTIONS", default_value_t = 20)]
+    #[arg(long, env = "HUDDLE_ACCOUNT_CONNECTIONS", default_value_t = 20, value_parser = huddle_config::at_least_one::<usize>)]
     pub account_connections: usize,
     /// Open sockets on this gateway (beyond: 503 `overloaded`).
-    #[arg(long, env = "HUDDLE_MAX_CONNECTIONS", default_value_t = 20_000)]
+    #[arg(long, env = "HUDDLE_MAX_CONNECTIONS", default_value_t = 20_000, value_parser = huddle_config::at_least_one::<usize>)]
     pub max_connections: usize,
     /// Serve `/ws/echo`, an unauthenticated echo socket on the rooms' transport, for
     /// WebSocket conformance tests (scripts/autobahn). Never in production.
@@ -181,18 +182,23 @@ impl Settings {
         huddle_roomlog::LoginBackoff {
             free_failures: self.login_free_failures,
             first_lock: std::time::Duration::from_secs(1),
-            max_lock: std::time::Duration::from_secs(self.login_max_lock_secs.max(1)),
+            max_lock: std::time::Duration::from_secs(self.login_max_lock_secs),
         }
     }
 
     /// The write deadline of a socket frame.
     pub fn write_timeout(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(self.write_timeout_ms.max(1))
+        std::time::Duration::from_millis(self.write_timeout_ms)
     }
 
     /// How long an API request's body may take to arrive.
     pub fn body_timeout(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(self.body_timeout_ms.max(1))
+        std::time::Duration::from_millis(self.body_timeout_ms)
+    }
+
+    /// The deadline of a join, of each hydrator call and of a pub/sub (un)subscribe.
+    pub fn join_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.join_timeout_ms)
     }
 }
 
@@ -402,15 +408,15 @@ pub async fn start(mut settings: Settings) -> Result<RunningGateway, StartError>
     let hydrator_channel = tonic::transport::Endpoint::from_shared(settings.hydrator_url.clone())
         .map_err(|e| StartError::HydratorUrl(e.to_string()))?
         .connect_timeout(std::time::Duration::from_secs(3))
-        .timeout(std::time::Duration::from_millis(settings.join_timeout_ms.max(1)))
+        .timeout(settings.join_timeout())
         .connect_lazy();
     let hub_settings = hub::HubSettings {
         redis: settings.redis.clone(),
         keys: log.keys().clone(),
         queue_capacity: settings.socket_queue,
         push_backlog: settings.redis_push_backlog,
-        deadline: std::time::Duration::from_millis(settings.join_timeout_ms.max(1)),
-        keepalive: std::time::Duration::from_millis(settings.pubsub_keepalive_ms.max(1)),
+        deadline: settings.join_timeout(),
+        keepalive: std::time::Duration::from_millis(settings.pubsub_keepalive_ms),
     };
     let (shutdown_tx, shutdown) = watch::channel(false);
     let (flush_stop, flush_stopped) = watch::channel(false);
@@ -424,7 +430,7 @@ pub async fn start(mut settings: Settings) -> Result<RunningGateway, StartError>
             ),
             flushes,
             settings.flush_backlog,
-            std::time::Duration::from_millis(settings.join_timeout_ms.max(1)),
+            settings.join_timeout(),
         ),
         signer: auth::TokenSigner::new(session_secret.expose_secret()),
         passwords: Arc::new(auth::PasswordHashing::new(settings.hash_concurrency, settings.hash_queue)?),
@@ -515,6 +521,61 @@ mod tests {
         assert_eq!(parsed.iter().map(ToString::to_string).collect::<Vec<_>>(), ["10.42.0.0/16", "192.0.2.7/32"]);
         let refused = Settings::try_parse_from(["huddle-gateway", "--trusted-proxies", "10.0.0.1,ingress"]);
         assert!(refused.unwrap_err().to_string().contains("neither an IP address nor a CIDR network"));
+    }
+
+    #[test]
+    fn a_setting_that_zero_or_nonsense_would_break_stops_the_gateway_at_start() {
+        let zero_means_nothing = [
+            "--database-pool-size",
+            "--database-timeout-ms",
+            "--redis-pool-size",
+            "--redis-timeout-ms",
+            "--redis-wait-timeout-ms",
+            "--delivery-limit",
+            "--session-ttl-secs",
+            "--join-timeout-ms",
+            "--flush-backlog",
+            "--pubsub-keepalive-ms",
+            "--hash-concurrency",
+            "--hash-queue",
+            "--write-timeout-ms",
+            "--body-timeout-ms",
+            "--socket-queue",
+            "--redis-push-backlog",
+            "--send-burst",
+            "--auth-burst",
+            "--login-max-lock-secs",
+            "--account-connections",
+            "--max-connections",
+        ];
+        let refused = |flag: &str, value: &str| Settings::try_parse_from(["huddle-gateway", flag, value]).is_err();
+        for flag in zero_means_nothing {
+            assert!(refused(flag, "0"), "{flag} 0 was accepted");
+            assert!(!refused(flag, "1"), "{flag} 1 was refused");
+        }
+        for flag in ["--send-rate", "--notice-rate", "--history-rate", "--join-rate", "--auth-rate"] {
+            for nonsense in ["0", "-1", "NaN", "inf", "1e23", "fast"] {
+                assert!(refused(flag, nonsense), "{flag} {nonsense} was accepted");
+            }
+            assert!(!refused(flag, "0.5"), "{flag} 0.5 was refused");
+        }
+        for (flag, nonsense) in [
+            ("--hydrator-url", "127.0.0.1:50051"),
+            ("--hydrator-url", "ftp://127.0.0.1:50051"),
+            ("--amqp-url", "not a url"),
+            ("--amqp-url", "amqp://a:5672/%2f,http://b:5672"),
+            ("--allowed-origins", "not an origin"),
+            ("--allowed-origins", "https://chat.example.com/path"),
+        ] {
+            assert!(refused(flag, nonsense), "{flag} {nonsense} was accepted");
+        }
+        // Where 0 means something (documented), it stays accepted.
+        for flag in ["--workers", "--join-history", "--login-free-failures", "--redis-wait-replicas"] {
+            assert!(!refused(flag, "0"), "{flag} 0 was refused");
+        }
+        let origins =
+            settings(&["--allowed-origins", "https://chat.example.com,http://127.0.0.1:3000"]).allowed_origins;
+        assert_eq!(origins, ["https://chat.example.com", "http://127.0.0.1:3000"]);
     }
 
     #[test]

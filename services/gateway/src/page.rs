@@ -37,6 +37,22 @@ async fn asset(content_type: &'static str, body: &'static str) -> HttpResponse {
     HttpResponse::Ok().content_type(content_type).insert_header(("Cache-Control", "no-cache")).body(body)
 }
 
+/// Parses one entry of `HUDDLE_ALLOWED_ORIGINS`: `*`, nothing (the default), or an
+/// origin as browsers send it, `http(s)://host[:port]` without a path. Anything else
+/// could never equal an `Origin` header, so it stops the gateway at start instead of
+/// silently allowing nobody.
+pub fn allowed_origin(entry: &str) -> Result<String, String> {
+    let entry = entry.trim();
+    if entry.is_empty() || entry == "*" {
+        return Ok(entry.to_owned());
+    }
+    let host = entry.strip_prefix("https://").or_else(|| entry.strip_prefix("http://"));
+    match host {
+        Some(host) if !host.is_empty() && !host.contains(['/', '?', '#', ' ']) => Ok(entry.to_owned()),
+        _ => Err(format!("'{entry}' is not an origin (http://host[:port] or https://host[:port], no path) or *")),
+    }
+}
+
 /// Refuses a request a browser sent from another site: WebSocket upgrades and POSTs,
 /// which a cookie would otherwise authenticate (cross-site request forgery). Browsers send
 /// `Origin`; it must be the gateway's own host or an allowed origin. Non-browser clients

@@ -236,24 +236,22 @@ impl RoomService {
         before: u64,
         limit: u32,
     ) -> Result<(Vec<StoredMessage>, bool), ApiError> {
-        let limit = huddle_domain::page_len(limit);
-        let mut page = self.log.before(room, before, limit).await.map_err(ApiError::unavailable)?;
-        let reaches_the_first = page.first().is_some_and(|m| m.seq == 1);
-        if page.len() < limit && !reaches_the_first {
-            let below = page.first().map_or(before, |m| m.seq);
-            let mut hydrator = self.hydrator.clone();
-            let request =
-                GetHistoryRequest { room: room.to_string(), before_seq: below, limit: (limit - page.len()) as u32 };
-            let older = Box::pin(observed_call("huddle.v1.Hydrator/GetHistory", hydrator.get_history(request)))
-                .await
-                .map_err(|status| ApiError::unavailable(format!("hydrator: {}", status.message())))?
-                .into_inner();
-            let mut older: Vec<StoredMessage> = older.messages.into_iter().map(StoredMessage::from).collect();
-            older.append(&mut page);
-            page = older;
-        }
-        let has_more = page.first().is_some_and(|m| m.seq > 1);
-        Ok((page, has_more))
+        let len = huddle_domain::page_len(limit);
+        let from_redis = self.log.before(room, before, len).await.map_err(ApiError::unavailable)?;
+        let older = match huddle_domain::page_remainder(before, len, &from_redis) {
+            None => Vec::new(),
+            Some(rest) => {
+                let mut hydrator = self.hydrator.clone();
+                let request =
+                    GetHistoryRequest { room: room.to_string(), before_seq: rest.before_seq, limit: rest.count as u32 };
+                let older = Box::pin(observed_call("huddle.v1.Hydrator/GetHistory", hydrator.get_history(request)))
+                    .await
+                    .map_err(|status| ApiError::unavailable(format!("hydrator: {}", status.message())))?
+                    .into_inner();
+                older.messages.into_iter().map(StoredMessage::from).collect()
+            }
+        };
+        Ok(huddle_domain::join_page(older, from_redis))
     }
 
     /// Records a socket joining, refreshing or leaving the room's presence. A user's first

@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 
 use crate::abort::{AbortHandle, ConnectionAbort};
 use crate::error::ApiError;
+use crate::frame_limit::{is_refused_as_too_large, FrameLimit};
 use crate::metrics::STUCK_RESETS;
 use crate::AppState;
 
@@ -73,11 +74,18 @@ impl Inbound {
             Some(Ok(AggregatedMessage::Close(reason))) => Self::End(Exit::ClientClose(reason)),
             None => Self::End(Exit::ClientClosed),
             Some(Err(ProtocolError::Overflow)) => Self::End(fail(CloseCode::Size, "message too large")),
-            Some(Err(ProtocolError::Io(error))) if is_continuation_overflow(&error) => {
+            Some(Err(ProtocolError::Io(error)))
+                if is_continuation_overflow(&error) || is_refused_as_too_large(&error) =>
+            {
                 Self::End(fail(CloseCode::Size, "message too large"))
             }
             Some(Err(ProtocolError::Io(error))) if is_invalid_utf8(&error) => {
                 Self::End(fail(CloseCode::Invalid, "text is not valid UTF-8"))
+            }
+            // actix-http reports a broken Close payload (one byte, or a reason that is
+            // not UTF-8) as a bad opcode, so the reason names both.
+            Some(Err(ProtocolError::BadOpCode)) => {
+                Self::End(fail(CloseCode::Protocol, "bad opcode or Close frame (1-byte payload, reason not UTF-8)"))
             }
             Some(Err(error)) => Self::End(fail(CloseCode::Protocol, &error.to_string())),
         }
@@ -110,6 +118,14 @@ pub fn open(
     body: Payload,
     write_timeout: Duration,
 ) -> Result<(HttpResponse, SocketWriter, AggregatedMessageStream), ApiError> {
+    // Oversized frames are refused at their header (actix-http's parser would buffer them
+    // whole first).
+    let limited: std::pin::Pin<Box<dyn futures_util::Stream<Item = _>>> =
+        Box::pin(FrameLimit::new(body.into_inner(), MAX_MESSAGE_BYTES));
+    let mut limited = actix_web::dev::Payload::Stream { payload: limited };
+    let body = <Payload as actix_web::FromRequest>::from_request(req, &mut limited)
+        .into_inner()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let (response, session, stream) = actix_ws::handle(req, body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let stream =
         stream.max_frame_size(MAX_MESSAGE_BYTES).aggregate_continuations().max_continuation_size(MAX_MESSAGE_BYTES);
@@ -170,7 +186,14 @@ impl SocketWriter {
             }
             Exit::Close(reason) => (reason, true),
             // The frame decoder repeats its error on every read: read no further.
-            Exit::Fail(reason) => (reason, false),
+            Exit::Fail(reason) => {
+                tracing::info!(
+                    close_code = u16::from(reason.code),
+                    reason = reason.description.as_deref().unwrap_or_default(),
+                    "the client broke the WebSocket protocol; connection failed"
+                );
+                (reason, false)
+            }
         };
         let session = self.session;
         let handshake = async {
@@ -233,4 +256,18 @@ pub async fn echo(req: HttpRequest, body: web::Payload, state: web::Data<AppStat
         writer.finish(&mut stream, exit).await;
     });
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_opcode_fails_with_1002_naming_the_close_frame_too() {
+        let Inbound::End(Exit::Fail(reason)) = Inbound::from_stream(Some(Err(ProtocolError::BadOpCode))) else {
+            panic!("a bad opcode must fail the connection");
+        };
+        assert_eq!(reason.code, CloseCode::Protocol);
+        assert!(reason.description.is_some_and(|text| text.contains("Close frame")));
+    }
 }

@@ -11,15 +11,13 @@ use crate::hydrate::{internal, HydrateService};
 impl HydrateService {
     /// Up to `limit` messages with seq < `before` (0: newest), oldest first.
     pub async fn history(&self, room: &RoomName, before: u64, limit: u32) -> Result<GetHistoryResponse, Status> {
-        let limit = huddle_domain::page_len(limit);
-        let mut page = self.log.before(room, before, limit).await.map_err(internal)?;
-        if page.len() < limit {
-            let below = page.first().map_or(if before == 0 { u64::MAX } else { before }, |m| m.seq);
-            let mut older = self.archive.history_before(room, below, limit - page.len()).await.map_err(internal)?;
-            older.append(&mut page);
-            page = older;
-        }
-        let has_more = page.first().is_some_and(|m| m.seq > 1);
+        let len = huddle_domain::page_len(limit);
+        let from_redis = self.log.before(room, before, len).await.map_err(internal)?;
+        let older = match huddle_domain::page_remainder(before, len, &from_redis) {
+            None => Vec::new(),
+            Some(rest) => self.archive.history_before(room, rest.before_seq, rest.count).await.map_err(internal)?,
+        };
+        let (page, has_more) = huddle_domain::join_page(older, from_redis);
         Ok(GetHistoryResponse { messages: page.into_iter().map(ChatMessage::from).collect(), has_more })
     }
 }

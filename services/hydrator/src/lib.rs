@@ -47,13 +47,13 @@ pub struct Settings {
     #[arg(long, env = "HUDDLE_HYDRATOR_OPS_ADDR", default_value = "127.0.0.1:9101")]
     pub ops_addr: SocketAddr,
     /// Messages loaded into Redis when a room is hydrated.
-    #[arg(long, env = "HUDDLE_HYDRATE_WINDOW", default_value_t = 500)]
+    #[arg(long, env = "HUDDLE_HYDRATE_WINDOW", default_value_t = 500, value_parser = huddle_config::at_least_one::<usize>)]
     pub hydrate_window: usize,
     /// How long a caller waits for another replica's hydration of the same room.
-    #[arg(long, env = "HUDDLE_HYDRATE_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(long, env = "HUDDLE_HYDRATE_TIMEOUT_MS", default_value_t = 10_000, value_parser = huddle_config::at_least_one::<u64>)]
     pub hydrate_timeout_ms: u64,
     /// HydrateRoom tasks handled at once by this replica.
-    #[arg(long, env = "HUDDLE_HYDRATE_PREFETCH", default_value_t = 8)]
+    #[arg(long, env = "HUDDLE_HYDRATE_PREFETCH", default_value_t = 8, value_parser = huddle_config::at_least_one::<u16>)]
     pub hydrate_prefetch: u16,
     /// The PostgreSQL archive.
     #[command(flatten)]
@@ -142,4 +142,20 @@ pub async fn start(settings: Settings) -> Result<RunningHydrator, StartError> {
     tracing::info!(grpc_addr = %worker.grpc_addr(), ops_addr = %worker.ops_addr(), "hydrator listening");
     worker.finally(async move { broker.close().await });
     Ok(worker)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Settings;
+
+    #[test]
+    fn a_setting_that_zero_would_break_stops_the_hydrator_at_start() {
+        let refused = |flag: &str, value: &str| Settings::try_parse_from(["huddle-hydrator", flag, value]).is_err();
+        for flag in ["--hydrate-window", "--hydrate-timeout-ms", "--hydrate-prefetch", "--redis-timeout-ms"] {
+            assert!(refused(flag, "0"), "{flag} 0 was accepted");
+            assert!(!refused(flag, "1"), "{flag} 1 was refused");
+        }
+    }
 }

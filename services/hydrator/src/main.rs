@@ -10,7 +10,7 @@ use huddle_hydrator::Command;
 async fn main() -> anyhow::Result<()> {
     huddle_failpoints::setup();
     let mut settings = huddle_hydrator::Settings::parse();
-    let telemetry = huddle_telemetry::init("hydrator");
+    let telemetry = huddle_telemetry::init("hydrator")?;
     if let Some(Command::Rewarm { active_within_mins }) = settings.command.take() {
         let archive = huddle_archive::Archive::connect(&settings.postgres)?;
         let broker = huddle_broker::Broker::connect(&settings.broker).await?;

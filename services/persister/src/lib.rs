@@ -49,19 +49,19 @@ pub struct Settings {
     #[arg(long, env = "HUDDLE_PERSISTER_NICE", default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub cpu_nice: i32,
     /// Messages per PersistChunk task (one batched INSERT each).
-    #[arg(long, env = "HUDDLE_CHUNK_SIZE", default_value_t = 500)]
+    #[arg(long, env = "HUDDLE_CHUNK_SIZE", default_value_t = 500, value_parser = huddle_config::at_least_one::<u64>)]
     pub chunk_size: u64,
     /// Unacknowledged tasks a consumer holds at once, per queue.
-    #[arg(long, env = "HUDDLE_PREFETCH", default_value_t = 16)]
+    #[arg(long, env = "HUDDLE_PREFETCH", default_value_t = 16, value_parser = huddle_config::at_least_one::<u16>)]
     pub prefetch: u16,
     /// How often dirty rooms are re-queued for flushing, in ms.
-    #[arg(long, env = "HUDDLE_SWEEP_INTERVAL_MS", default_value_t = 5_000)]
+    #[arg(long, env = "HUDDLE_SWEEP_INTERVAL_MS", default_value_t = 5_000, value_parser = huddle_config::at_least_one::<u64>)]
     pub sweep_interval_ms: u64,
     /// How long a flush's claim on a range stops other flushes from re-queuing it, in ms.
-    #[arg(long, env = "HUDDLE_FLUSH_CLAIM_MS", default_value_t = 30_000)]
+    #[arg(long, env = "HUDDLE_FLUSH_CLAIM_MS", default_value_t = 30_000, value_parser = huddle_config::at_least_one::<u64>)]
     pub flush_claim_ms: u64,
     /// First retry delay of a failed task, in ms (doubles per delivery, capped at 30 s).
-    #[arg(long, env = "HUDDLE_RETRY_BASE_MS", default_value_t = 200)]
+    #[arg(long, env = "HUDDLE_RETRY_BASE_MS", default_value_t = 200, value_parser = huddle_config::at_least_one::<u64>)]
     pub retry_base_ms: u64,
     /// The PostgreSQL archive.
     #[command(flatten)]
@@ -186,4 +186,29 @@ fn readiness(archive: &Archive, log: &RoomLog, broker: &Broker) -> Readiness {
             }
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Settings;
+
+    #[test]
+    fn a_setting_that_zero_would_break_stops_the_persister_at_start() {
+        let refused = |flag: &str, value: &str| Settings::try_parse_from(["huddle-persister", flag, value]).is_err();
+        for flag in [
+            "--chunk-size",
+            "--prefetch",
+            "--sweep-interval-ms",
+            "--flush-claim-ms",
+            "--retry-base-ms",
+            "--delivery-limit",
+            "--database-pool-size",
+        ] {
+            assert!(refused(flag, "0"), "{flag} 0 was accepted");
+            assert!(!refused(flag, "1"), "{flag} 1 was refused");
+        }
+        assert!(!refused("--cpu-nice", "0"), "--cpu-nice 0 (documented) was refused");
+    }
 }

@@ -33,7 +33,7 @@ fn lower_cpu_priority(nice: i32) {
 }
 
 async fn run(settings: huddle_persister::Settings) -> anyhow::Result<()> {
-    let telemetry = huddle_telemetry::init("persister");
+    let telemetry = huddle_telemetry::init("persister")?;
     let persister = huddle_persister::start(settings).await?;
     huddle_telemetry::shutdown_signal().await;
     persister.stop().await;

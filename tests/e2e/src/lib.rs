@@ -626,6 +626,17 @@ impl Ws {
         }
     }
 
+    /// Writes `bytes` to the connection as they are, outside any frame the client builds
+    /// (e.g. a frame header that announces more than is ever sent).
+    pub async fn write_bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        match self.stream.get_mut() {
+            MaybeTlsStream::Plain(tcp) => tcp.write_all(bytes).await?,
+            _ => bail!("raw writes need a plain TCP connection"),
+        }
+        Ok(())
+    }
+
     /// Sends a raw frame as built (e.g. a text frame that is not valid UTF-8).
     pub async fn send_frame(&mut self, frame: tokio_tungstenite::tungstenite::protocol::frame::Frame) -> Result<()> {
         self.stream.send(Message::Frame(frame)).await?;
@@ -1552,6 +1563,33 @@ impl RabbitNode {
         }
     }
 
+    /// Waits for a node just spawned; one that does not start is started again on new
+    /// ports, twice at most: a port [`free_addr`] picked can be taken by another process
+    /// before the node binds it (ephemeral ports of outgoing connections come from the same
+    /// range). The last failure carries the end of the node's log.
+    fn start_up_or_move(&mut self) -> Result<()> {
+        const ATTEMPTS: usize = 3;
+        let mut attempt = 1;
+        loop {
+            let Err(error) = self.await_startup() else { return Ok(()) };
+            let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+            if attempt == ATTEMPTS {
+                return Err(error.context(format!("its log ends:\n{tail}")));
+            }
+            eprintln!(
+                "node {} did not start (attempt {attempt}); moving it to new ports. Its log ends:\n{tail}",
+                self.name
+            );
+            let _ = self.kill();
+            self.port = free_addr()?.rsplit(':').next().context("port")?.parse()?;
+            self.dist_port = free_addr()?.rsplit(':').next().context("port")?.parse()?;
+            self.spawn()?;
+            attempt += 1;
+        }
+    }
+
     /// SIGKILL, as a crash or a lost machine would.
     fn kill(&self) -> Result<()> {
         let pid = std::fs::read_to_string(self.dir.join("pid"))?;
@@ -1567,6 +1605,12 @@ impl OwnRabbitCluster {
     /// Starts `size` nodes and joins them into one cluster (quorum queues declared on it
     /// get a replica on every node).
     pub fn start(size: usize) -> Result<Self> {
+        Self::start_with_config(size, "")
+    }
+
+    /// Like [`OwnRabbitCluster::start`], each node with `config` in its `rabbitmq.conf`
+    /// (e.g. a TLS listener).
+    pub fn start_with_config(size: usize, config: &str) -> Result<Self> {
         let cookie = uuid::Uuid::new_v4().simple().to_string();
         // Node names and directories are unique per cluster, so that the tests of one
         // process can each run a cluster at the same time.
@@ -1581,18 +1625,19 @@ impl OwnRabbitCluster {
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir)?;
             std::fs::write(dir.join("plugins"), "[].")?;
+            std::fs::write(dir.join("rabbitmq.conf"), config)?;
             let cookie_file = dir.join(".erlang.cookie");
             std::fs::write(&cookie_file, &cookie)?;
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&cookie_file, std::fs::Permissions::from_mode(0o400))?;
             nodes.push(RabbitNode { name, port, dist_port, dir });
         }
-        let cluster = Self { nodes };
+        let mut cluster = Self { nodes };
         for node in &cluster.nodes {
             node.spawn()?;
         }
-        for node in &cluster.nodes {
-            node.await_startup()?;
+        for node in &mut cluster.nodes {
+            node.start_up_or_move()?;
         }
         let first = &cluster.nodes[0].name;
         for node in &cluster.nodes[1..] {

@@ -3,6 +3,7 @@
 use anyhow::Result;
 use huddle_e2e::{http, sign_up, Stack, StackOptions, Ws};
 use serde_json::{json, Value};
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_get_error_events_and_the_connection_keeps_working() -> Result<()> {
@@ -66,6 +67,43 @@ async fn bad_frames_get_error_events_and_the_connection_keeps_working() -> Resul
     assert_eq!(history["messages"].as_array().map(Vec::len), Some(1));
     assert_eq!(again.say("after the big frame", "ok-2").await?, 2);
     again.leave().await?;
+    stack.shutdown().await
+}
+
+/// A masked text frame header announcing `length` bytes (64-bit length form).
+fn frame_header(length: u64) -> Vec<u8> {
+    [&[0x81u8, 0x80 | 127][..], &length.to_be_bytes(), &[1, 2, 3, 4]].concat()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_announcing_more_than_64_kib_is_refused_at_its_header() -> Result<()> {
+    // Found by an outside audit: the frame was buffered until it was complete, so a
+    // header announcing 2^40 bytes followed by a stream of bytes took the gateway's
+    // memory (1.5 GB from three sockets in under a second), and the header alone held
+    // the socket until the heartbeat.
+    let stack = Stack::start(1).await?;
+    let base = stack.url(0);
+    let ada = sign_up(&base, "ada").await?;
+    let mut ws = Ws::join(&base, "huge", &ada.token, "").await?;
+    ws.expect("history").await?;
+    let started = std::time::Instant::now();
+    ws.write_bytes(&frame_header(1 << 40)).await?;
+    // A first megabyte of the payload: it is never buffered whole, but is not read either.
+    let _ = ws.write_bytes(&vec![b'x'; 1 << 20]).await;
+    assert_eq!(ws.close_code().await?, Some(1009), "closed as too large");
+    assert!(started.elapsed() < Duration::from_secs(3), "at its header, not later: {:?}", started.elapsed());
+
+    // A 64-bit length with its most significant bit set is a framing error (RFC 6455 §5.2).
+    let mut ws = Ws::join(&base, "huge", &ada.token, "").await?;
+    ws.expect("history").await?;
+    ws.write_bytes(&frame_header(u64::MAX)).await?;
+    assert_eq!(ws.close_code().await?, Some(1002));
+
+    // The room still works.
+    let mut ws = Ws::join(&base, "huge", &ada.token, "").await?;
+    ws.expect("history").await?;
+    assert_eq!(ws.say("still here", "ok-1").await?, 1);
+    ws.leave().await?;
     stack.shutdown().await
 }
 
@@ -160,6 +198,16 @@ async fn accounts_register_login_me_logout() -> Result<()> {
         (garbage.status().as_u16(), garbage.json::<Value>().await?["error"]["code"].clone()),
         (400, json!("bad_request"))
     );
+    // Bodies are capped at 16 KiB: a well-formed one just over it is refused, one just
+    // under it is read (and judged on its fields).
+    let padded = |bytes: usize| json!({"username": "bob", "password": "password123", "pad": "x".repeat(bytes)});
+    let over = post("/api/login", padded(16 * 1024)).await?;
+    assert_eq!(
+        (over.status().as_u16(), over.json::<Value>().await?["error"]["code"].clone()),
+        (400, json!("bad_request"))
+    );
+    let under = post("/api/login", padded(16 * 1024 - 100)).await?;
+    assert_eq!(under.json::<Value>().await?["error"]["code"], "bad_credentials");
 
     let wrong = post("/api/login", json!({"username": "Ada_L", "password": "wrong-password"})).await?;
     assert_eq!(wrong.status(), 401);
@@ -232,6 +280,12 @@ async fn the_closing_handshake_is_answered_at_once_and_bad_frames_get_their_clos
     let ws = Ws::join(&base, "closing", &ada.token, "").await?;
     let (answer, _) = ws.close_with(1005).await?;
     assert_eq!(answer, Some(1002));
+
+    // A Close whose reason is not UTF-8 (masked with key 0): 1002, as docs/PROTOCOL.md says.
+    let mut ws = Ws::join(&base, "closing", &ada.token, "").await?;
+    ws.expect("history").await?;
+    ws.write_bytes(&[0x88, 0x84, 0, 0, 0, 0, 0x03, 0xe8, 0xff, 0xfe]).await?;
+    assert_eq!(ws.close_code().await?, Some(1002));
 
     // A text frame that is not UTF-8: 1007.
     let mut ws = Ws::join(&base, "closing", &ada.token, "").await?;
@@ -330,15 +384,20 @@ async fn a_body_that_never_arrives_gets_408_at_the_deadline() -> Result<()> {
         b"POST /api/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
     )
     .await?;
-    let mut response = Vec::new();
+    // The answer comes at the deadline; the connection closes after it, within actix-web's
+    // 1 s disconnect grace (docs/PROTOCOL.md says both).
+    let mut response = vec![0u8; 1];
+    tokio::time::timeout(std::time::Duration::from_secs(5), conn.read_exact(&mut response))
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within 5 s"))??;
+    let answered = started.elapsed();
     tokio::time::timeout(std::time::Duration::from_secs(5), conn.read_to_end(&mut response))
         .await
-        .map_err(|_| anyhow::anyhow!("no answer and no close within 5 s"))??;
-    let elapsed = started.elapsed();
+        .map_err(|_| anyhow::anyhow!("the connection was not closed within 5 s of the answer"))??;
     let text = String::from_utf8_lossy(&response);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains(r#""code":"request_timeout""#), "{text}");
-    assert!(elapsed >= std::time::Duration::from_millis(250), "answered before the deadline: {elapsed:?}");
+    assert!(answered >= std::time::Duration::from_millis(250), "answered before the deadline: {answered:?}");
 
     // An ordinary request is not cut short.
     let ada = sign_up(&stack.url(0), "ada").await?;

@@ -376,6 +376,33 @@ fn addr_port(addr: &str) -> Option<u64> {
     addr.rsplit_once(':').and_then(|(_, port)| port.parse().ok())
 }
 
+/// A container whose `SSL_CERT_FILE` is set must read it from a ConfigMap volume mounted
+/// where the variable points (the chart's `trustedCA`).
+fn check_trusted_ca(set: &str, pods: &Pods, problems: &mut Vec<String>) {
+    for container in pods.containers() {
+        let env = at(container, "/env").as_array().into_iter().flatten();
+        let Some(file) =
+            env.filter(|v| text(at(v, "/name")) == Some("SSL_CERT_FILE")).find_map(|v| text(at(v, "/value")))
+        else {
+            continue;
+        };
+        let mounted = at(container, "/volumeMounts").as_array().into_iter().flatten().any(|mount| {
+            let (Some(path), Some(volume)) = (text(at(mount, "/mountPath")), text(at(mount, "/name"))) else {
+                return false;
+            };
+            file.starts_with(&format!("{path}/"))
+                && at(pods.spec, "/volumes")
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|v| text(at(v, "/name")) == Some(volume) && at(v, "/configMap/name").is_string())
+        });
+        if !mounted {
+            problems.push(format!("{set}: {}: SSL_CERT_FILE {file} is not in a mounted ConfigMap", pods.name));
+        }
+    }
+}
+
 fn check_set(set: &str, docs: &[Value], facts: &Facts, problems: &mut Vec<String>) {
     let all_pods = pods(docs);
     let mut by_binary: BTreeMap<&str, &Pods> = BTreeMap::new();
@@ -397,6 +424,9 @@ fn check_set(set: &str, docs: &[Value], facts: &Facts, problems: &mut Vec<String
         }
     }
     check_services(set, docs, &all_pods, problems);
+    for pods in by_binary.values() {
+        check_trusted_ca(set, pods, problems);
+    }
     check_network_policies(set, docs, facts, &by_binary, &all_pods, problems);
     for pdb in of_kind(docs, "PodDisruptionBudget") {
         let selector = at(pdb, "/spec/selector/matchLabels");
@@ -821,6 +851,15 @@ fn rendered_k8s_sets_match_what_the_services_read_and_serve() -> Result<()> {
     for (set, docs) in &sets {
         check_set(set, docs, &facts, &mut problems);
     }
+    // The production example trusts its back ends' CA (`trustedCA`): each service has it.
+    let with_ca = pods(&sets["helm-prod"])
+        .iter()
+        .flat_map(|p| p.containers().collect::<Vec<_>>())
+        .filter(|c| {
+            at(c, "/env").as_array().into_iter().flatten().any(|v| text(at(v, "/name")) == Some("SSL_CERT_FILE"))
+        })
+        .count();
+    assert_eq!(with_ca, 3, "helm-prod: SSL_CERT_FILE on the three services");
     assert!(problems.is_empty(), "{} problem(s) in the rendered manifests:\n{}", problems.len(), problems.join("\n"));
     Ok(())
 }

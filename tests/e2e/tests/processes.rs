@@ -246,6 +246,55 @@ async fn a_gateway_short_of_descriptors_refuses_joins_instead_of_hanging() -> Re
     env.cleanup().await
 }
 
+/// A client's malformed frame or request is the client's fault: the connection fails with
+/// 1002 and the gateway logs that at INFO with the reason; a request that cannot be parsed
+/// gets its 400 or 431; and no ERROR line appears (actix-http logs a fragmented control
+/// frame and every unparsable request at ERROR, which let any client fill the error log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_malformed_frames_and_requests_are_logged_as_its_fault_not_as_errors() -> Result<()> {
+    let env = TestEnv::new().await?;
+    let dir = tempfile_dir()?;
+    let log = dir.join("gateway.log");
+    let wrapper = dir.join("gateway-logging-to-a-file");
+    let gateway_binary = huddle_e2e::binary("huddle-gateway")?;
+    std::fs::write(&wrapper, format!("#!/bin/sh\nexec {} > {}\n", gateway_binary.display(), log.display()))?;
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let (_hydrator, _gateway, base) = gateway_on_a_hydrator(&env, wrapper, &[("RUST_LOG", "info".into())]).await?;
+    let ada = sign_up(&base, "ada").await?;
+    let mut ws = Ws::join(&base, "malformed", &ada.token, "").await?;
+    ws.expect("history").await?;
+    // A ping without FIN (control frames may not be fragmented), masked with key 0.
+    ws.write_bytes(&[0x09, 0x81, 0, 0, 0, 0, b'x']).await?;
+    assert_eq!(ws.close_code().await?, Some(1002));
+    // A request actix-http cannot parse, and one whose head is too large: 400 and 431.
+    for (request, status) in [
+        ("GARBAGE\r\n\r\n".to_owned(), "HTTP/1.1 400"),
+        (format!("GET / HTTP/1.1\r\nhost: x\r\n{}\r\n", "x-filler: y\r\n".repeat(120)), "HTTP/1.1 431"),
+    ] {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut tcp = tokio::net::TcpStream::connect(base.trim_start_matches("http://")).await?;
+        tcp.write_all(request.as_bytes()).await?;
+        let mut answer = vec![0; 64];
+        let read = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut answer)).await??;
+        let answer = String::from_utf8_lossy(&answer[..read]);
+        assert!(answer.starts_with(status), "{request:.20}: {answer}");
+    }
+
+    let failed = eventually(Duration::from_secs(5), || async {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        Ok(text.lines().find(|line| line.contains("broke the WebSocket protocol")).map(str::to_owned))
+    })
+    .await?;
+    let failed: serde_json::Value = serde_json::from_str(&failed)?;
+    assert_eq!(failed["level"], "INFO", "{failed}");
+    assert_eq!(failed["close_code"], 1002, "{failed}");
+    assert!(failed["reason"].as_str().is_some_and(|reason| !reason.is_empty()), "no reason logged: {failed}");
+    let text = std::fs::read_to_string(&log)?;
+    let errors: Vec<&str> = text.lines().filter(|line| line.contains(r#""level":"ERROR""#)).collect();
+    assert!(errors.is_empty(), "a client's bad input was logged as an error: {errors:?}");
+    env.cleanup().await
+}
+
 /// A fresh scratch directory under the system's temporary directory.
 fn tempfile_dir() -> Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("huddle-e2e-{}-{}", std::process::id(), huddle_domain::now_ms()));
@@ -276,4 +325,42 @@ async fn reflected_services(
         Some(MessageResponse::ListServicesResponse(list)) => Ok(list.service.into_iter().map(|s| s.name).collect()),
         other => Err(tonic::Status::internal(format!("unexpected reflection reply {other:?}"))),
     }
+}
+
+/// A setting that would break a service (a 0 where 0 means nothing, a rate that refuses
+/// everything, a log filter that does not parse) stops its binary at start with a message
+/// naming it, before the service connects to anything.
+#[test]
+fn a_service_with_a_setting_it_cannot_use_exits_at_start_naming_it() -> Result<()> {
+    let cases = [
+        ("huddle-gateway", "HUDDLE_SEND_BURST", "0", "--send-burst", 2),
+        ("huddle-gateway", "HUDDLE_SEND_RATE", "-1", "--send-rate", 2),
+        ("huddle-gateway", "HUDDLE_AMQP_URL", "not a url", "--amqp-url", 2),
+        ("huddle-gateway", "HUDDLE_HYDRATOR_URL", "127.0.0.1:50051", "--hydrator-url", 2),
+        ("huddle-gateway", "HUDDLE_ALLOWED_ORIGINS", "not an origin", "--allowed-origins", 2),
+        ("huddle-gateway", "RUST_LOG", "info,foo=notalevel", "RUST_LOG", 1),
+        ("huddle-persister", "HUDDLE_PREFETCH", "0", "--prefetch", 2),
+        ("huddle-persister", "HUDDLE_LOG_FORMAT", "xml", "HUDDLE_LOG_FORMAT", 1),
+        ("huddle-hydrator", "HUDDLE_TRACE_FILTER", "=[bad", "HUDDLE_TRACE_FILTER", 1),
+        ("huddle-hydrator", "HUDDLE_HYDRATE_WINDOW", "0", "--hydrate-window", 2),
+    ];
+    for (service, variable, value, named, code) in cases {
+        let output = std::process::Command::new(huddle_e2e::binary(service)?)
+            .env(variable, value)
+            .env("HUDDLE_DEV", "true")
+            // Nothing here may be reached: the binary must stop before connecting.
+            .env("HUDDLE_DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
+            .env("HUDDLE_REDIS_URL", "redis://127.0.0.1:1")
+            .stdin(std::process::Stdio::null())
+            .output()?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(code), "{service} with {variable}={value:?}: {stderr}");
+        assert!(stderr.contains(named), "{service} with {variable}={value:?} did not name it: {stderr}");
+        assert!(!stderr.contains("panicked"), "{service} with {variable}={value:?} panicked: {stderr}");
+        assert!(
+            !stderr.contains("Connection refused"),
+            "{service} with {variable}={value:?} got as far as connecting: {stderr}"
+        );
+    }
+    Ok(())
 }

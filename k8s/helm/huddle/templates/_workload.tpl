@@ -83,6 +83,10 @@ spec:
               valueFrom:
                 secretKeyRef: {name: {{ $secret }}, key: HUDDLE_REDIS_URL}
             {{- end }}
+            {{- if $root.Values.trustedCA.configMap }}
+            - name: SSL_CERT_FILE
+              value: /etc/huddle/trusted-ca/{{ $root.Values.trustedCA.key }}
+            {{- end }}
           envFrom:
             - configMapRef: {name: {{ include "huddle.fullname" $root }}}
             - configMapRef: {name: {{ $name }}}
@@ -124,9 +128,16 @@ spec:
             {{- toYaml $root.Values.securityContext | nindent 12 }}
           volumeMounts:
             - {name: tmp, mountPath: /tmp}
+            {{- if $root.Values.trustedCA.configMap }}
+            - {name: trusted-ca, mountPath: /etc/huddle/trusted-ca, readOnly: true}
+            {{- end }}
       volumes:
         - name: tmp
           emptyDir: {sizeLimit: 16Mi}
+        {{- if $root.Values.trustedCA.configMap }}
+        - name: trusted-ca
+          configMap: {name: {{ $root.Values.trustedCA.configMap | quote }}}
+        {{- end }}
       {{- with $values.nodeSelector }}
       nodeSelector:
         {{- toYaml . | nindent 8 }}
