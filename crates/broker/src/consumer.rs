@@ -60,8 +60,8 @@ pub async fn consume<H: TaskHandler>(
     let tag = format!("{queue_name}-{}", std::process::id());
     let prefetch = prefetch.max(1);
     while !*stopped.borrow() {
-        let consumer = match broker.consume(queue, prefetch, &tag).await {
-            Ok(consumer) => consumer,
+        let (channel, consumer) = match broker.consume(queue, prefetch, &tag).await {
+            Ok(consumed) => consumed,
             Err(error) => {
                 tracing::warn!(queue = %queue_name, %error, "cannot consume; retrying");
                 let mut stopped = stopped.clone();
@@ -85,6 +85,10 @@ pub async fn consume<H: TaskHandler>(
                 }
             })
             .await;
+        // Only now that the tasks in flight are settled: for_each_concurrent drops the
+        // consumer as soon as it ends (at a stop), and without this handle the channel
+        // would close under their acks. Closing it returns the prefetched tasks at once.
+        drop(channel);
         tracing::debug!(queue = %queue_name, "consumer ended and its tasks in flight settled");
     }
     tracing::info!(queue = %queue_name, "consumer stopped");

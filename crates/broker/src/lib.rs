@@ -346,7 +346,12 @@ impl Broker {
     /// Starts consuming `queue` on a channel of its own with at most `prefetch`
     /// unacknowledged deliveries. The consumer ends when the connection drops; call
     /// again to resume.
-    pub async fn consume(&self, queue: TaskQueue, prefetch: u16, tag: &str) -> Result<Consumer> {
+    ///
+    /// The channel comes with it because lapin closes a channel once neither it nor its
+    /// consumer is held, and a delivery's ack on a closed channel is lost (the task comes
+    /// back to the queue): hold the channel until every delivery is settled. Dropping the
+    /// consumer alone only cancels it, so the broker sends no more.
+    pub async fn consume(&self, queue: TaskQueue, prefetch: u16, tag: &str) -> Result<(Channel, Consumer)> {
         let (connection, _) = self.connection().await?;
         let channel = match tokio::time::timeout(CONSUME_TIMEOUT, connection.create_channel()).await {
             Ok(channel) => channel?,
@@ -364,7 +369,7 @@ impl Broker {
                 .await
         };
         match tokio::time::timeout(CONSUME_TIMEOUT, subscribe).await {
-            Ok(consumer) => Ok(consumer?),
+            Ok(consumer) => Ok((channel, consumer?)),
             Err(_) => {
                 let _ = channel.close(200, "basic.consume unanswered; retrying".into()).await;
                 Err(self.consume_timeout(queue))

@@ -662,6 +662,69 @@ async fn a_task_whose_consumer_dies_every_time_is_dead_lettered_on(queue_type: Q
     Ok(())
 }
 
+/// Holds each task it gets until the test has told the consumer to stop, then finishes it.
+#[derive(Clone)]
+struct FinishesAfterTheStop {
+    started: tokio::sync::mpsc::UnboundedSender<()>,
+    stop_sent: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl huddle_broker::TaskHandler for FinishesAfterTheStop {
+    async fn handle(&self, _: huddle_broker::TaskQueue, _: &[u8]) -> Result<(), huddle_broker::TaskError> {
+        let stop_sent = self.stop_sent.notified();
+        let _ = self.started.send(());
+        stop_sent.await;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        Ok(())
+    }
+}
+
+/// A task in flight when its consumer is told to stop (a persister's SIGTERM) is finished
+/// and acked, so it is not handed out again. Before, the consumer's end closed the channel
+/// under the task: its ack failed ("could not settle task ... Closing") and the broker put
+/// it back in the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_in_flight_at_a_stop_is_finished_and_acked_not_handed_out_again() -> Result<()> {
+    let env = huddle_e2e::TestEnv::new().await?;
+    let admin = env.broker().await?;
+    let task = huddle_proto::v1::FlushRoomTask { room: "lobby".into(), reason: "test".into(), requested_at_ms: 0 };
+    admin.publish(huddle_broker::TaskQueue::Flush, &[task]).await?;
+
+    let consumer_link = env.broker().await?;
+    let (started, mut deliveries) = tokio::sync::mpsc::unbounded_channel();
+    let stop_sent = std::sync::Arc::new(tokio::sync::Notify::new());
+    let handler = FinishesAfterTheStop { started, stop_sent: stop_sent.clone() };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let consumer = tokio::spawn(huddle_broker::consume(
+        consumer_link.clone(),
+        huddle_broker::TaskQueue::Flush,
+        // A free slot: the consumer is polled for more while the task runs, and so sees the stop.
+        2,
+        handler,
+        std::time::Duration::from_millis(10),
+        stopped,
+    ));
+    tokio::time::timeout(std::time::Duration::from_secs(20), deliveries.recv())
+        .await
+        .ok()
+        .flatten()
+        .context("the task was never delivered")?;
+    stop.send(true)?;
+    stop_sent.notify_waiters();
+    tokio::time::timeout(std::time::Duration::from_secs(20), consumer)
+        .await
+        .context("the consumer did not stop within 20 s of the stop")??;
+    // Whatever the consumer left unacked goes back to the queue with its connection.
+    consumer_link.close().await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let queued = admin.queue_depth(huddle_broker::TaskQueue::Flush).await?;
+    assert_eq!(queued, 0, "the task in flight at the stop was acked, so nothing is back in the queue");
+    assert!(deliveries.try_recv().is_err(), "the task was handed out once");
+    admin.delete_topology().await?;
+    admin.close().await;
+    Ok(())
+}
+
 /// A dead-lettered task that names no queue it died in (put there by hand, say) cannot be
 /// re-driven: the re-drive says so and leaves it where it is (before, it was published to
 /// the routing key "" and dropped unrouted, confirmed all the same).
