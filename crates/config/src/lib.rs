@@ -73,6 +73,58 @@ pub fn grpc_url(value: &str) -> Result<String, String> {
     url_list(value, &["http", "https"])
 }
 
+/// Parses the command line and the environment into `T`, as `T::parse()` does, except
+/// that a value refused from an environment variable is reported by the variable's name:
+/// an operator who set `HUDDLE_SEND_BURST=0` in a manifest is told about that, not about a
+/// `--send-burst` flag nobody typed. Exits with clap's code 2 on any refusal.
+pub fn parse<T: clap::Parser>() -> T {
+    match T::try_parse() {
+        Ok(settings) => settings,
+        Err(error) => {
+            let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+            naming_the_variable(error, &T::command(), &args, |name| std::env::var_os(name)).exit()
+        }
+    }
+}
+
+/// `error` with its flag named by the variable it came from, when it came from one: the
+/// refused argument has an environment variable, `lookup` finds it set, and `args` do not
+/// give the flag.
+fn naming_the_variable(
+    error: clap::Error,
+    command: &clap::Command,
+    args: &[std::ffi::OsString],
+    lookup: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(error.kind(), ErrorKind::ValueValidation | ErrorKind::InvalidValue) {
+        return error;
+    }
+    let Some(ContextValue::String(shown)) = error.get(ContextKind::InvalidArg) else { return error };
+    let Some(long) = shown.split_whitespace().next().and_then(|flag| flag.strip_prefix("--")) else { return error };
+    let Some(variable) = command
+        .get_arguments()
+        .find(|arg| arg.get_long() == Some(long))
+        .and_then(|arg| arg.get_env())
+        .and_then(|variable| variable.to_str())
+    else {
+        return error;
+    };
+    let flag = format!("--{long}");
+    let on_the_command_line = args
+        .iter()
+        .filter_map(|arg| arg.to_str())
+        .any(|arg| arg == flag || arg.strip_prefix(flag.as_str()).is_some_and(|rest| rest.starts_with('=')));
+    if on_the_command_line || lookup(variable).is_none() {
+        return error;
+    }
+    let rendered = error.render().to_string();
+    let message = rendered.strip_prefix("error: ").unwrap_or(&rendered);
+    let message =
+        message.replacen(&format!("'{shown}'"), &format!("{variable} (the environment variable of {flag})"), 1);
+    clap::Error::raw(error.kind(), message).with_cmd(command)
+}
+
 /// Where the PostgreSQL archive lives.
 #[derive(Debug, Clone, Args)]
 pub struct PostgresSettings {
@@ -209,7 +261,46 @@ impl TrustSettings {
 
 #[cfg(test)]
 mod tests {
-    use super::{amqp_urls, at_least_one, grpc_url, rate};
+    use clap::{CommandFactory, Parser};
+
+    use super::{amqp_urls, at_least_one, grpc_url, naming_the_variable, rate};
+
+    #[derive(Debug, Parser)]
+    struct Probe {
+        #[arg(long, env = "PROBE_BURST", default_value_t = 1, value_parser = at_least_one::<u32>)]
+        burst: u32,
+        #[arg(long, env = "PROBE_MODE", default_value = "single", value_parser = ["single", "cluster"])]
+        mode: String,
+    }
+
+    /// What a refusal of `--flag value` says, when the environment holds `set`
+    /// (`(variable, value)`) and the command line is `args`.
+    fn refusal(flag: &str, value: &str, args: &[&str], set: Option<(&str, &str)>) -> String {
+        let error = Probe::try_parse_from(["probe", flag, value]).expect_err("the value was accepted");
+        let args: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+        let lookup = |name: &str| set.filter(|(variable, _)| *variable == name).map(|(_, value)| value.into());
+        naming_the_variable(error, &Probe::command(), &args, lookup).render().to_string()
+    }
+
+    #[test]
+    fn a_value_refused_from_the_environment_is_reported_by_its_variable() {
+        let said = refusal("--burst", "0", &["probe"], Some(("PROBE_BURST", "0")));
+        assert!(said.contains("PROBE_BURST (the environment variable of --burst)"), "{said}");
+        assert!(said.contains("must be at least 1") && said.contains("'0'"), "{said}");
+        let said = refusal("--mode", "ring", &["probe"], Some(("PROBE_MODE", "ring")));
+        assert!(said.contains("PROBE_MODE (the environment variable of --mode)"), "{said}");
+        assert!(said.contains("possible values"), "{said}");
+    }
+
+    #[test]
+    fn a_value_refused_from_the_command_line_is_reported_by_its_flag() {
+        for args in [&["probe", "--burst", "0"][..], &["probe", "--burst=0"][..]] {
+            let said = refusal("--burst", "0", args, Some(("PROBE_BURST", "3")));
+            assert!(said.contains("'--burst <BURST>'") && !said.contains("PROBE_BURST"), "{args:?}: {said}");
+        }
+        let said = refusal("--burst", "0", &["probe", "--burst", "0"], None);
+        assert!(said.contains("'--burst <BURST>'"), "{said}");
+    }
 
     #[test]
     fn counts_and_durations_start_at_one() {

@@ -1,7 +1,5 @@
 //! `huddle-gateway`: the binary browsers connect to (REST, WebSockets, the web client).
 
-use clap::Parser;
-
 /// Large blocks (an argon2 hash takes ~19 MiB) always come from and go back to the
 /// kernel. glibc's default raises its mmap threshold after the first such block is
 /// freed, after which every later one stays in some thread's arena: a burst of sign-ups
@@ -26,7 +24,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let settings = huddle_gateway::Settings::parse();
+    let settings = huddle_config::parse::<huddle_gateway::Settings>();
     let telemetry = huddle_telemetry::init("gateway")?;
     let gateway = huddle_gateway::start(settings).await?;
     tracing::info!(url = %format!("http://{}", gateway.addr()), "open this URL in a browser");

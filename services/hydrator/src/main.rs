@@ -3,13 +3,12 @@
 
 use std::time::Duration;
 
-use clap::Parser;
 use huddle_hydrator::Command;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     huddle_failpoints::setup();
-    let mut settings = huddle_hydrator::Settings::parse();
+    let mut settings = huddle_config::parse::<huddle_hydrator::Settings>();
     let telemetry = huddle_telemetry::init("hydrator")?;
     if let Some(Command::Rewarm { active_within_mins }) = settings.command.take() {
         let archive = huddle_archive::Archive::connect(&settings.postgres)?;

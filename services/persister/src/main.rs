@@ -1,12 +1,11 @@
 //! `huddle-persister`: the service that copies Redis room logs into PostgreSQL, and its
 //! `dead-letters` operator command.
 
-use clap::Parser;
 use huddle_persister::{Command, DeadLetterAction};
 
 fn main() -> anyhow::Result<()> {
     huddle_failpoints::setup();
-    let mut settings = huddle_persister::Settings::parse();
+    let mut settings = huddle_config::parse::<huddle_persister::Settings>();
     // Before the runtime starts, so that every thread it starts inherits the priority.
     lower_cpu_priority(settings.cpu_nice);
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async {

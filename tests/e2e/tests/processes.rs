@@ -332,20 +332,23 @@ async fn reflected_services(
 /// naming it, before the service connects to anything.
 #[test]
 fn a_service_with_a_setting_it_cannot_use_exits_at_start_naming_it() -> Result<()> {
+    // (binary, variable, value, what the error must say, exit code)
     let cases = [
-        ("huddle-gateway", "HUDDLE_SEND_BURST", "0", "--send-burst", 2),
-        ("huddle-gateway", "HUDDLE_SEND_RATE", "-1", "--send-rate", 2),
-        ("huddle-gateway", "HUDDLE_AMQP_URL", "not a url", "--amqp-url", 2),
-        ("huddle-gateway", "HUDDLE_HYDRATOR_URL", "127.0.0.1:50051", "--hydrator-url", 2),
-        ("huddle-gateway", "HUDDLE_ALLOWED_ORIGINS", "not an origin", "--allowed-origins", 2),
+        ("huddle-gateway", "HUDDLE_SEND_BURST", "0", "HUDDLE_SEND_BURST (the environment variable of --send-burst)", 2),
+        ("huddle-gateway", "HUDDLE_SEND_RATE", "-1", "HUDDLE_SEND_RATE (the environment variable of --send-rate)", 2),
+        ("huddle-gateway", "HUDDLE_AMQP_URL", "not a url", "HUDDLE_AMQP_URL", 2),
+        ("huddle-gateway", "HUDDLE_HYDRATOR_URL", "127.0.0.1:50051", "HUDDLE_HYDRATOR_URL", 2),
+        ("huddle-gateway", "HUDDLE_ALLOWED_ORIGINS", "not an origin", "HUDDLE_ALLOWED_ORIGINS", 2),
+        ("huddle-gateway", "HUDDLE_REDIS_MODE", "ring", "HUDDLE_REDIS_MODE", 2),
         ("huddle-gateway", "RUST_LOG", "info,foo=notalevel", "RUST_LOG", 1),
-        ("huddle-persister", "HUDDLE_PREFETCH", "0", "--prefetch", 2),
+        ("huddle-persister", "HUDDLE_PREFETCH", "0", "HUDDLE_PREFETCH (the environment variable of --prefetch)", 2),
         ("huddle-persister", "HUDDLE_LOG_FORMAT", "xml", "HUDDLE_LOG_FORMAT", 1),
         ("huddle-hydrator", "HUDDLE_TRACE_FILTER", "=[bad", "HUDDLE_TRACE_FILTER", 1),
-        ("huddle-hydrator", "HUDDLE_HYDRATE_WINDOW", "0", "--hydrate-window", 2),
+        ("huddle-hydrator", "HUDDLE_HYDRATE_WINDOW", "0", "HUDDLE_HYDRATE_WINDOW", 2),
     ];
-    for (service, variable, value, named, code) in cases {
+    let refusal = |service: &str, args: &[&str], variable: &str, value: &str| -> Result<(Option<i32>, String)> {
         let output = std::process::Command::new(huddle_e2e::binary(service)?)
+            .args(args)
             .env(variable, value)
             .env("HUDDLE_DEV", "true")
             // Nothing here may be reached: the binary must stop before connecting.
@@ -353,14 +356,23 @@ fn a_service_with_a_setting_it_cannot_use_exits_at_start_naming_it() -> Result<(
             .env("HUDDLE_REDIS_URL", "redis://127.0.0.1:1")
             .stdin(std::process::Stdio::null())
             .output()?;
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(code), "{service} with {variable}={value:?}: {stderr}");
-        assert!(stderr.contains(named), "{service} with {variable}={value:?} did not name it: {stderr}");
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
         assert!(!stderr.contains("panicked"), "{service} with {variable}={value:?} panicked: {stderr}");
         assert!(
             !stderr.contains("Connection refused"),
             "{service} with {variable}={value:?} got as far as connecting: {stderr}"
         );
+        Ok((output.status.code(), stderr))
+    };
+    for (service, variable, value, named, code) in cases {
+        let (exit, stderr) = refusal(service, &[], variable, value)?;
+        assert_eq!(exit, Some(code), "{service} with {variable}={value:?}: {stderr}");
+        assert!(stderr.contains(named), "{service} with {variable}={value:?} did not name it: {stderr}");
     }
+    // The same value on the command line is reported by its flag, not by a variable that
+    // holds a good value.
+    let (exit, stderr) = refusal("huddle-gateway", &["--send-burst", "0"], "HUDDLE_SEND_BURST", "50")?;
+    assert_eq!(exit, Some(2), "{stderr}");
+    assert!(stderr.contains("'--send-burst <SEND_BURST>'") && !stderr.contains("HUDDLE_SEND_BURST"), "{stderr}");
     Ok(())
 }
