@@ -90,14 +90,6 @@ pub enum RoomLogError {
         /// Replicas required (`HUDDLE_REDIS_WAIT_REPLICAS`).
         wanted: u32,
     },
-    /// A stream entry read back is not a valid log entry.
-    #[error("corrupt log entry {id:?}: {reason}")]
-    CorruptEntry {
-        /// The stream entry id (normally `<seq>-0`).
-        id: String,
-        /// What is wrong with it (bad id, no field `m`, or JSON that does not decode).
-        reason: String,
-    },
 }
 
 /// What the shards that answered returned, and why the others did not.

@@ -3,7 +3,7 @@
 
 use huddle_domain::{RoomName, StoredMessage};
 
-use crate::{LogEntry, Result, RoomLog, RoomLogError};
+use crate::{LogEntry, Result, RoomLog};
 
 /// A stream entry as Redis returns it: id, then field names and values as bytes.
 type RawEntry = (String, Vec<Vec<u8>>);
@@ -43,7 +43,7 @@ impl RoomLog {
             return Ok(Vec::new());
         }
         let end = if before == 0 { "+".to_owned() } else { format!("({before}-0") };
-        let raw: Vec<(String, Vec<String>)> = redis::cmd("XREVRANGE")
+        let raw: Vec<RawEntry> = redis::cmd("XREVRANGE")
             .arg(self.keys.log(room))
             .arg(end)
             .arg("-")
@@ -51,20 +51,20 @@ impl RoomLog {
             .arg(limit)
             .query_async(&mut self.conn().await?)
             .await?;
-        let mut messages = parse_entries(raw)?;
+        let mut messages = readable(room, raw);
         messages.reverse();
         Ok(messages)
     }
 
     /// Messages with `from <= seq <= to`, in order.
     pub async fn range(&self, room: &RoomName, from: u64, to: u64) -> Result<Vec<StoredMessage>> {
-        let raw: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+        let raw: Vec<RawEntry> = redis::cmd("XRANGE")
             .arg(self.keys.log(room))
             .arg(format!("{from}-0"))
             .arg(format!("{to}-0"))
             .query_async(&mut self.conn().await?)
             .await?;
-        parse_entries(raw)
+        Ok(readable(room, raw))
     }
 
     /// Entries with `from <= seq <= to` and the epoch they belong to, read atomically
@@ -87,12 +87,7 @@ impl RoomLog {
             Chunk { epoch: epoch.unwrap_or(0), messages: Vec::with_capacity(raw.len()), unreadable: Vec::new() };
         for (id, fields) in raw {
             let Some(seq) = seq_of_id(&id) else { continue };
-            let value = fields.chunks(2).find(|pair| pair[0] == b"m").and_then(|pair| pair.get(1));
-            let decoded = match value {
-                None => Err("no field m".to_owned()),
-                Some(bytes) => LogEntry::decode_at(seq, bytes).map_err(|e| e.to_string()),
-            };
-            match decoded {
+            match decode(seq, &fields) {
                 Ok(message) => chunk.messages.push(message),
                 Err(reason) => chunk.unreadable.push(Unreadable { seq, raw: fields.concat(), reason }),
             }
@@ -106,17 +101,27 @@ pub(crate) fn seq_of_id(id: &str) -> Option<u64> {
     id.split('-').next()?.parse().ok()
 }
 
-fn parse_entries(raw: Vec<(String, Vec<String>)>) -> Result<Vec<StoredMessage>> {
+/// The message a stream entry holds in its field `m`, or why there is none.
+fn decode(seq: u64, fields: &[Vec<u8>]) -> std::result::Result<StoredMessage, String> {
+    match fields.chunks(2).find(|pair| pair[0] == b"m").and_then(|pair| pair.get(1)) {
+        None => Err("no field m".to_owned()),
+        Some(bytes) => LogEntry::decode_at(seq, bytes).map_err(|e| e.to_string()),
+    }
+}
+
+/// The messages of `raw` for a reader (a join, a page, a recovery). An entry that cannot
+/// be decoded is left out and logged, so one corrupt entry (a hand edit, a damaged Redis:
+/// the append script never writes one) costs the room that message, not every read of
+/// it; the persister quarantines it in the archive ([`RoomLog::chunk`]).
+fn readable(room: &RoomName, raw: Vec<RawEntry>) -> Vec<StoredMessage> {
     raw.into_iter()
-        .map(|(id, fields)| {
-            let corrupt = |reason: &str| RoomLogError::CorruptEntry { id: id.clone(), reason: reason.to_owned() };
-            let seq = seq_of_id(&id).ok_or_else(|| corrupt("id is not <seq>-0"))?;
-            let json = fields
-                .chunks(2)
-                .find(|pair| pair[0] == "m")
-                .and_then(|pair| pair.get(1))
-                .ok_or_else(|| corrupt("no field m"))?;
-            LogEntry::decode_at(seq, json.as_bytes()).map_err(|e| corrupt(&e.to_string()))
+        .filter_map(|(id, fields)| {
+            let decoded = seq_of_id(&id).ok_or_else(|| "id is not <seq>-0".to_owned()).and_then(|seq| decode(seq, &fields));
+            decoded
+                .inspect_err(|reason| {
+                    tracing::error!(room = %room, id = %id, reason = %reason, "a log entry cannot be decoded; left out of the read");
+                })
+                .ok()
         })
         .collect()
 }
@@ -147,7 +152,7 @@ impl RoomLog {
         let now = huddle_domain::now_ms();
         let counters: Vec<Option<u64>> =
             self.query_each(rooms.iter().map(|room| redis::Cmd::get(self.keys.seq(room))).collect()).await?;
-        let newest: Vec<Vec<(String, Vec<String>)>> = self
+        let newest: Vec<Vec<RawEntry>> = self
             .query_each(
                 rooms
                     .iter()
@@ -183,7 +188,10 @@ impl RoomLog {
                 people.dedup();
                 RoomSummary {
                     last_seq,
-                    last_sent_at_ms: parse_entries(newest).ok().and_then(|m| m.first().map(|m| m.post.sent_at_ms)),
+                    last_sent_at_ms: newest
+                        .first()
+                        .and_then(|(id, fields)| decode(seq_of_id(id)?, fields).ok())
+                        .map(|message| message.post.sent_at_ms),
                     online: people.len(),
                 }
             })

@@ -74,3 +74,56 @@ async fn a_refused_entry_is_quarantined_and_later_messages_are_persisted() -> Re
     ws.leave().await?;
     stack.shutdown().await
 }
+
+/// A log entry in Redis that cannot be decoded (written by hand, or a damaged Redis) is
+/// left out of what readers get: a join's history, a recovery with `since` and a history
+/// page all return the room's other messages. Before, each of them failed while the entry
+/// was in the room's Redis window: the socket was closed with 1011, the page was 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_entry_in_redis_is_left_out_of_joins_recoveries_and_pages() -> Result<()> {
+    let stack = Stack::start(1).await?;
+    let base = stack.url(0);
+    let ada = sign_up(&base, "ada").await?;
+    let mut ws = Ws::join(&base, "damaged", &ada.token, "").await?;
+    ws.expect("history").await?;
+    assert_eq!(ws.say("first", "d-1").await?, 1);
+
+    // Two entries no reader can decode: bytes that are not UTF-8, and UTF-8 that is no
+    // log entry. Each takes a seq, as a writer of the log would.
+    let log = stack.env.room_log(2000)?;
+    let room = RoomName::parse("damaged")?;
+    let mut redis = redis::Client::open(huddle_e2e::redis_url())?.get_multiplexed_async_connection().await?;
+    for raw in [&b"\xff\xfe not utf-8"[..], &b"{\"not\": \"an entry\"}"[..]] {
+        let seq: u64 = redis::cmd("INCR").arg(log.keys().seq(&room)).query_async(&mut redis).await?;
+        let _: String = redis::cmd("XADD")
+            .arg(log.keys().log(&room))
+            .arg(format!("{seq}-0"))
+            .arg("m")
+            .arg(raw)
+            .query_async(&mut redis)
+            .await?;
+    }
+    assert_eq!(ws.say("fourth", "d-4").await?, 4);
+
+    let mut joined = Ws::join(&base, "damaged", &ada.token, "").await?;
+    let history = joined.expect("history").await?;
+    assert_eq!(huddle_e2e::seqs(&history), [1, 4], "{history}");
+    joined.leave().await?;
+    let mut recovered = Ws::join(&base, "damaged", &ada.token, "since=1").await?;
+    let since = recovered.expect("history").await?;
+    assert_eq!((since["mode"].as_str(), huddle_e2e::seqs(&since)), (Some("since"), vec![4]), "{since}");
+    // Live messages still reach the sockets that recovered.
+    assert_eq!(ws.say("fifth", "d-5").await?, 5);
+    assert_eq!(recovered.expect("message").await?["seq"], 5);
+    recovered.leave().await?;
+    let page = huddle_e2e::http()
+        .get(format!("{base}/api/rooms/damaged/messages?limit=10"))
+        .bearer_auth(&ada.token)
+        .send()
+        .await?;
+    assert_eq!(page.status(), 200);
+    let page: serde_json::Value = page.json().await?;
+    assert_eq!(huddle_e2e::seqs(&page), [1, 4, 5], "{page}");
+    ws.leave().await?;
+    stack.shutdown().await
+}
