@@ -91,7 +91,8 @@ impl TaskQueue {
     /// All task queues.
     pub const ALL: [TaskQueue; 3] = [TaskQueue::Flush, TaskQueue::PersistChunk, TaskQueue::Hydrate];
 
-    fn suffix(self) -> &'static str {
+    /// The queue's name without the prefix (`flush`, `persist-chunk`, `hydrate`).
+    pub fn suffix(self) -> &'static str {
         match self {
             TaskQueue::Flush => "flush",
             TaskQueue::PersistChunk => "persist-chunk",

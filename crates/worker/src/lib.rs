@@ -7,6 +7,11 @@
 //! all gracefully: tasks are told to stop and awaited (in-flight work finishes), the gRPC
 //! server answers its in-flight calls, then the ops port closes.
 //!
+//! A background task or the gRPC server that ends before the stop (a panic, say) leaves
+//! the service unable to do its job while it still looks alive, so that is a failure
+//! ([`Worker::failure`]): the binary stops and exits with an error, and its orchestrator
+//! starts a fresh one.
+//!
 //! It knows nothing of Redis, PostgreSQL or RabbitMQ: the service hands it a readiness
 //! check and its tasks.
 
@@ -48,6 +53,8 @@ pub struct Worker {
     grpc_addr: SocketAddr,
     ops_addr: SocketAddr,
     stop: watch::Sender<bool>,
+    /// Why the worker can no longer do its job, once it cannot.
+    failure: watch::Sender<Option<String>>,
     tasks: Vec<JoinHandle<()>>,
     grpc: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     ops: JoinHandle<()>,
@@ -73,6 +80,7 @@ impl Worker {
             grpc_addr,
             ops_addr,
             stop,
+            failure: watch::Sender::new(None),
             tasks: Vec::new(),
             grpc: None,
             ops,
@@ -96,9 +104,49 @@ impl Worker {
         self.stop.subscribe()
     }
 
-    /// Runs a background task until it returns; [`Worker::stop`] waits for it.
-    pub fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) {
-        self.tasks.push(tokio::spawn(task));
+    /// Runs a background task, named `name` in logs, until it returns; [`Worker::stop`]
+    /// waits for it. It must run until [`Worker::stopping`] turns true: ending earlier,
+    /// or panicking, is a [`Worker::failure`].
+    pub fn spawn(&mut self, name: impl Into<String>, task: impl Future<Output = ()> + Send + 'static) {
+        let (name, task) = (name.into(), tokio::spawn(task));
+        let watch = self.watch_for_early_end();
+        self.tasks.push(tokio::spawn(async move {
+            let ended = task.await;
+            watch(format!("background task {name}"), ended.err().map(|error| error.to_string()));
+        }));
+    }
+
+    /// A check to run when a part of the worker ends, with what went wrong if anything: an
+    /// end before the stop is a failure.
+    fn watch_for_early_end(&self) -> impl FnOnce(String, Option<String>) + Send + 'static {
+        let (stopping, failure) = (self.stopping(), self.failure.clone());
+        move |part, error| {
+            if *stopping.borrow() {
+                if let Some(error) = error {
+                    tracing::error!(part, error, "failed while stopping");
+                }
+                return;
+            }
+            let reason = format!("{part} {}", error.unwrap_or_else(|| "ended".to_owned()));
+            tracing::error!(reason, "a part of the service ended before it was stopped; the service stops");
+            // The first reason is the one reported.
+            failure.send_if_modified(|failure| failure.is_none() && failure.replace(reason).is_none());
+        }
+    }
+
+    /// Resolves, with its reason, once a background task or the gRPC server has ended
+    /// before [`Worker::stop`] (a panic, say): the worker can no longer do its job.
+    /// Never resolves otherwise.
+    pub fn failure(&self) -> impl Future<Output = String> + Send + 'static {
+        let mut failure = self.failure.subscribe();
+        async move {
+            let reason = failure.wait_for(Option::is_some).await.map(|reason| reason.clone().unwrap_or_default());
+            match reason {
+                Ok(reason) => reason,
+                // The worker is gone: it stopped, so it did not fail.
+                Err(_) => std::future::pending().await,
+            }
+        }
     }
 
     /// Runs `step` at the very end of [`Worker::stop`], after everything that could still
@@ -141,7 +189,12 @@ impl Worker {
                 // Load balancers that watch gRPC health stop sending before the port closes.
                 health_reporter.set_service_status(service_name, tonic_health::ServingStatus::NotServing).await;
             });
-        self.grpc = Some(tokio::spawn(server));
+        let watch = self.watch_for_early_end();
+        self.grpc = Some(tokio::spawn(async move {
+            let served = server.await;
+            watch("grpc server".to_owned(), served.as_ref().err().map(ToString::to_string));
+            served
+        }));
         Ok(())
     }
 
@@ -150,22 +203,28 @@ impl Worker {
     /// [`Worker::finally`] steps run.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
+        // Each part logged its own failure when it ended (watch_for_early_end).
         for task in self.tasks {
-            if let Err(error) = task.await {
-                tracing::error!(%error, "background task panicked");
-            }
+            let _ = task.await;
         }
         if let Some(grpc) = self.grpc {
-            match grpc.await {
-                Ok(Err(error)) => tracing::error!(%error, "grpc server failed"),
-                Err(error) => tracing::error!(%error, "grpc server task panicked"),
-                Ok(Ok(())) => {}
+            if let Err(error) = grpc.await {
+                tracing::error!(%error, "grpc server task panicked");
             }
         }
         let _ = self.ops.await;
         for step in self.last {
             step.await;
         }
+    }
+}
+
+/// Waits for SIGTERM or Ctrl-C, or for `worker`'s [`Worker::failure`]: `None` after a
+/// signal, the failure's reason otherwise. Either way the caller then stops the worker.
+pub async fn until_stopped_or_failed(worker: &Worker) -> Option<String> {
+    tokio::select! {
+        () = huddle_telemetry::shutdown_signal() => None,
+        reason = worker.failure() => Some(reason),
     }
 }
 
@@ -200,5 +259,58 @@ async fn serve_ops(listener: TcpListener, readiness: Readiness, mut stopping: wa
     });
     if let Err(error) = served.await {
         tracing::error!(%error, "ops endpoints failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::Worker;
+
+    async fn worker() -> Worker {
+        let readiness = huddle_telemetry::Readiness::new(|| Box::pin(async { Ok(()) }));
+        let any_port = "127.0.0.1:0".parse().unwrap();
+        Worker::bind(any_port, any_port, readiness).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_background_task_that_panics_is_the_workers_failure() {
+        let mut worker = worker().await;
+        let mut stopping = worker.stopping();
+        worker.spawn("steady", async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        });
+        worker.spawn("sweep", async { panic!("boom") });
+        let reason = tokio::time::timeout(Duration::from_secs(5), worker.failure()).await.expect("no failure reported");
+        assert!(reason.contains("background task sweep") && reason.contains("boom"), "{reason}");
+        tokio::time::timeout(Duration::from_secs(5), worker.stop()).await.expect("the worker did not stop");
+    }
+
+    #[tokio::test]
+    async fn a_background_task_that_returns_before_the_stop_is_a_failure_too() {
+        let mut worker = worker().await;
+        worker.spawn("consumer", async {});
+        let reason = tokio::time::timeout(Duration::from_secs(5), worker.failure()).await.expect("no failure reported");
+        assert_eq!(reason, "background task consumer ended");
+    }
+
+    #[tokio::test]
+    async fn tasks_that_end_at_the_stop_are_no_failure() {
+        let mut worker = worker().await;
+        let mut stopping = worker.stopping();
+        worker.spawn("consumer", async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        });
+        let failure = worker.failure();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), worker.failure()).await.is_err(),
+            "failed while running"
+        );
+        worker.stop().await;
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), failure).await.is_err(),
+            "the stop was taken for a failure"
+        );
     }
 }

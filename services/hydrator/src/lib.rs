@@ -135,7 +135,7 @@ pub async fn start(settings: Settings) -> Result<RunningHydrator, StartError> {
         Duration::from_millis(200),
         worker.stopping(),
     );
-    worker.spawn(rewarm);
+    worker.spawn("hydrate consumer", rewarm);
     worker
         .serve(HydratorServer::<HydrateService>::NAME, Routes::new(HydratorServer::new(service)), grpc_token.as_ref())
         .await?;

@@ -21,9 +21,9 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let hydrator = huddle_hydrator::start(settings).await?;
-    huddle_telemetry::shutdown_signal().await;
+    let failed = huddle_worker::until_stopped_or_failed(&hydrator).await;
     hydrator.stop().await;
     tracing::info!("hydrator stopped");
     telemetry.shutdown().await;
-    Ok(())
+    failed.map_or(Ok(()), |reason| Err(anyhow::anyhow!(reason)))
 }

@@ -161,10 +161,10 @@ pub async fn start(settings: Settings) -> Result<RunningPersister, StartError> {
             retry_base,
             worker.stopping(),
         );
-        worker.spawn(consumer);
+        worker.spawn(format!("{} consumer", queue.suffix()), consumer);
     }
     let sweep_every = Duration::from_millis(settings.sweep_interval_ms);
-    worker.spawn(sweep::run(log.clone(), broker.clone(), sweep_every, worker.stopping()));
+    worker.spawn("sweep", sweep::run(log.clone(), broker.clone(), sweep_every, worker.stopping()));
     let service = PersisterServer::new(grpc::PersisterService { log, archive, broker: broker.clone() });
     worker.serve(PersisterServer::<grpc::PersisterService>::NAME, Routes::new(service), grpc_token.as_ref()).await?;
     tracing::info!(grpc_addr = %worker.grpc_addr(), ops_addr = %worker.ops_addr(), "persister running");

@@ -34,11 +34,11 @@ fn lower_cpu_priority(nice: i32) {
 async fn run(settings: huddle_persister::Settings) -> anyhow::Result<()> {
     let telemetry = huddle_telemetry::init("persister")?;
     let persister = huddle_persister::start(settings).await?;
-    huddle_telemetry::shutdown_signal().await;
+    let failed = huddle_worker::until_stopped_or_failed(&persister).await;
     persister.stop().await;
     tracing::info!("persister stopped");
     telemetry.shutdown().await;
-    Ok(())
+    failed.map_or(Ok(()), |reason| Err(anyhow::anyhow!(reason)))
 }
 
 async fn dead_letters(settings: &huddle_persister::Settings, action: DeadLetterAction) -> anyhow::Result<()> {
