@@ -91,18 +91,18 @@ const CLIENT_FAULT_LINES: [(&str, &str); 2] = [
     ("actix_http::ws::codec", "Unfinished fragment"),
 ];
 
-/// The log filter that drops [`CLIENT_FAULT_LINES`] when `dropped`.
+/// Drops [`CLIENT_FAULT_LINES`] when `dropped`. A layer of its own beside the registry,
+/// not a filter of the log layer: a per-layer filter has to be asked about every callsite
+/// each time it is reached ("sometimes"), disabled `debug!` and `trace!` lines of every
+/// library included, which the hot path reaches per frame; and one that refuses an event
+/// whose callsite is always enabled leaves tracing-subscriber's filter state stale.
 #[derive(Debug, Clone, Copy)]
 struct ClientFaults {
     dropped: bool,
 }
 
-impl<S> tracing_subscriber::layer::Filter<S> for ClientFaults {
-    fn enabled(&self, _: &tracing::Metadata<'_>, _: &tracing_subscriber::layer::Context<'_, S>) -> bool {
-        true
-    }
-
-    fn event_enabled(&self, event: &tracing::Event<'_>, _: &tracing_subscriber::layer::Context<'_, S>) -> bool {
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ClientFaults {
+    fn event_enabled(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) -> bool {
         if !self.dropped {
             return true;
         }
@@ -113,6 +113,12 @@ impl<S> tracing_subscriber::layer::Filter<S> for ClientFaults {
         let mut message = MessageStarts { prefix, matched: false };
         event.record(&mut message);
         !message.matched
+    }
+
+    /// It wants no level itself, so the levels the log filter leaves out stay skipped
+    /// without asking.
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        Some(tracing::level_filters::LevelFilter::OFF)
     }
 }
 
@@ -185,10 +191,7 @@ pub fn init(service: &'static str) -> Result<TelemetryGuard, TelemetryError> {
         use opentelemetry::trace::TracerProvider as _;
         tracing_opentelemetry::layer().with_tracer(provider.tracer(service)).with_filter(span_filter)
     });
-    let result = tracing_subscriber::registry()
-        .with(logs.with_filter(log_filter).with_filter(client_faults))
-        .with(spans)
-        .try_init();
+    let result = with_logs(client_faults, logs, log_filter).with(spans).try_init();
     if result.is_err() {
         // Already initialised (tests): keep the first subscriber and drop this exporter.
         if let Some(provider) = provider {
@@ -203,6 +206,24 @@ pub fn init(service: &'static str) -> Result<TelemetryGuard, TelemetryError> {
     tracing::info!(service, version = env!("CARGO_PKG_VERSION"), otlp = provider.is_some(), "telemetry initialised");
     Ok(TelemetryGuard(provider))
 }
+
+/// The registry with the log layer `logs` filtered by `filter`, and `client_faults` beside
+/// them: the subscriber [`init`] installs, before any span export.
+fn with_logs<L, F>(
+    client_faults: ClientFaults,
+    logs: L,
+    filter: F,
+) -> impl tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a> + Send + Sync
+where
+    L: tracing_subscriber::Layer<ClientFaultsOnRegistry> + Send + Sync + 'static,
+    F: tracing_subscriber::layer::Filter<ClientFaultsOnRegistry> + Send + Sync + 'static,
+{
+    use tracing_subscriber::layer::SubscriberExt as _;
+    tracing_subscriber::registry().with(client_faults).with(logs.with_filter(filter))
+}
+
+/// What the log layer sits on.
+type ClientFaultsOnRegistry = tracing_subscriber::layer::Layered<ClientFaults, tracing_subscriber::Registry>;
 
 fn otlp_provider(service: &'static str) -> Result<opentelemetry_sdk::trace::SdkTracerProvider, String> {
     use opentelemetry_otlp::WithExportConfig as _;
@@ -301,10 +322,7 @@ pub async fn shutdown_signal() {
 
 #[cfg(test)]
 mod tests {
-    use tracing_subscriber::layer::SubscriberExt as _;
-    use tracing_subscriber::Layer as _;
-
-    use super::{log_filter, TelemetryError};
+    use super::{log_filter, with_logs, TelemetryError};
 
     #[test]
     fn a_log_filter_it_cannot_parse_is_an_error_not_a_silent_default() {
@@ -322,8 +340,8 @@ mod tests {
             let out = out.clone();
             move || Sink(out.clone())
         };
-        let layer = tracing_subscriber::fmt::layer().with_writer(writer).with_filter(filter).with_filter(client_faults);
-        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+        let subscriber = with_logs(client_faults, tracing_subscriber::fmt::layer().with_writer(writer), filter);
+        tracing::subscriber::with_default(subscriber, || {
             tracing::error!(target: "actix_http::h1::dispatcher", "stream error: request parse error: invalid Header provided");
             tracing::error!(target: "actix_http::ws::codec", "Unfinished fragment Ping");
             tracing::error!(target: "actix_http::h1::dispatcher", "Upgrade handler error: broken");
@@ -343,6 +361,49 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    /// Counts how often the log filter is asked about a callsite or an event.
+    struct Counted(tracing_subscriber::EnvFilter, std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl<S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>>
+        tracing_subscriber::layer::Filter<S> for Counted
+    {
+        fn enabled(&self, meta: &tracing::Metadata<'_>, cx: &tracing_subscriber::layer::Context<'_, S>) -> bool {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing_subscriber::layer::Filter::<S>::enabled(&self.0, meta, cx)
+        }
+
+        fn callsite_enabled(&self, meta: &'static tracing::Metadata<'static>) -> tracing::subscriber::Interest {
+            tracing_subscriber::layer::Filter::<S>::callsite_enabled(&self.0, meta)
+        }
+
+        fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+            tracing_subscriber::layer::Filter::<S>::max_level_hint(&self.0)
+        }
+    }
+
+    #[test]
+    fn disabled_lines_cost_no_filtering_each_time_they_are_reached() {
+        let (filter, client_faults) = log_filter(Some("info")).unwrap();
+        let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let subscriber = with_logs(
+            client_faults,
+            tracing_subscriber::fmt::layer().with_writer(std::io::sink),
+            Counted(filter, asked.clone()),
+        );
+        assert_eq!(
+            tracing::Subscriber::max_level_hint(&subscriber),
+            Some(tracing::level_filters::LevelFilter::INFO),
+            "the subscriber tells tracing which levels it never logs"
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            for _ in 0..100 {
+                tracing::debug!(target: "some_library::hot_path", "a line RUST_LOG=info drops");
+            }
+        });
+        let asked = asked.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(asked <= 1, "the filter was asked {asked} times about one disabled callsite");
     }
 
     #[test]
