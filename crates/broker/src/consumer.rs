@@ -42,7 +42,7 @@ pub trait TaskHandler: Clone + Send + Sync + 'static {
 
 /// Consumes `queue` until `stopped` turns true, reconnecting whenever the consumer ends.
 /// On stop, no new task is taken, tasks in flight finish and are acked, and prefetched
-/// ones return to the queue when the connection closes.
+/// ones return to the queue when their channel closes, right after.
 pub async fn consume<H: TaskHandler>(
     broker: Broker,
     queue: TaskQueue,

@@ -91,35 +91,58 @@ const CLIENT_FAULT_LINES: [(&str, &str); 2] = [
     ("actix_http::ws::codec", "Unfinished fragment"),
 ];
 
-/// Drops [`CLIENT_FAULT_LINES`] when `dropped`. A layer of its own beside the registry,
-/// not a filter of the log layer: a per-layer filter has to be asked about every callsite
-/// each time it is reached ("sometimes"), disabled `debug!` and `trace!` lines of every
-/// library included, which the hot path reaches per frame; and one that refuses an event
-/// whose callsite is always enabled leaves tracing-subscriber's filter state stale.
+/// Whether the log leaves out [`CLIENT_FAULT_LINES`].
 #[derive(Debug, Clone, Copy)]
 struct ClientFaults {
     dropped: bool,
 }
 
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ClientFaults {
-    fn event_enabled(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) -> bool {
-        if !self.dropped {
-            return true;
-        }
-        let target = event.metadata().target();
-        let Some(&(_, prefix)) = CLIENT_FAULT_LINES.iter().find(|(fault_target, _)| *fault_target == target) else {
-            return true;
-        };
-        let mut message = MessageStarts { prefix, matched: false };
-        event.record(&mut message);
-        !message.matched
+impl ClientFaults {
+    /// The log layer's event format `format`, writing nothing for a client-fault line when
+    /// they are dropped. The lines are left out where they would be written, not refused
+    /// as events: a filter that refuses them (per layer or as a layer of its own) makes
+    /// tracing ask about every callsite, disabled `debug!`/`trace!` lines of every library
+    /// included, each time it is reached, or leaves tracing-subscriber's per-layer filter
+    /// state stale after a refused event, so that the next line on that thread is lost.
+    fn left_out_of<F>(self, format: F) -> WithoutClientFaults<F> {
+        WithoutClientFaults { format, dropped: self.dropped }
     }
+}
 
-    /// It wants no level itself, so the levels the log filter leaves out stay skipped
-    /// without asking.
-    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
-        Some(tracing::level_filters::LevelFilter::OFF)
+/// An event format that writes nothing for [`CLIENT_FAULT_LINES`] ([`ClientFaults::left_out_of`]).
+struct WithoutClientFaults<F> {
+    format: F,
+    dropped: bool,
+}
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for WithoutClientFaults<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        cx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        if self.dropped && is_client_fault(event) {
+            return Ok(());
+        }
+        self.format.format_event(cx, writer, event)
     }
+}
+
+/// Whether `event` is one of [`CLIENT_FAULT_LINES`] (by target and message).
+fn is_client_fault(event: &tracing::Event<'_>) -> bool {
+    let target = event.metadata().target();
+    let Some(&(_, prefix)) = CLIENT_FAULT_LINES.iter().find(|(fault_target, _)| *fault_target == target) else {
+        return false;
+    };
+    let mut message = MessageStarts { prefix, matched: false };
+    event.record(&mut message);
+    message.matched
 }
 
 /// Finds whether an event's message starts with `prefix`.
@@ -171,11 +194,6 @@ pub fn init(service: &'static str) -> Result<TelemetryGuard, TelemetryError> {
         Ok(format) if format == "pretty" => true,
         Ok(other) => return Err(TelemetryError::LogFormat(other)),
     };
-    let logs = if pretty {
-        tracing_subscriber::fmt::layer().with_target(true).boxed()
-    } else {
-        tracing_subscriber::fmt::layer().json().flatten_event(true).with_current_span(false).boxed()
-    };
     let otlp = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some();
     // The first caller picks the meter provider: here, one with OTLP export if asked for.
     let _ = metrics::provider(otlp.then_some(service));
@@ -191,7 +209,8 @@ pub fn init(service: &'static str) -> Result<TelemetryGuard, TelemetryError> {
         use opentelemetry::trace::TracerProvider as _;
         tracing_opentelemetry::layer().with_tracer(provider.tracer(service)).with_filter(span_filter)
     });
-    let result = with_logs(client_faults, logs, log_filter).with(spans).try_init();
+    let logs = log_layer(pretty, std::io::stdout, log_filter, client_faults);
+    let result = tracing_subscriber::registry().with(logs).with(spans).try_init();
     if result.is_err() {
         // Already initialised (tests): keep the first subscriber and drop this exporter.
         if let Some(provider) = provider {
@@ -207,23 +226,37 @@ pub fn init(service: &'static str) -> Result<TelemetryGuard, TelemetryError> {
     Ok(TelemetryGuard(provider))
 }
 
-/// The registry with the log layer `logs` filtered by `filter`, and `client_faults` beside
-/// them: the subscriber [`init`] installs, before any span export.
-fn with_logs<L, F>(
-    client_faults: ClientFaults,
-    logs: L,
+/// The log layer: JSON lines (text when `pretty`) to `writer`, filtered by `filter`, the
+/// client-fault lines left out as `client_faults` says.
+fn log_layer<S, W, F>(
+    pretty: bool,
+    writer: W,
     filter: F,
-) -> impl tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a> + Send + Sync
+    client_faults: ClientFaults,
+) -> impl tracing_subscriber::Layer<S> + Send + Sync
 where
-    L: tracing_subscriber::Layer<ClientFaultsOnRegistry> + Send + Sync + 'static,
-    F: tracing_subscriber::layer::Filter<ClientFaultsOnRegistry> + Send + Sync + 'static,
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+    F: tracing_subscriber::layer::Filter<S> + Send + Sync + 'static,
 {
-    use tracing_subscriber::layer::SubscriberExt as _;
-    tracing_subscriber::registry().with(client_faults).with(logs.with_filter(filter))
+    use tracing_subscriber::Layer as _;
+    let layer = if pretty {
+        tracing_subscriber::fmt::layer()
+            .with_target(true)
+            .with_writer(writer)
+            .map_event_format(|format| client_faults.left_out_of(format))
+            .boxed()
+    } else {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_writer(writer)
+            .map_event_format(|format| client_faults.left_out_of(format))
+            .boxed()
+    };
+    layer.with_filter(filter)
 }
-
-/// What the log layer sits on.
-type ClientFaultsOnRegistry = tracing_subscriber::layer::Layered<ClientFaults, tracing_subscriber::Registry>;
 
 fn otlp_provider(service: &'static str) -> Result<opentelemetry_sdk::trace::SdkTracerProvider, String> {
     use opentelemetry_otlp::WithExportConfig as _;
@@ -322,7 +355,9 @@ pub async fn shutdown_signal() {
 
 #[cfg(test)]
 mod tests {
-    use super::{log_filter, with_logs, TelemetryError};
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    use super::{log_filter, log_layer, TelemetryError};
 
     #[test]
     fn a_log_filter_it_cannot_parse_is_an_error_not_a_silent_default() {
@@ -332,23 +367,46 @@ mod tests {
         assert!(log_filter(None).is_ok() && log_filter(Some("warn,huddle_gateway=debug")).is_ok());
     }
 
-    /// The lines `rust_log` lets through when the given events are logged.
+    /// The lines `rust_log` lets through when `events` run, in both log formats.
+    fn logged_by(rust_log: Option<&str>, events: impl Fn()) -> String {
+        let mut text = String::new();
+        for pretty in [false, true] {
+            let (filter, client_faults) = log_filter(rust_log).unwrap();
+            let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+            let writer = {
+                let out = out.clone();
+                move || Sink(out.clone())
+            };
+            let subscriber = tracing_subscriber::registry().with(log_layer(pretty, writer, filter, client_faults));
+            tracing::subscriber::with_default(subscriber, &events);
+            text.push_str(&String::from_utf8(out.lock().unwrap().clone()).unwrap());
+        }
+        text
+    }
+
     fn logged(rust_log: Option<&str>) -> String {
-        let (filter, client_faults) = log_filter(rust_log).unwrap();
-        let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
-        let writer = {
-            let out = out.clone();
-            move || Sink(out.clone())
-        };
-        let subscriber = with_logs(client_faults, tracing_subscriber::fmt::layer().with_writer(writer), filter);
-        tracing::subscriber::with_default(subscriber, || {
+        logged_by(rust_log, || {
             tracing::error!(target: "actix_http::h1::dispatcher", "stream error: request parse error: invalid Header provided");
             tracing::error!(target: "actix_http::ws::codec", "Unfinished fragment Ping");
             tracing::error!(target: "actix_http::h1::dispatcher", "Upgrade handler error: broken");
             tracing::info!(target: "huddle_gateway", "a line of our own");
-        });
-        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
-        text
+        })
+    }
+
+    #[test]
+    fn a_line_after_a_dropped_client_fault_line_is_logged() {
+        // A filter that disables actix-http's errors by target, so its callsites are
+        // checked each time: a dropped line must not leave the next one unlogged.
+        for rust_log in ["huddle_gateway=info", "huddle_gateway=debug,lapin=warn"] {
+            let text = logged_by(Some(rust_log), || {
+                for round in 0..3 {
+                    tracing::error!(target: "actix_http::ws::codec", "Unfinished fragment Ping");
+                    tracing::info!(target: "huddle_gateway", round, "the line after it");
+                }
+            });
+            assert_eq!(text.matches("the line after it").count(), 6, "{rust_log}: {text}");
+            assert!(!text.contains("Unfinished fragment"), "{rust_log}: {text}");
+        }
     }
 
     struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
@@ -387,11 +445,12 @@ mod tests {
     fn disabled_lines_cost_no_filtering_each_time_they_are_reached() {
         let (filter, client_faults) = log_filter(Some("info")).unwrap();
         let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let subscriber = with_logs(
-            client_faults,
-            tracing_subscriber::fmt::layer().with_writer(std::io::sink),
+        let subscriber = tracing_subscriber::registry().with(log_layer(
+            false,
+            std::io::sink,
             Counted(filter, asked.clone()),
-        );
+            client_faults,
+        ));
         assert_eq!(
             tracing::Subscriber::max_level_hint(&subscriber),
             Some(tracing::level_filters::LevelFilter::INFO),
