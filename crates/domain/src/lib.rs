@@ -24,19 +24,28 @@ pub fn page_len(limit: u32) -> usize {
     (if limit == 0 { DEFAULT_PAGE_LEN } else { limit.min(MAX_PAGE_LEN) }) as usize
 }
 
+/// What a read of the Redis log covered: the entries it returned, readable or not (an
+/// entry that cannot be decoded is left out of the messages but still counts here), and
+/// the lowest of their seqs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Held {
+    /// Entries returned.
+    pub entries: usize,
+    /// The lowest seq among them; `None` when there were none.
+    pub lowest_seq: Option<u64>,
+}
+
 /// What a history page of `len` messages below `before` (0: the newest) still lacks
-/// once Redis returned `from_redis` for it (its newest messages, oldest first): the
-/// `count` newest messages with seq below `before_seq` (0: no bound), which only the
-/// archive holds. `None` when Redis filled the page or reached the room's first message.
+/// once Redis returned its newest entries for it (`held`): the `count` newest messages
+/// with seq below `before_seq` (0: no bound), which only the archive holds. `None` when
+/// Redis filled the page or reached the room's first message.
 ///
 /// The gateway and the hydrator both page this way: Redis first, the archive only below
 /// Redis's oldest entry.
-pub fn page_remainder(before: u64, len: usize, from_redis: &[StoredMessage]) -> Option<PageRemainder> {
-    let reaches_the_first = from_redis.first().is_some_and(|m| m.seq == 1);
-    (from_redis.len() < len && !reaches_the_first).then(|| PageRemainder {
-        before_seq: from_redis.first().map_or(before, |m| m.seq),
-        count: len - from_redis.len(),
-    })
+pub fn page_remainder(before: u64, len: usize, held: Held) -> Option<PageRemainder> {
+    let reaches_the_first = held.lowest_seq == Some(1);
+    (held.entries < len && !reaches_the_first)
+        .then(|| PageRemainder { before_seq: held.lowest_seq.unwrap_or(before), count: len - held.entries })
 }
 
 /// The older part of a history page, below what Redis holds ([`page_remainder`]).
@@ -49,11 +58,16 @@ pub struct PageRemainder {
 }
 
 /// A whole history page, oldest first: the archive's part (`older`, see
-/// [`page_remainder`]) then Redis's, and whether the room has messages below it.
-pub fn join_page(mut older: Vec<StoredMessage>, mut from_redis: Vec<StoredMessage>) -> (Vec<StoredMessage>, bool) {
+/// [`page_remainder`]) then Redis's (`from_redis`, of the read that `held` describes), and
+/// whether the room has messages below it.
+pub fn join_page(
+    mut older: Vec<StoredMessage>,
+    mut from_redis: Vec<StoredMessage>,
+    held: Held,
+) -> (Vec<StoredMessage>, bool) {
+    let lowest = older.first().map(|m| m.seq).or(held.lowest_seq);
     older.append(&mut from_redis);
-    let has_more = older.first().is_some_and(|m| m.seq > 1);
-    (older, has_more)
+    (older, lowest.is_some_and(|seq| seq > 1))
 }
 
 /// Why an input was refused. [`ValidationError::code`] is the stable, documented code.
@@ -356,28 +370,45 @@ mod tests {
         .collect()
     }
 
+    /// What a read that returned exactly these seqs covered.
+    fn held(seqs: std::ops::RangeInclusive<u64>) -> Held {
+        Held { entries: seqs.clone().count(), lowest_seq: seqs.min() }
+    }
+
     #[test]
     fn a_page_redis_fills_or_starts_needs_no_archive() {
-        assert_eq!(page_remainder(0, 3, &messages(8..=10)), None);
-        assert_eq!(page_remainder(50, 10, &messages(1..=4)), None, "seq 1 is the room's first");
+        assert_eq!(page_remainder(0, 3, held(8..=10)), None);
+        assert_eq!(page_remainder(50, 10, held(1..=4)), None, "seq 1 is the room's first");
     }
 
     #[test]
     fn the_archive_continues_a_page_below_the_oldest_entry_redis_holds() {
-        assert_eq!(page_remainder(0, 50, &messages(41..=60)), Some(PageRemainder { before_seq: 41, count: 30 }));
+        assert_eq!(page_remainder(0, 50, held(41..=60)), Some(PageRemainder { before_seq: 41, count: 30 }));
         // Redis holds nothing of the page: the archive serves it whole, below `before`
         // (0 stays "no bound").
-        assert_eq!(page_remainder(30, 5, &[]), Some(PageRemainder { before_seq: 30, count: 5 }));
-        assert_eq!(page_remainder(0, 5, &[]), Some(PageRemainder { before_seq: 0, count: 5 }));
+        assert_eq!(page_remainder(30, 5, Held::default()), Some(PageRemainder { before_seq: 30, count: 5 }));
+        assert_eq!(page_remainder(0, 5, Held::default()), Some(PageRemainder { before_seq: 0, count: 5 }));
+    }
+
+    #[test]
+    fn entries_redis_holds_but_cannot_decode_still_count_as_held() {
+        // Seq 9 of 8..=10 could not be decoded: the page is short by it, and the archive,
+        // which holds nothing above Redis's oldest entry, is not asked for more.
+        assert_eq!(page_remainder(0, 3, held(8..=10)), None);
+        // Seq 1 could not be decoded: the read still reached the room's first message.
+        assert_eq!(page_remainder(0, 10, held(1..=4)), None);
+        let (page, has_more) = join_page(Vec::new(), messages(2..=4), held(1..=4));
+        assert_eq!((page.len(), has_more), (3, false));
     }
 
     #[test]
     fn a_joined_page_is_in_seq_order_and_knows_what_lies_below() {
-        let (page, has_more) = join_page(messages(31..=40), messages(41..=60));
+        let (page, has_more) = join_page(messages(31..=40), messages(41..=60), held(41..=60));
         assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), (31..=60).collect::<Vec<_>>());
         assert!(has_more);
-        assert!(!join_page(messages(1..=3), messages(4..=5)).1);
-        assert!(!join_page(Vec::new(), Vec::new()).1);
+        assert!(join_page(Vec::new(), messages(41..=60), held(41..=60)).1);
+        assert!(!join_page(messages(1..=3), messages(4..=5), held(4..=5)).1);
+        assert!(!join_page(Vec::new(), Vec::new(), Held::default()).1);
     }
 
     #[test]

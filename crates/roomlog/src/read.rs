@@ -1,7 +1,7 @@
 //! Reading the log: the newest messages, pages, ranges, and the chunks the persister
 //! copies (with the epoch they belong to and, apart, entries that cannot be decoded).
 
-use huddle_domain::{RoomName, StoredMessage};
+use huddle_domain::{Held, RoomName, StoredMessage};
 
 use crate::{LogEntry, Result, RoomLog};
 
@@ -34,13 +34,14 @@ pub struct Unreadable {
 impl RoomLog {
     /// The newest `limit` messages, oldest first.
     pub async fn recent(&self, room: &RoomName, limit: usize) -> Result<Vec<StoredMessage>> {
-        self.before(room, 0, limit).await
+        Ok(self.before(room, 0, limit).await?.0)
     }
 
-    /// Up to `limit` messages with seq < `before` (0: no bound), the newest ones, oldest first.
-    pub async fn before(&self, room: &RoomName, before: u64, limit: usize) -> Result<Vec<StoredMessage>> {
+    /// Up to `limit` messages with seq < `before` (0: no bound), the newest ones, oldest
+    /// first, and what the read covered (the `limit` newest entries, readable or not).
+    pub async fn before(&self, room: &RoomName, before: u64, limit: usize) -> Result<(Vec<StoredMessage>, Held)> {
         if limit == 0 {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Held::default()));
         }
         let end = if before == 0 { "+".to_owned() } else { format!("({before}-0") };
         let raw: Vec<RawEntry> = redis::cmd("XREVRANGE")
@@ -51,13 +52,13 @@ impl RoomLog {
             .arg(limit)
             .query_async(&mut self.conn().await?)
             .await?;
-        let mut messages = readable(room, raw);
+        let (mut messages, held) = readable(room, raw);
         messages.reverse();
-        Ok(messages)
+        Ok((messages, held))
     }
 
-    /// Messages with `from <= seq <= to`, in order.
-    pub async fn range(&self, room: &RoomName, from: u64, to: u64) -> Result<Vec<StoredMessage>> {
+    /// Messages with `from <= seq <= to`, in order, and what the read covered.
+    pub async fn range(&self, room: &RoomName, from: u64, to: u64) -> Result<(Vec<StoredMessage>, Held)> {
         let raw: Vec<RawEntry> = redis::cmd("XRANGE")
             .arg(self.keys.log(room))
             .arg(format!("{from}-0"))
@@ -109,12 +110,15 @@ fn decode(seq: u64, fields: &[Vec<u8>]) -> std::result::Result<StoredMessage, St
     }
 }
 
-/// The messages of `raw` for a reader (a join, a page, a recovery). An entry that cannot
-/// be decoded is left out and logged, so one corrupt entry (a hand edit, a damaged Redis:
-/// the append script never writes one) costs the room that message, not every read of
-/// it; the persister quarantines it in the archive ([`RoomLog::chunk`]).
-fn readable(room: &RoomName, raw: Vec<RawEntry>) -> Vec<StoredMessage> {
-    raw.into_iter()
+/// The messages of `raw` for a reader (a join, a page, a recovery), and what `raw`
+/// covered. An entry that cannot be decoded is left out and logged, so one corrupt entry
+/// (a hand edit, a damaged Redis: the append script never writes one) costs the room that
+/// message, not every read of it; the persister quarantines it in the archive
+/// ([`RoomLog::chunk`]).
+fn readable(room: &RoomName, raw: Vec<RawEntry>) -> (Vec<StoredMessage>, Held) {
+    let held = Held { entries: raw.len(), lowest_seq: raw.iter().filter_map(|(id, _)| seq_of_id(id)).min() };
+    let messages = raw
+        .into_iter()
         .filter_map(|(id, fields)| {
             let decoded = seq_of_id(&id).ok_or_else(|| "id is not <seq>-0".to_owned()).and_then(|seq| decode(seq, &fields));
             decoded
@@ -123,7 +127,8 @@ fn readable(room: &RoomName, raw: Vec<RawEntry>) -> Vec<StoredMessage> {
                 })
                 .ok()
         })
-        .collect()
+        .collect();
+    (messages, held)
 }
 
 /// What Redis holds of a room's activity ([`RoomLog::summaries`]).

@@ -1,7 +1,7 @@
 //! Room operations of the write path: make sure Redis holds a room (hydrating it over
 //! gRPC if not), append messages, read history, count members and trigger flushes.
 
-use huddle_domain::{Post, RoomName, StoredMessage};
+use huddle_domain::{Held, Post, RoomName, StoredMessage};
 use huddle_proto::auth::BearerToken;
 use huddle_proto::v1::hydrator_client::HydratorClient;
 use huddle_proto::v1::{GetHistoryRequest, HydrateRoomRequest};
@@ -193,8 +193,8 @@ impl RoomService {
         self.log.recent(room, limit).await.map_err(ApiError::unavailable)
     }
 
-    /// Everything Redis holds above `after`, in order.
-    pub async fn since(&self, room: &RoomName, after: u64) -> Result<Vec<StoredMessage>, ApiError> {
+    /// Everything Redis holds above `after`, in order, and what the read covered.
+    pub async fn since(&self, room: &RoomName, after: u64) -> Result<(Vec<StoredMessage>, Held), ApiError> {
         self.log.range(room, after + 1, u64::MAX).await.map_err(ApiError::unavailable)
     }
 
@@ -212,8 +212,8 @@ impl RoomService {
         if last_seq < after || last_seq - after > max {
             return Ok(None);
         }
-        let mut missed = self.since(room, after).await?;
-        let mut floor = missed.first().map_or(last_seq + 1, |m| m.seq);
+        let (mut missed, held) = self.since(room, after).await?;
+        let mut floor = held.lowest_seq.unwrap_or(last_seq + 1);
         while floor > after + 1 {
             let (page, _) = self.history_page(room, floor, 200).await?;
             let older: Vec<StoredMessage> = page.into_iter().filter(|m| m.seq > after && m.seq < floor).collect();
@@ -237,8 +237,8 @@ impl RoomService {
         limit: u32,
     ) -> Result<(Vec<StoredMessage>, bool), ApiError> {
         let len = huddle_domain::page_len(limit);
-        let from_redis = self.log.before(room, before, len).await.map_err(ApiError::unavailable)?;
-        let older = match huddle_domain::page_remainder(before, len, &from_redis) {
+        let (from_redis, held) = self.log.before(room, before, len).await.map_err(ApiError::unavailable)?;
+        let older = match huddle_domain::page_remainder(before, len, held) {
             None => Vec::new(),
             Some(rest) => {
                 let mut hydrator = self.hydrator.clone();
@@ -251,7 +251,7 @@ impl RoomService {
                 older.messages.into_iter().map(StoredMessage::from).collect()
             }
         };
-        Ok(huddle_domain::join_page(older, from_redis))
+        Ok(huddle_domain::join_page(older, from_redis, held))
     }
 
     /// Records a socket joining, refreshing or leaving the room's presence. A user's first

@@ -125,5 +125,30 @@ async fn an_undecodable_entry_in_redis_is_left_out_of_joins_recoveries_and_pages
     let page: serde_json::Value = page.json().await?;
     assert_eq!(huddle_e2e::seqs(&page), [1, 4, 5], "{page}");
     ws.leave().await?;
+
+    // A room whose first entry is the undecodable one: a page still knows it reached the
+    // room's first message (before, the missing seq 1 read as "more below").
+    let first = RoomName::parse("damaged-first")?;
+    let mut ws = Ws::join(&base, first.as_str(), &ada.token, "").await?;
+    ws.expect("history").await?;
+    let seq: u64 = redis::cmd("INCR").arg(log.keys().seq(&first)).query_async(&mut redis).await?;
+    assert_eq!(seq, 1);
+    let _: String = redis::cmd("XADD")
+        .arg(log.keys().log(&first))
+        .arg("1-0")
+        .arg("m")
+        .arg("not an entry")
+        .query_async(&mut redis)
+        .await?;
+    assert_eq!(ws.say("second", "f-2").await?, 2);
+    let page: serde_json::Value = huddle_e2e::http()
+        .get(format!("{base}/api/rooms/damaged-first/messages?limit=10"))
+        .bearer_auth(&ada.token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!((huddle_e2e::seqs(&page), &page["has_more"]), (vec![2], &serde_json::json!(false)), "{page}");
+    ws.leave().await?;
     stack.shutdown().await
 }

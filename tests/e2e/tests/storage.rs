@@ -72,7 +72,7 @@ async fn appends_need_an_initialised_room_and_dedupe_client_ids() -> Result<()> 
     assert!((24 * 3600 - 60..=24 * 3600).contains(&ttl), "client_id marker TTL {ttl} s");
     assert_eq!(log.append(&room, &entry(1, "two", "")).await?, AppendOutcome::Appended { seq: 43, unpersisted: 2 });
     assert_eq!(log.append(&room, &entry(1, "three", "")).await?, AppendOutcome::Appended { seq: 44, unpersisted: 3 });
-    let stored: Vec<u64> = log.range(&room, 1, u64::MAX).await?.iter().map(|m| m.seq).collect();
+    let stored: Vec<u64> = log.range(&room, 1, u64::MAX).await?.0.iter().map(|m| m.seq).collect();
     assert_eq!(stored, vec![42, 43, 44]);
     let dirty = log.dirty_rooms(10).await?.rooms;
     assert_eq!(dirty.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(), vec!["dedupe"]);
@@ -158,14 +158,14 @@ async fn trimming_keeps_the_window_and_never_drops_unpersisted_entries() -> Resu
     }
     // Persisted up to 8 of 20: 9..=20 must stay although the window is 5.
     assert_eq!(log.mark_persisted(&room, 8).await?, Some((20, 8)));
-    let kept: Vec<u64> = log.range(&room, 1, u64::MAX).await?.iter().map(|m| m.seq).collect();
+    let kept: Vec<u64> = log.range(&room, 1, u64::MAX).await?.0.iter().map(|m| m.seq).collect();
     assert_eq!(kept, (9..=20).collect::<Vec<_>>());
     assert_eq!(log.dirty_rooms(10).await?.rooms.len(), 1, "still dirty: 9..=20 are not persisted");
     // The watermark never moves back.
     assert_eq!(log.mark_persisted(&room, 3).await?, Some((20, 8)));
     // Everything persisted: the window of 5 remains.
     assert_eq!(log.mark_persisted(&room, 20).await?, Some((20, 20)));
-    let kept: Vec<u64> = log.range(&room, 1, u64::MAX).await?.iter().map(|m| m.seq).collect();
+    let kept: Vec<u64> = log.range(&room, 1, u64::MAX).await?.0.iter().map(|m| m.seq).collect();
     assert_eq!(kept, (16..=20).collect::<Vec<_>>());
     // The same step took the clean room out of the dirty index.
     assert!(log.dirty_rooms(10).await?.rooms.is_empty());
