@@ -592,43 +592,64 @@ async fn a_task_whose_consumer_dies_every_time_on_a_classic_queue_is_dead_letter
     a_task_whose_consumer_dies_every_time_is_dead_lettered_on(QueueType::Classic).await
 }
 
-/// Counts the deliveries it gets and never finishes one until the test has cut the
-/// consumer's connection (its ack then goes nowhere, as if the process had died).
+/// Signals each delivery it gets and holds it until the test releases it, then takes
+/// `then` more to finish it.
 #[derive(Clone)]
-struct DiesMidTask {
+struct HeldMidTask {
     started: tokio::sync::mpsc::UnboundedSender<()>,
-    connection_cut: std::sync::Arc<tokio::sync::Notify>,
+    release: std::sync::Arc<tokio::sync::Notify>,
+    then: std::time::Duration,
 }
 
-impl huddle_broker::TaskHandler for DiesMidTask {
+impl huddle_broker::TaskHandler for HeldMidTask {
     async fn handle(&self, _: huddle_broker::TaskQueue, _: &[u8]) -> Result<(), huddle_broker::TaskError> {
-        let cut = self.connection_cut.notified();
+        let released = self.release.notified();
         let _ = self.started.send(());
-        cut.await;
+        released.await;
+        tokio::time::sleep(self.then).await;
         Ok(())
     }
+}
+
+/// One flush task published on `env`'s queues (`admin`), and a consumer of it on a
+/// connection of its own (`link`, `prefetch` deliveries at a time) whose every delivery
+/// is a [`HeldMidTask`]: `deliveries` says when one starts, `release` lets it finish.
+struct HeldConsumer {
+    admin: huddle_broker::Broker,
+    link: huddle_broker::Broker,
+    deliveries: tokio::sync::mpsc::UnboundedReceiver<()>,
+    release: std::sync::Arc<tokio::sync::Notify>,
+    stop: tokio::sync::watch::Sender<bool>,
+    consumer: tokio::task::JoinHandle<()>,
+}
+
+async fn held_consumer(env: &huddle_e2e::TestEnv, prefetch: u16, then: std::time::Duration) -> Result<HeldConsumer> {
+    let admin = env.broker().await?;
+    let task = huddle_proto::v1::FlushRoomTask { room: "lobby".into(), reason: "test".into(), requested_at_ms: 0 };
+    admin.publish(huddle_broker::TaskQueue::Flush, &[task]).await?;
+    let link = env.broker().await?;
+    let (started, deliveries) = tokio::sync::mpsc::unbounded_channel();
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let handler = HeldMidTask { started, release: release.clone(), then };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let consumer = tokio::spawn(huddle_broker::consume(
+        link.clone(),
+        huddle_broker::TaskQueue::Flush,
+        prefetch,
+        handler,
+        std::time::Duration::from_millis(10),
+        stopped,
+    ));
+    Ok(HeldConsumer { admin, link, deliveries, release, stop, consumer })
 }
 
 async fn a_task_whose_consumer_dies_every_time_is_dead_lettered_on(queue_type: QueueType) -> Result<()> {
     let mut env = huddle_e2e::TestEnv::new().await?;
     env.queue_type = queue_type;
-    let admin = env.broker().await?;
-    let task = huddle_proto::v1::FlushRoomTask { room: "lobby".into(), reason: "test".into(), requested_at_ms: 0 };
-    admin.publish(huddle_broker::TaskQueue::Flush, &[task]).await?;
-
-    let consumer_link = env.broker().await?;
-    let (started, mut deliveries) = tokio::sync::mpsc::unbounded_channel();
-    let connection_cut = std::sync::Arc::new(tokio::sync::Notify::new());
-    let handler = DiesMidTask { started, connection_cut: connection_cut.clone() };
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let consumer = tokio::spawn(huddle_broker::consume(
-        consumer_link.clone(),
-        huddle_broker::TaskQueue::Flush,
-        1,
-        handler,
-        std::time::Duration::from_millis(10),
-        stopped,
-    ));
+    // A delivery held until the test has cut the consumer's connection: its ack then goes
+    // nowhere, as if the process had died.
+    let HeldConsumer { admin, link: consumer_link, mut deliveries, release: connection_cut, stop, consumer } =
+        held_consumer(&env, 1, std::time::Duration::ZERO).await?;
     let limit = 5;
     // Each delivery is cut off mid-task. The next one comes after the consumer reconnects:
     // at once, or once its lost ack times out (10 s).
@@ -662,23 +683,6 @@ async fn a_task_whose_consumer_dies_every_time_is_dead_lettered_on(queue_type: Q
     Ok(())
 }
 
-/// Holds each task it gets until the test has told the consumer to stop, then finishes it.
-#[derive(Clone)]
-struct FinishesAfterTheStop {
-    started: tokio::sync::mpsc::UnboundedSender<()>,
-    stop_sent: std::sync::Arc<tokio::sync::Notify>,
-}
-
-impl huddle_broker::TaskHandler for FinishesAfterTheStop {
-    async fn handle(&self, _: huddle_broker::TaskQueue, _: &[u8]) -> Result<(), huddle_broker::TaskError> {
-        let stop_sent = self.stop_sent.notified();
-        let _ = self.started.send(());
-        stop_sent.await;
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        Ok(())
-    }
-}
-
 /// A task in flight when its consumer is told to stop (a persister's SIGTERM) is finished
 /// and acked, so it is not handed out again. Before, the consumer's end closed the channel
 /// under the task: its ack failed ("could not settle task ... Closing") and the broker put
@@ -686,24 +690,10 @@ impl huddle_broker::TaskHandler for FinishesAfterTheStop {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_in_flight_at_a_stop_is_finished_and_acked_not_handed_out_again() -> Result<()> {
     let env = huddle_e2e::TestEnv::new().await?;
-    let admin = env.broker().await?;
-    let task = huddle_proto::v1::FlushRoomTask { room: "lobby".into(), reason: "test".into(), requested_at_ms: 0 };
-    admin.publish(huddle_broker::TaskQueue::Flush, &[task]).await?;
-
-    let consumer_link = env.broker().await?;
-    let (started, mut deliveries) = tokio::sync::mpsc::unbounded_channel();
-    let stop_sent = std::sync::Arc::new(tokio::sync::Notify::new());
-    let handler = FinishesAfterTheStop { started, stop_sent: stop_sent.clone() };
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let consumer = tokio::spawn(huddle_broker::consume(
-        consumer_link.clone(),
-        huddle_broker::TaskQueue::Flush,
-        // A free slot: the consumer is polled for more while the task runs, and so sees the stop.
-        2,
-        handler,
-        std::time::Duration::from_millis(10),
-        stopped,
-    ));
+    // A free slot (prefetch 2): the consumer is polled for more while the task runs, and
+    // so sees the stop. The task is held until the stop is sent, then takes 200 ms more.
+    let HeldConsumer { admin, link: consumer_link, mut deliveries, release: stop_sent, stop, consumer } =
+        held_consumer(&env, 2, std::time::Duration::from_millis(200)).await?;
     tokio::time::timeout(std::time::Duration::from_secs(20), deliveries.recv())
         .await
         .ok()

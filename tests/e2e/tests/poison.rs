@@ -32,15 +32,7 @@ async fn a_refused_entry_is_quarantined_and_later_messages_are_persisted() -> Re
         log.append(&room, &entry).await?;
     }
     let mut redis = redis::Client::open(huddle_e2e::redis_url())?.get_multiplexed_async_connection().await?;
-    let seq: u64 = redis::cmd("INCR").arg(log.keys().seq(&room)).query_async(&mut redis).await?;
-    let _: String = redis::cmd("XADD")
-        .arg(log.keys().log(&room))
-        .arg(format!("{seq}-0"))
-        .arg("m")
-        .arg(&b"\xff\xfe not json"[..])
-        .query_async(&mut redis)
-        .await?;
-    assert_eq!(seq, 5);
+    assert_eq!(write_undecodable(&mut redis, &log, &room, b"\xff\xfe not json").await?, 5);
     for i in 6..=8 {
         assert_eq!(ws.say(&format!("after {i}"), &format!("p-{i}")).await?, i);
     }
@@ -94,14 +86,7 @@ async fn an_undecodable_entry_in_redis_is_left_out_of_joins_recoveries_and_pages
     let room = RoomName::parse("damaged")?;
     let mut redis = redis::Client::open(huddle_e2e::redis_url())?.get_multiplexed_async_connection().await?;
     for raw in [&b"\xff\xfe not utf-8"[..], &b"{\"not\": \"an entry\"}"[..]] {
-        let seq: u64 = redis::cmd("INCR").arg(log.keys().seq(&room)).query_async(&mut redis).await?;
-        let _: String = redis::cmd("XADD")
-            .arg(log.keys().log(&room))
-            .arg(format!("{seq}-0"))
-            .arg("m")
-            .arg(raw)
-            .query_async(&mut redis)
-            .await?;
+        write_undecodable(&mut redis, &log, &room, raw).await?;
     }
     assert_eq!(ws.say("fourth", "d-4").await?, 4);
 
@@ -131,15 +116,7 @@ async fn an_undecodable_entry_in_redis_is_left_out_of_joins_recoveries_and_pages
     let first = RoomName::parse("damaged-first")?;
     let mut ws = Ws::join(&base, first.as_str(), &ada.token, "").await?;
     ws.expect("history").await?;
-    let seq: u64 = redis::cmd("INCR").arg(log.keys().seq(&first)).query_async(&mut redis).await?;
-    assert_eq!(seq, 1);
-    let _: String = redis::cmd("XADD")
-        .arg(log.keys().log(&first))
-        .arg("1-0")
-        .arg("m")
-        .arg("not an entry")
-        .query_async(&mut redis)
-        .await?;
+    assert_eq!(write_undecodable(&mut redis, &log, &first, b"not an entry").await?, 1);
     assert_eq!(ws.say("second", "f-2").await?, 2);
     let page: serde_json::Value = huddle_e2e::http()
         .get(format!("{base}/api/rooms/damaged-first/messages?limit=10"))
@@ -151,4 +128,23 @@ async fn an_undecodable_entry_in_redis_is_left_out_of_joins_recoveries_and_pages
     assert_eq!((huddle_e2e::seqs(&page), &page["has_more"]), (vec![2], &serde_json::json!(false)), "{page}");
     ws.leave().await?;
     stack.shutdown().await
+}
+
+/// Writes `raw` as the room's next log entry, straight into Redis the way a buggy or
+/// older writer could (it takes the next seq, as the append script would); its seq.
+async fn write_undecodable(
+    redis: &mut redis::aio::MultiplexedConnection,
+    log: &huddle_roomlog::RoomLog,
+    room: &RoomName,
+    raw: &[u8],
+) -> Result<u64> {
+    let seq: u64 = redis::cmd("INCR").arg(log.keys().seq(room)).query_async(redis).await?;
+    let _: String = redis::cmd("XADD")
+        .arg(log.keys().log(room))
+        .arg(format!("{seq}-0"))
+        .arg("m")
+        .arg(raw)
+        .query_async(redis)
+        .await?;
+    Ok(seq)
 }
